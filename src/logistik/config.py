@@ -1,0 +1,200 @@
+"""Reads and validates the YAML config file, with `$VAR` and `${VAR}` taken from the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from logistik.errors import ConfigError
+from logistik.handler import Handler
+
+DEFAULT_PATH = "logistik.yaml"
+ENV_PATH = "LK_CONFIG"
+EMBEDDED = "embedded"
+
+_VAR = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    """How logistik reaches Kafka; `bootstrap_servers: embedded` starts a local Tansu broker."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "logistik"
+    embedded_port: int = Field(default=9092, ge=1, le=65535)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    fetch_wait_max_ms: int = Field(default=10, ge=0)
+    commit_interval_ms: int = Field(default=200, ge=0)
+    create_topics: bool = True
+    partitions: int = Field(default=3, ge=1)
+    consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class DatabaseConfig(_Section):
+    """Where the handler store lives."""
+
+    url: str = "sqlite:///logistik.db"
+
+
+class ConsulConfig(_Section):
+    """The Consul agent used for discovery."""
+
+    url: str = "http://127.0.0.1:8500"
+    tag: str = "logistik"
+
+
+class DiscoveryConfig(_Section):
+    """Where handlers come from."""
+
+    consul: ConsulConfig | None = None
+    handlers: list[Handler] = Field(default_factory=list)
+
+
+class WebConfig(_Section):
+    """The REST API and web UI."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5656, ge=1, le=65535)
+
+
+class WebhookConfig(_Section):
+    """Where alerts go (Slack/Mattermost-compatible incoming webhook)."""
+
+    url: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+    interval_s: float = Field(default=60.0, ge=0)
+
+
+class RoutingConfig(_Section):
+    """Limits and retry policy of the router; handlers may override timeout and retries."""
+
+    max_in_flight: int = Field(default=2_000, ge=1)
+    max_concurrency_per_handler: int = Field(default=64, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_cap_s: float = Field(default=30.0, ge=0)
+    retry_after_cap_s: float = Field(default=300.0, ge=0)
+    unhealthy_after_failures: int = Field(default=3, ge=1)
+    unhealthy_cooldown_s: float = Field(default=10.0, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+
+
+class Config(_Section):
+    """The whole config file."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def expand_env(value: Any, env: Mapping[str, str], where: str = "") -> Any:
+    """Replace `$VAR`, `${VAR}` and `${VAR:-default}` in every string of a YAML tree."""
+    if isinstance(value, str):
+        return _expand_string(value, env, where)
+    if isinstance(value, list):
+        return [expand_env(item, env, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            k: expand_env(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()
+        }
+    return value
+
+
+def _expand_string(text: str, env: Mapping[str, str], where: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("braced") or match.group("bare")
+        if name in env:
+            return env[name]
+        if match.group("default") is not None:
+            return match.group("default")
+        raise ConfigError(f"{where}: environment variable {name} is not set")
+
+    return _VAR.sub(replace, text)
+
+
+def config_path(given: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """The file to read: the given one, else $LK_CONFIG, else logistik.yaml."""
+    env = os.environ if env is None else env
+    return Path(given or env.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate a config file; every problem is a one-line ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    return parse_config(text, str(path), env)
+
+
+def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate config text; `source` names it in error messages."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{source}: {problem}{at}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        expanded = expand_env(raw, os.environ if env is None else env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return Config.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation(exc, source)) from None
+
+
+def describe_validation(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the key and the file."""
+    lines = []
+    for error in exc.errors():
+        key = _dotted(error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        elif error["type"] == "missing":
+            lines.append(f"{source}: missing key '{key}'")
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(
+                f"{source}: {key}: {message} (got {error.get('input')!r})"
+                if error["type"] != "value_error"
+                else f"{source}: {key}: {message}"
+            )
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(f".{item}" if parts else item)
+    return "".join(parts) or "(top level)"

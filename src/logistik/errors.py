@@ -1,0 +1,39 @@
+"""The exceptions logistik raises, as one hierarchy.
+
+LogistikError
+ ├── ConfigError          a config file or value is wrong; the message names the key and file
+ ├── InvalidEventError    a record is not an event logistik can route (not JSON, no verb, ...)
+ ├── BrokerError          the Kafka broker cannot be reached or refused a request
+ │    └── PublishError    a record could not be written to a topic
+ └── EmbeddedBrokerError  the embedded Tansu broker could not be started
+"""
+
+from __future__ import annotations
+
+
+class LogistikError(Exception):
+    """Base of every error logistik raises on purpose."""
+
+
+class ConfigError(LogistikError):
+    """A config file or value is wrong."""
+
+
+class InvalidEventError(LogistikError):
+    """A record that cannot be routed; `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BrokerError(LogistikError):
+    """The Kafka broker cannot be reached or refused a request."""
+
+
+class PublishError(BrokerError):
+    """A record could not be written to a topic."""
+
+
+class EmbeddedBrokerError(LogistikError):
+    """The embedded Tansu broker could not be started."""

@@ -1,0 +1,237 @@
+"""Kafka clients (confluent-kafka): a consumer driven from one thread and an awaitable producer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from logistik.config import KafkaConfig
+from logistik.errors import BrokerError, PublishError
+from logistik.offsets import OffsetBook, TopicPartitionKey
+
+logger = logging.getLogger(__name__)
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def base_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """Settings every client shares."""
+    return {"bootstrap.servers": kafka.bootstrap_servers, "client.id": "logistik"}
+
+
+def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """Consumer settings: manual commits, low fetch wait, the configured group."""
+    return {
+        **base_config(kafka),
+        "group.id": kafka.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": kafka.auto_offset_reset,
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
+        "topic.metadata.refresh.interval.ms": 10_000,
+        **kafka.consumer,
+    }
+
+
+def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """Producer settings: idempotent, acknowledged by all replicas, short linger for batching."""
+    return {
+        **base_config(kafka),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        **kafka.producer,
+    }
+
+
+class EventConsumer:
+    """A Kafka consumer whose every call runs on one dedicated thread."""
+
+    def __init__(self, kafka: KafkaConfig, book: OffsetBook) -> None:
+        self._book = book
+        self._consumer = Consumer(consumer_config(kafka), logger=logger)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
+        self._assignment: list[TopicPartition] = []
+        self._paused = False
+
+    async def run(self, call: Callable[[], Any]) -> Any:
+        """Run a consumer call on the consumer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe to topics (consumer thread)."""
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def poll_batch(self, max_messages: int, timeout_s: float, commit: bool) -> list[Message]:
+        """Commit finished offsets, then wait up to timeout_s for up to max_messages (thread)."""
+        if commit:
+            self.commit(self._book.to_commit())
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return []
+        if max_messages <= 1:
+            return [first]
+        return [first, *self._consumer.consume(max_messages - 1, 0)]
+
+    def commit(self, offsets: dict[TopicPartitionKey, int], wait: bool = False) -> None:
+        """Commit offsets (consumer thread); failures are logged, the events are redelivered."""
+        if not offsets:
+            return
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            if wait:
+                self._consumer.commit(offsets=partitions, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=partitions, asynchronous=True)
+        except KafkaException as exc:
+            logger.warning("commit of %d partition(s) failed: %s", len(partitions), exc.args[0])
+
+    def pause(self) -> None:
+        """Stop fetching on every assigned partition (consumer thread)."""
+        if not self._paused and self._assignment:
+            self._consumer.pause(self._assignment)
+        self._paused = True
+
+    def resume(self) -> None:
+        """Fetch again (consumer thread)."""
+        if self._paused and self._assignment:
+            self._consumer.resume(self._assignment)
+        self._paused = False
+
+    def close(self) -> None:
+        """Commit what is done and leave the group (consumer thread)."""
+        self.commit(self._book.to_commit(), wait=True)
+        self._consumer.close()
+
+    def shutdown(self) -> None:
+        """Stop the consumer thread."""
+        self._thread.shutdown(wait=True)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assignment = list(partitions)
+        logger.info("assigned %s", _names(partitions))
+        if self._paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        # Commit what is finished before another consumer takes over, so it redelivers less.
+        self.commit(self._book.forget(keys), wait=True)
+        revoked = set(keys)
+        self._assignment = [p for p in self._assignment if (p.topic, p.partition) not in revoked]
+        logger.info("revoked %s", _names(partitions))
+
+
+class EventProducer:
+    """An idempotent producer whose `send` resolves when the broker has the record."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self._producer = Producer(producer_config(kafka), logger=logger)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start serving delivery reports."""
+        self._loop = asyncio.get_running_loop()
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Write one record and wait until the broker acknowledges it."""
+        loop = self._loop
+        assert loop is not None, "EventProducer.start() not called"
+        future: asyncio.Future[None] = loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, future, err, topic)
+
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
+                break
+            except BufferError:
+                # librdkafka's queue is full: wait for deliveries instead of failing the event.
+                await asyncio.sleep(0.01)
+            except KafkaException as exc:
+                raise PublishError(f"cannot write to topic '{topic}': {exc.args[0]}") from None
+        await future
+
+    async def flush(self, timeout_s: float) -> int:
+        """Wait for outstanding records; returns how many are still undelivered."""
+        return int(await asyncio.to_thread(self._producer.flush, timeout_s))
+
+    def close(self) -> None:
+        """Stop the delivery-report thread."""
+        self._stop.set()
+        if self._poller.is_alive():
+            self._poller.join()
+
+
+def _settle(future: asyncio.Future[None], err: KafkaError | None, topic: str) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(PublishError(f"cannot write to topic '{topic}': {err.str()}"))
+
+
+def ensure_topics(kafka: KafkaConfig, topics: set[str], timeout_s: float = 10.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created."""
+    admin = AdminClient(base_config(kafka))
+    existing = list_topics(admin, kafka.bootstrap_servers, timeout_s)
+    missing = sorted(topics - existing)
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing],
+        operation_timeout=timeout_s,
+    )
+    created = []
+    for topic, future in futures.items():
+        try:
+            future.result()
+            created.append(topic)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"cannot create topic '{topic}': {error.str()}") from None
+    return created
+
+
+def list_topics(admin: AdminClient, bootstrap: str, timeout_s: float) -> set[str]:
+    """The broker's topics; a broker that does not answer is a one-line BrokerError."""
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach the Kafka broker at {bootstrap}: {exc.args[0].str()}"
+        ) from None
+    return set(metadata.topics)
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"

@@ -1,0 +1,165 @@
+"""The live set of handlers, grouped by topic and group, with each instance's load and health."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from logistik.event import Event, channel_groups, event_id
+from logistik.handler import Handler, ModelType
+
+
+@dataclass(eq=False)
+class Instance:
+    """Runtime state of one handler: calls in flight and recent failures."""
+
+    handler: Handler
+    max_concurrency: int
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    unhealthy_until: float = 0.0
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.max_concurrency)
+
+    @property
+    def node_id(self) -> str:
+        """The handler's node id."""
+        return self.handler.node_id
+
+    def healthy(self, now: float) -> bool:
+        """Whether the instance is not in a failure cool-down."""
+        return now >= self.unhealthy_until
+
+    def record_success(self) -> None:
+        """Clear the failure streak."""
+        self.consecutive_failures = 0
+        self.unhealthy_until = 0.0
+
+    def record_failure(self, unhealthy_after: int, cooldown_s: float) -> None:
+        """Count a failure; after a streak the instance is avoided for a cool-down."""
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= unhealthy_after:
+            self.unhealthy_until = time.monotonic() + cooldown_s
+
+
+@dataclass(eq=False)
+class Group:
+    """One model in the user's sense: its production, canary and decoy instances for one topic."""
+
+    group_id: str
+    topic: str
+    production: list[Instance] = field(default_factory=list)
+    canaries: list[Instance] = field(default_factory=list)
+    decoys: list[Instance] = field(default_factory=list)
+    _turn: int = 0
+
+    def answering_pool(self, event: Event) -> list[Instance]:
+        """The instances that may answer this event: a canary for its share, else production."""
+        if self.canaries:
+            share = canary_draw(self.group_id, event_id(event))
+            total = 0.0
+            for canary in self.canaries:
+                total += canary.handler.traffic
+                if share < total:
+                    return [c for c in self.canaries if c.handler.traffic > 0] or self.production
+            if not self.production:
+                return self.canaries
+        return self.production
+
+    def pick(self, pool: list[Instance], tried: Iterable[str] = ()) -> Instance | None:
+        """Choose the healthy, least-loaded instance of the pool, avoiding nodes already tried."""
+        if not pool:
+            return None
+        if len(pool) == 1:
+            return pool[0]
+        now = time.monotonic()
+        tried_set = set(tried)
+        fresh = [i for i in pool if i.node_id not in tried_set] or pool
+        candidates = [i for i in fresh if i.healthy(now)] or fresh
+        self._turn += 1
+        count = len(candidates)
+        # Rotate the start so equal loads take turns instead of always the first instance.
+        start = self._turn % count
+        best = candidates[start]
+        for offset in range(1, count):
+            other = candidates[(start + offset) % count]
+            if other.in_flight < best.in_flight:
+                best = other
+        return best
+
+
+def canary_draw(group_id: str, ident: str) -> float:
+    """A stable number in [0, 1) for an event id, so a replay makes the same canary choice."""
+    digest = hashlib.blake2b(f"{group_id}\0{ident}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class Registry:
+    """The handlers logistik routes to now; `replace` swaps them in keeping instance state."""
+
+    def __init__(self, max_concurrency: int) -> None:
+        self._max_concurrency = max_concurrency
+        self._instances: dict[str, Instance] = {}
+        self._groups: dict[str, list[Group]] = {}
+        self.version = 0
+
+    def replace(self, handlers: Iterable[Handler]) -> None:
+        """Make these handlers the live set; instances of unchanged node ids keep their state."""
+        instances: dict[str, Instance] = {}
+        for handler in handlers:
+            if not handler.active:
+                continue
+            old = self._instances.get(handler.node_id)
+            if old is not None and old.handler == handler:
+                instances[handler.node_id] = old
+            elif old is not None:
+                old.handler = handler
+                instances[handler.node_id] = old
+            else:
+                instances[handler.node_id] = Instance(handler, self._max_concurrency)
+        self._instances = instances
+        self._groups = _group(instances.values())
+        self.version += 1
+
+    def topics(self) -> set[str]:
+        """Every topic that has at least one active handler."""
+        return set(self._groups)
+
+    def handlers(self) -> list[Handler]:
+        """The active handlers."""
+        return [i.handler for i in self._instances.values()]
+
+    def groups(self, topic: str) -> list[Group]:
+        """Every group subscribed to a topic."""
+        return self._groups.get(topic, [])
+
+    def groups_for(self, topic: str, event: Event) -> list[Group]:
+        """The groups an event goes to: all of its topic's, or those its channel list names."""
+        groups = self._groups.get(topic, [])
+        channels = channel_groups(event)
+        if channels is None:
+            return groups
+        return [g for g in groups if g.group_id in channels]
+
+
+def _group(instances: Iterable[Instance]) -> dict[str, list[Group]]:
+    by_key: dict[tuple[str, str], Group] = {}
+    for instance in sorted(instances, key=lambda i: i.node_id):
+        handler = instance.handler
+        key = (handler.event, handler.group_id)
+        group = by_key.setdefault(key, Group(handler.group_id, handler.event))
+        if handler.model_type == ModelType.CANARY:
+            group.canaries.append(instance)
+        elif handler.model_type == ModelType.DECOY:
+            group.decoys.append(instance)
+        else:
+            group.production.append(instance)
+    topics: dict[str, list[Group]] = {}
+    for (topic, _), group in sorted(by_key.items()):
+        topics.setdefault(topic, []).append(group)
+    return topics

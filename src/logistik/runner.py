@@ -1,0 +1,198 @@
+"""`logistik run`: consumes every topic that has a handler and routes its events, losing none."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AsyncExitStack
+from functools import partial
+
+import aiohttp
+from confluent_kafka import KafkaError, Message
+
+from logistik.alert import Alerter
+from logistik.config import Config
+from logistik.kafka import EventConsumer, EventProducer, ensure_topics
+from logistik.model_client import ModelClient
+from logistik.offsets import OffsetBook, PartitionTracker
+from logistik.registry import Registry
+from logistik.router import Router, Source
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+POLL_TIMEOUT_S = 0.1
+PAUSED_WAKE_S = 0.5
+
+
+class Runner:
+    """The consume → route → commit loop, with back-pressure and a graceful stop."""
+
+    def __init__(self, config: Config, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or Registry(config.routing.max_concurrency_per_handler)
+        if registry is None:
+            self.registry.replace(config.discovery.handlers)
+        self.book = OffsetBook()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._unknown_topics: set[str] = set()
+        self._router: Router | None = None
+        self.ready = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Events handed to the router and not finished."""
+        return len(self._tasks)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Route events until `stop` is set, then drain, commit and close."""
+        kafka = self.config.kafka
+        if kafka.create_topics:
+            created = await asyncio.to_thread(ensure_topics, kafka, self._topics_to_create())
+            for topic in created:
+                logger.info("created topic %s (%d partitions)", topic, kafka.partitions)
+        async with AsyncExitStack() as stack:
+            producer = EventProducer(kafka)
+            producer.start()
+            stack.callback(producer.close)
+            stack.push_async_callback(self._flush, producer)
+            client = await stack.enter_async_context(ModelClient())
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            alerter = Alerter(self.config.webhook, session)
+            stack.push_async_callback(alerter.drain)
+            self._router = Router(self.registry, client, producer, self.config.routing, alerter)
+            consumer = EventConsumer(kafka, self.book)
+            stack.callback(consumer.shutdown)
+            try:
+                await self._consume(consumer, stop)
+            finally:
+                await self._drain(consumer)
+
+    def _topics_to_create(self) -> set[str]:
+        topics = set()
+        for handler in self.registry.handlers():
+            topics |= {handler.event, handler.failed_topic_name, f"{handler.event}-failed"}
+            if handler.return_to:
+                topics.add(handler.return_to)
+        return topics
+
+    async def _consume(self, consumer: EventConsumer, stop: asyncio.Event) -> None:
+        routing = self.config.routing
+        low_water = max(1, routing.max_in_flight * 3 // 4)
+        commit_interval_s = self.config.kafka.commit_interval_ms / 1000
+        subscribed: set[str] = set()
+        paused = False
+        last_commit = 0.0
+        while not stop.is_set():
+            topics = self.registry.topics()
+            if topics != subscribed and topics:
+                await consumer.run(partial(consumer.subscribe, sorted(topics)))
+                logger.info(
+                    "consuming %s as group %s",
+                    ", ".join(sorted(topics)),
+                    self.config.kafka.group_id,
+                )
+                subscribed = topics
+            if self.in_flight >= routing.max_in_flight and not paused:
+                await consumer.run(consumer.pause)
+                paused = True
+            elif paused and self.in_flight <= low_water:
+                await consumer.run(consumer.resume)
+                paused = False
+            if paused:
+                self._room.clear()
+                await _wait_any(self._room, stop, PAUSED_WAKE_S)
+            now = time.monotonic()
+            commit = now - last_commit >= commit_interval_s
+            if commit:
+                last_commit = now
+            room = max(1, min(MAX_BATCH, routing.max_in_flight - self.in_flight))
+            timeout_s = 0.0 if paused else POLL_TIMEOUT_S
+            batch = await consumer.run(partial(consumer.poll_batch, room, timeout_s, commit))
+            self.ready.set()
+            for message in batch:
+                self._dispatch(message)
+
+    def _dispatch(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            self._report(message, error)
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        tracker = self.book.tracker(topic, partition)
+        tracker.add(offset)
+        task = asyncio.create_task(
+            self._handle(tracker, Source(topic, partition, offset), message.value())
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _handle(self, tracker: PartitionTracker, source: Source, raw: bytes | None) -> None:
+        assert self._router is not None
+        try:
+            await self._router.handle(source, raw)
+        except asyncio.CancelledError:
+            raise  # not finished: the offset stays uncommitted and the event is redelivered
+        except Exception:
+            logger.critical(
+                "unexpected error on %s/%d/%d; its partition stops committing until "
+                "restart so the event is not lost",
+                source.topic,
+                source.partition,
+                source.offset,
+                exc_info=True,
+            )
+            return
+        tracker.finish(source.offset)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.set()
+
+    def _report(self, message: Message, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            topic = message.topic() or error.str()
+            if topic not in self._unknown_topics:
+                self._unknown_topics.add(topic)
+                logger.warning("topic %s does not exist yet; waiting for it", topic)
+            return
+        logger.error("Kafka: %s", error.str())
+
+    async def _drain(self, consumer: EventConsumer) -> None:
+        grace_s = self.config.routing.shutdown_grace_s
+        if self._tasks:
+            logger.info(
+                "stopping: waiting up to %g s for %d event(s) in flight", grace_s, len(self._tasks)
+            )
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            if pending:
+                logger.warning(
+                    "stopping: %d event(s) still in flight after %g s stay "
+                    "uncommitted and will be redelivered",
+                    len(pending),
+                    grace_s,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        await consumer.run(consumer.close)
+        logger.info("stopped: offsets of finished events committed")
+
+    @staticmethod
+    async def _flush(producer: EventProducer) -> None:
+        left = await producer.flush(10.0)
+        if left:
+            logger.error("%d record(s) were not delivered before exit", left)
+
+
+async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> None:
+    """Wait until either event is set or the timeout passes."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    _, pending = await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()

@@ -1,0 +1,72 @@
+"""Shared fixtures: one real Tansu broker per session, model servers and routers per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from logistik.broker import EmbeddedBroker
+from tests.harness import RouterProcess, RouterThread
+from tests.models import Behaviour, ModelServer, echo
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real Kafka-protocol broker (Tansu) for the whole session."""
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+@pytest.fixture
+def servers(broker: EmbeddedBroker) -> str:
+    """The broker's bootstrap address."""
+    return broker.bootstrap_servers
+
+
+@pytest.fixture
+def model_server() -> Iterator[Callable[..., ModelServer]]:
+    """Start real HTTP model servers; each is stopped after the test."""
+    started: list[ModelServer] = []
+
+    def start(behaviour: Behaviour = echo, path: str = "/predict") -> ModelServer:
+        server = ModelServer(behaviour, path).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def router() -> Iterator[Callable[[dict[str, Any]], RouterThread]]:
+    """Start logistik's router in-process; it is stopped gracefully after the test."""
+    started: list[RouterThread] = []
+
+    def start(config: dict[str, Any]) -> RouterThread:
+        running = RouterThread(config).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def router_process(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RouterProcess]]:
+    """Start `logistik run` as a subprocess; killed after the test if still running."""
+    started: list[RouterProcess] = []
+
+    def start(config: dict[str, Any]) -> RouterProcess:
+        process = RouterProcess(config, tmp_path).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

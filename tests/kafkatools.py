@@ -1,0 +1,132 @@
+"""Kafka helpers for tests: make topics, produce events, read what logistik wrote."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record read back from a topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        """The value parsed as JSON."""
+        assert self.value is not None
+        return orjson.loads(self.value)
+
+
+def unique(prefix: str) -> str:
+    """A topic or group name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topics(servers: str, *topics: str, partitions: int = 1) -> None:
+    """Create topics and wait until the broker has them."""
+    admin = AdminClient({"bootstrap.servers": servers})
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions) for t in topics])
+    for future in futures.values():
+        future.result(10)
+
+
+def produce(
+    servers: str, topic: str, values: list[bytes | dict[str, Any]], partition: int | None = None
+) -> None:
+    """Produce records and wait for every acknowledgement."""
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": 1})
+    for value in values:
+        data = value if isinstance(value, bytes) else orjson.dumps(value)
+        if partition is None:
+            producer.produce(topic, data)
+        else:
+            producer.produce(topic, data, partition=partition)
+    assert producer.flush(20) == 0, "events not acknowledged by the broker"
+
+
+def event(verb: str = "detect", actor: str = "user-1", **extra: Any) -> dict[str, Any]:
+    """An ActivityStreams-style event with a fresh id."""
+    return {"id": uuid.uuid4().hex, "verb": verb, "actor": {"id": actor}, **extra}
+
+
+class TopicReader:
+    """Reads a topic from the beginning in a background thread, keeping every record."""
+
+    def __init__(self, servers: str, *topics: str) -> None:
+        self.records: list[Record] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": servers,
+                "group.id": unique("reader"),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.subscribe(list(topics))
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            message = self._consumer.poll(0.05)
+            if message is None or message.error():
+                continue
+            record = Record(
+                str(message.topic()),
+                int(message.partition() or 0),
+                int(message.offset() or 0),
+                message.key(),
+                message.value(),
+                {
+                    k: (v or b"").decode() if isinstance(v, bytes) else str(v)
+                    for k, v in (message.headers() or [])
+                },
+            )
+            with self._lock:
+                self.records.append(record)
+        self._consumer.close()
+
+    def on(self, topic: str) -> list[Record]:
+        """Records read so far from one topic."""
+        with self._lock:
+            return [r for r in self.records if r.topic == topic]
+
+    def wait_for(self, topic: str, count: int, timeout_s: float = 30.0) -> list[Record]:
+        """Wait until a topic has at least `count` records and return them."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.on(topic)
+            if len(found) >= count:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(
+            f"{topic}: {len(self.on(topic))} record(s) after {timeout_s:g} s, expected {count}"
+        )
+
+    def close(self) -> None:
+        """Stop reading."""
+        self._stop.set()
+        self._thread.join(10)
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

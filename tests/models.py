@@ -1,0 +1,136 @@
+"""Real HTTP model servers for tests: aiohttp apps on loopback, each in its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from logistik.broker import free_port
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a test model answers: status, JSON body (or raw bytes), headers, delay."""
+
+    status: int = 200
+    body: Any = None
+    raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+Behaviour = Callable[[dict[str, Any], int], Reply]
+
+
+def echo(event: dict[str, Any], _count: int) -> Reply:
+    """Answer with the event's id and verb."""
+    return Reply(200, {"id": event.get("id"), "verb": event.get("verb"), "answer": "ok"})
+
+
+class ModelServer:
+    """A model over HTTP whose answers a test scripts; it records every request it got."""
+
+    def __init__(self, behaviour: Behaviour = echo, path: str = "/predict") -> None:
+        self.behaviour = behaviour
+        self.path = path
+        self.port = free_port()
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> ModelServer:
+        """Listen on the port and return when the server accepts requests."""
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("model server did not start")
+        return self
+
+    def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def count(self) -> int:
+        """Requests received so far."""
+        with self.lock:
+            return len(self.requests)
+
+    def ids(self) -> list[str]:
+        """The event ids received, in order."""
+        with self.lock:
+            return [str(r.get("id")) for r in self.requests]
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_route("*", self.path, self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        self._loop.run_until_complete(site.start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        event = orjson.loads(await request.read())
+        with self.lock:
+            self.requests.append(event)
+            count = len(self.requests)
+        reply = self.behaviour(event, count)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        body = (
+            reply.raw
+            if reply.raw is not None
+            else (b"" if reply.body is None else orjson.dumps(reply.body))
+        )
+        return web.Response(
+            status=reply.status,
+            body=body,
+            headers=reply.headers,
+            content_type="application/json" if body else None,
+        )
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> None:
+    """Poll a condition until it holds; fail with `what` when the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or condition}")
+
+
+async def async_wait_until(
+    condition: Callable[[], bool], timeout_s: float = 20.0, what: str = ""
+) -> None:
+    """Like wait_until, without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or condition}")
+
+
+AsyncCheck = Callable[[], Awaitable[bool]]
