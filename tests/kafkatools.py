@@ -88,16 +88,17 @@ class TopicReader:
             message = self._consumer.poll(0.05)
             if message is None or message.error():
                 continue
+            headers: dict[str, str] = {}
+            raw_headers: list[tuple[str, bytes | None]] = list(message.headers() or [])
+            for name, value in raw_headers:
+                headers[name] = value.decode() if value is not None else ""
             record = Record(
                 str(message.topic()),
                 int(message.partition() or 0),
                 int(message.offset() or 0),
                 message.key(),
                 message.value(),
-                {
-                    k: (v or b"").decode() if isinstance(v, bytes) else str(v)
-                    for k, v in (message.headers() or [])
-                },
+                headers,
             )
             with self._lock:
                 self.records.append(record)
