@@ -89,9 +89,10 @@ class TopicReader:
             if message is None or message.error():
                 continue
             headers: dict[str, str] = {}
-            raw_headers: list[tuple[str, bytes | None]] = list(message.headers() or [])
-            for name, value in raw_headers:
-                headers[name] = value.decode() if value is not None else ""
+            raw_headers = message.headers() or []
+            pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+            for name, value in pairs:
+                headers[name] = value.decode() if isinstance(value, bytes) else str(value or "")
             record = Record(
                 str(message.topic()),
                 int(message.partition() or 0),
