@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 
@@ -44,7 +45,7 @@ def create_topics(servers: str, *topics: str, partitions: int = 1) -> None:
 
 
 def produce(
-    servers: str, topic: str, values: list[bytes | dict[str, Any]], partition: int | None = None
+    servers: str, topic: str, values: Sequence[bytes | dict[str, Any]], partition: int | None = None
 ) -> None:
     """Produce records and wait for every acknowledgement."""
     producer = Producer({"bootstrap.servers": servers, "linger.ms": 1})
@@ -76,6 +77,7 @@ class TopicReader:
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
                 "session.timeout.ms": 6000,
+                "topic.metadata.refresh.interval.ms": 1000,
                 "fetch.wait.max.ms": 10,
             }
         )
@@ -132,3 +134,46 @@ class TopicReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def end_offsets(servers: str, topic: str, partitions: int = 1) -> list[int]:
+    """The high watermark of each partition of a topic."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": unique("probe")})
+    try:
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
+            for p in range(partitions)
+        ]
+    finally:
+        consumer.close()
+
+
+def committed_offsets(servers: str, group: str, topic: str, partitions: int = 1) -> list[int]:
+    """The offsets a consumer group has committed on a topic (-1001 where none)."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 10)
+        return [tp.offset for tp in found]
+    finally:
+        consumer.close()
+
+
+def wait_all_committed(
+    servers: str, group: str, topic: str, count: int, partitions: int = 1, timeout_s: float = 30.0
+) -> None:
+    """Wait until a group has committed `count` records of a fresh topic, i.e. logistik is done.
+
+    The count is given because Tansu reports a partition's high watermark as the base offset
+    of its last batch plus one, not the offset after its last record.
+    """
+    deadline = time.monotonic() + timeout_s
+    committed: list[int] = []
+    while time.monotonic() < deadline:
+        committed = committed_offsets(servers, group, topic, partitions)
+        if sum(max(0, offset) for offset in committed) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(
+        f"group {group} committed {committed} of {count} record(s) of {topic} "
+        f"within {timeout_s:g} s"
+    )

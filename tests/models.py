@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ class Reply:
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    gate: threading.Event | None = None  # when given, the answer waits until it is set
 
 
 Behaviour = Callable[[dict[str, Any], int], Reply]
@@ -42,6 +43,9 @@ class ModelServer:
         self.path = path
         self.port = free_port()
         self.requests: list[dict[str, Any]] = []
+        self.times: list[float] = []
+        self.active = 0
+        self.peak_active = 0
         self.lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -94,10 +98,19 @@ class ModelServer:
         event = orjson.loads(await request.read())
         with self.lock:
             self.requests.append(event)
+            self.times.append(time.monotonic())
             count = len(self.requests)
-        reply = self.behaviour(event, count)
-        if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
+            self.active += 1
+            self.peak_active = max(self.peak_active, self.active)
+        try:
+            reply = self.behaviour(event, count)
+            if reply.delay_s:
+                await asyncio.sleep(reply.delay_s)
+            if reply.gate is not None:
+                await asyncio.get_running_loop().run_in_executor(None, reply.gate.wait, 60)
+        finally:
+            with self.lock:
+                self.active -= 1
         body = (
             reply.raw
             if reply.raw is not None
@@ -119,18 +132,3 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or condition}")
-
-
-async def async_wait_until(
-    condition: Callable[[], bool], timeout_s: float = 20.0, what: str = ""
-) -> None:
-    """Like wait_until, without blocking the event loop."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or condition}")
-
-
-AsyncCheck = Callable[[], Awaitable[bool]]

@@ -21,15 +21,26 @@ logger = logging.getLogger(__name__)
 Headers = list[tuple[str, str | bytes | None]]
 
 
-def base_config(kafka: KafkaConfig) -> dict[str, Any]:
+class LibrdkafkaLog:
+    """Receives librdkafka's log lines; capped at WARNING because logistik reports outcomes."""
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger("logistik.librdkafka")
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        """Log one librdkafka line."""
+        self._logger.log(min(level, logging.WARNING), message, *args)
+
+
+def base_config(servers: str) -> dict[str, Any]:
     """Settings every client shares."""
-    return {"bootstrap.servers": kafka.bootstrap_servers, "client.id": "logistik"}
+    return {"bootstrap.servers": servers, "client.id": "logistik", "logger": LibrdkafkaLog()}
 
 
 def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
     """Consumer settings: manual commits, low fetch wait, the configured group."""
     return {
-        **base_config(kafka),
+        **base_config(kafka.bootstrap_servers),
         "group.id": kafka.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -44,7 +55,7 @@ def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
 def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
     """Producer settings: idempotent, acknowledged by all replicas, short linger for batching."""
     return {
-        **base_config(kafka),
+        **base_config(kafka.bootstrap_servers),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
@@ -57,7 +68,7 @@ class EventConsumer:
 
     def __init__(self, kafka: KafkaConfig, book: OffsetBook) -> None:
         self._book = book
-        self._consumer = Consumer(consumer_config(kafka), logger=logger)
+        self._consumer = Consumer(consumer_config(kafka))
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
@@ -139,7 +150,7 @@ class EventProducer:
     """An idempotent producer whose `send` resolves when the broker has the record."""
 
     def __init__(self, kafka: KafkaConfig) -> None:
-        self._producer = Producer(producer_config(kafka), logger=logger)
+        self._producer = Producer(producer_config(kafka))
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,7 +212,7 @@ def _settle(future: asyncio.Future[None], err: KafkaError | None, topic: str) ->
 
 def ensure_topics(kafka: KafkaConfig, topics: set[str], timeout_s: float = 10.0) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
-    admin = AdminClient(base_config(kafka))
+    admin = AdminClient(base_config(kafka.bootstrap_servers))
     existing = list_topics(admin, kafka.bootstrap_servers, timeout_s)
     missing = sorted(topics - existing)
     if not missing:

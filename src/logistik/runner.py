@@ -39,6 +39,7 @@ class Runner:
         self._room = asyncio.Event()
         self._unknown_topics: set[str] = set()
         self._router: Router | None = None
+        self.peak_in_flight = 0
         self.ready = asyncio.Event()
 
     @property
@@ -129,6 +130,7 @@ class Runner:
         )
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
 
     async def _handle(self, tracker: PartitionTracker, source: Source, raw: bytes | None) -> None:
         assert self._router is not None

@@ -9,6 +9,7 @@ from confluent_kafka import KafkaException, Producer
 
 from logistik.errors import InvalidEventError, LogistikError, PublishError
 from logistik.event import decode_event, encode_event
+from logistik.kafka import base_config
 
 
 def read_events(stream: IO[bytes], name: str) -> list[bytes]:
@@ -30,7 +31,7 @@ def send_events(
     """Produce events, keyed by actor id, and wait for every acknowledgement."""
     producer = Producer(
         {
-            "bootstrap.servers": bootstrap_servers,
+            **base_config(bootstrap_servers),
             "enable.idempotence": True,
             "message.timeout.ms": int(timeout_s * 1000),
         }
