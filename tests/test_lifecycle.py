@@ -137,3 +137,49 @@ def test_kill_9_mid_stream_loses_nothing(
         second.signal(signal.SIGTERM)
         assert second.wait(30) == 0
         assert reader.on(f"{topic}-failed") == []
+
+
+def test_send_validates_every_line_before_sending(servers: str, tmp_path: Path) -> None:
+    topic = unique("send")
+    create_topics(servers, topic)
+    lines = tmp_path / "events.jsonl"
+    lines.write_text('{"verb": "a", "actor": {"id": "x"}}\n{"actor": {"id": "y"}}\n')
+    bad = run_cli("send", topic, str(lines), "--bootstrap-servers", servers)
+    assert bad.returncode == 1
+    assert bad.stderr == (f"logistik: {lines}:2: the event has no 'verb'; nothing was sent\n")
+    lines.write_text('{"verb": "a", "actor": {"id": "x"}}\n\n{"verb": "b", "id": "e2"}\n')
+    good = run_cli("send", topic, str(lines), "--bootstrap-servers", servers)
+    assert good.returncode == 0, good.stderr
+    assert good.stderr == f"sent 2 event(s) to {topic}\n"
+    with TopicReader(servers, topic) as reader:
+        records = reader.wait_for(topic, 2)
+    assert [r.json()["verb"] for r in records] == ["a", "b"]
+    assert records[0].key == b"x" and records[1].json()["id"] == "e2"
+
+
+def test_send_to_an_absent_broker_is_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "logistik",
+            "send",
+            "t",
+            "-",
+            "--bootstrap-servers",
+            f"127.0.0.1:{port}",
+            "--timeout-s",
+            "2",
+        ],
+        input='{"verb": "a"}\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"logistik: 1 event(s) not acknowledged by 127.0.0.1:{port} within 2 s "
+        "(is the broker running?)"
+    )

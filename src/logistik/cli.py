@@ -100,7 +100,20 @@ async def _run(config: Config) -> None:
 @click.argument("source", type=click.Path(allow_dash=True, dir_okay=False), default="-")
 @click.option("--config", "config_file", metavar="FILE", help="YAML config for the broker.")
 @click.option("--bootstrap-servers", help="Overrides kafka.bootstrap_servers.")
-def send(topic: str, source: str, config_file: str | None, bootstrap_servers: str | None) -> None:
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="How long to wait for the broker to acknowledge every event.",
+)
+def send(
+    topic: str,
+    source: str,
+    config_file: str | None,
+    bootstrap_servers: str | None,
+    timeout_s: float,
+) -> None:
     """Produce events (JSON lines) from FILE or stdin to TOPIC; every line is checked first.
 
     \b
@@ -114,7 +127,7 @@ def send(topic: str, source: str, config_file: str | None, bootstrap_servers: st
     try:
         with click.open_file(source, "rb") as stream:
             events = read_events(stream, "stdin" if source == "-" else source)
-        count = send_events(servers, topic, events)
+        count = send_events(servers, topic, events, timeout_s)
     except LogistikError as exc:
         _fail(str(exc), EXIT_ERROR)
     click.echo(f"sent {count} event(s) to {topic}", err=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import IO
 
 import orjson
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from logistik.errors import InvalidEventError, LogistikError, PublishError
 from logistik.event import decode_event, encode_event
@@ -36,11 +36,11 @@ def send_events(
             "message.timeout.ms": int(timeout_s * 1000),
         }
     )
-    errors: list[str] = []
+    errors: list[KafkaError] = []
 
-    def delivered(err: object, _msg: object) -> None:
+    def delivered(err: KafkaError | None, _msg: object) -> None:
         if err is not None:
-            errors.append(str(err))
+            errors.append(err)
 
     for value in events:
         actor = orjson.loads(value).get("actor")
@@ -50,12 +50,13 @@ def send_events(
         except KafkaException as exc:
             raise PublishError(f"cannot write to {topic}: {exc.args[0]}") from None
         producer.poll(0)
-    left = producer.flush(timeout_s)
-    if left:
+    left = producer.flush(timeout_s + 5)
+    timed_out = sum(1 for e in errors if e.code() == KafkaError._MSG_TIMED_OUT)
+    if left or timed_out:
         raise PublishError(
-            f"{left} event(s) not acknowledged by {bootstrap_servers} within "
+            f"{left + timed_out} event(s) not acknowledged by {bootstrap_servers} within "
             f"{timeout_s:g} s (is the broker running?)"
         )
     if errors:
-        raise PublishError(f"{len(errors)} event(s) not written to {topic}: {errors[0]}")
+        raise PublishError(f"{len(errors)} event(s) not written to {topic}: {errors[0].str()}")
     return len(events)
