@@ -35,6 +35,16 @@ def tansu_binary() -> str:
         raise EmbeddedBrokerError(f"no Tansu binary: {exc}") from None
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a loopback TCP port can be bound now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class EmbeddedBroker:
     """A Tansu broker process with in-memory storage; stopped on exit, its data gone with it."""
 
@@ -51,6 +61,11 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections."""
         url = f"tcp://127.0.0.1:{self.port}"
+        if not port_is_free(self.port):
+            raise EmbeddedBrokerError(
+                f"cannot start the embedded broker: port {self.port} is already in use "
+                "(another broker running? set kafka.embedded_port)"
+            )
         log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
             [

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,19 +19,34 @@ from logistik.errors import BrokerError, PublishError
 from logistik.offsets import OffsetBook, TopicPartitionKey
 
 logger = logging.getLogger(__name__)
+_TIMINGS = re.compile(r"\(after \d+ms[^)]*\)|\d+ms")
 
 Headers = list[tuple[str, str | bytes | None]]
 
 
 class LibrdkafkaLog:
-    """Receives librdkafka's log lines; capped at WARNING because logistik reports outcomes."""
+    """Receives librdkafka's log lines, capped at WARNING, each distinct line once per interval.
 
-    def __init__(self) -> None:
+    librdkafka repeats a failed connection every few milliseconds while a broker is away;
+    logistik reports what that means for events itself, so the repetition is only noise.
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
         self._logger = logging.getLogger("logistik.librdkafka")
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
 
     def log(self, level: int, message: str, *args: object) -> None:
-        """Log one librdkafka line."""
-        self._logger.log(min(level, logging.WARNING), message, *args)
+        """Log one librdkafka line unless the same line was logged within the interval."""
+        text = message % args if args else message
+        key = _TIMINGS.sub("", text)
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval_s) < self._interval_s:
+            return
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        self._logger.log(min(level, logging.WARNING), "%s", text)
 
 
 def base_config(servers: str) -> dict[str, Any]:
