@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +14,7 @@ from types import TracebackType
 from logistik.errors import EmbeddedBrokerError
 
 logger = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -35,6 +38,15 @@ def tansu_binary() -> str:
         raise EmbeddedBrokerError(f"no Tansu binary: {exc}") from None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the broker is still stopped by stop() on every normal exit
+
+
 def port_is_free(port: int) -> bool:
     """Whether a loopback TCP port can be bound now."""
     with socket.socket() as sock:
@@ -46,7 +58,11 @@ def port_is_free(port: int) -> bool:
 
 
 class EmbeddedBroker:
-    """A Tansu broker process with in-memory storage; stopped on exit, its data gone with it."""
+    """A Tansu broker process with in-memory storage; stopped on exit, its data gone with it.
+
+    On Linux the broker also ends when the thread that started it ends (so a killed logistik
+    leaves no broker behind): start it from a thread that lives as long as it should.
+    """
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
@@ -81,6 +97,10 @@ class EmbeddedBroker:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal must not stop the broker before logistik
+            # has drained and committed; logistik stops it, or the kernel does if logistik dies.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

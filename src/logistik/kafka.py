@@ -85,7 +85,7 @@ class EventConsumer:
 
     def __init__(self, kafka: KafkaConfig, book: OffsetBook) -> None:
         self._book = book
-        self._consumer = Consumer(consumer_config(kafka))
+        self._consumer = Consumer({**consumer_config(kafka), "on_commit": self._on_commit})
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
@@ -114,10 +114,10 @@ class EventConsumer:
             return [first]
         return [first, *self._consumer.consume(max_messages - 1, 0)]
 
-    def commit(self, offsets: dict[TopicPartitionKey, int], wait: bool = False) -> None:
-        """Commit offsets (consumer thread); failures are logged, the events are redelivered."""
+    def commit(self, offsets: dict[TopicPartitionKey, int], wait: bool = False) -> bool:
+        """Commit offsets (consumer thread); a failure is logged and retried on the next commit."""
         if not offsets:
-            return
+            return True
         partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
             if wait:
@@ -125,7 +125,24 @@ class EventConsumer:
             else:
                 self._consumer.commit(offsets=partitions, asynchronous=True)
         except KafkaException as exc:
-            logger.warning("commit of %d partition(s) failed: %s", len(partitions), exc.args[0])
+            self._failed_commit(exc.args[0], partitions)
+            return False
+        return True
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [p for p in partitions if p.error is not None]
+        if error is not None:
+            self._failed_commit(error, partitions)
+        elif failed and failed[0].error is not None:
+            self._failed_commit(failed[0].error, failed)
+
+    def _failed_commit(self, error: KafkaError, partitions: list[TopicPartition]) -> None:
+        if error.code() == KafkaError._NO_OFFSET:
+            return
+        logger.warning(
+            "commit of %s failed: %s (retried on the next commit)", _names(partitions), error.str()
+        )
+        self._book.uncommit([(p.topic, p.partition) for p in partitions])
 
     def pause(self) -> None:
         """Stop fetching on every assigned partition (consumer thread)."""
@@ -139,10 +156,11 @@ class EventConsumer:
             self._consumer.resume(self._assignment)
         self._paused = False
 
-    def close(self) -> None:
-        """Commit what is done and leave the group (consumer thread)."""
-        self.commit(self._book.to_commit(), wait=True)
+    def close(self) -> bool:
+        """Commit what is done and leave the group (consumer thread); False if the commit failed."""
+        committed = self.commit(self._book.to_commit(), wait=True)
         self._consumer.close()
+        return committed
 
     def shutdown(self) -> None:
         """Stop the consumer thread."""

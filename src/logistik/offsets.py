@@ -76,6 +76,14 @@ class OffsetBook:
                     tracker.committed = tracker.next_offset
         return result
 
+    def uncommit(self, keys: list[TopicPartitionKey]) -> None:
+        """Forget that these commit points were committed, so the next commit sends them again."""
+        with self.lock:
+            for key in keys:
+                tracker = self._trackers.get(key)
+                if tracker is not None:
+                    tracker.committed = None
+
     def forget(self, keys: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         """Stop tracking revoked partitions; returns their last commit points not yet committed."""
         result: dict[TopicPartitionKey, int] = {}

@@ -182,8 +182,13 @@ class Runner:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        await consumer.run(consumer.close)
-        logger.info("stopped: offsets of finished events committed")
+        if await consumer.run(consumer.close):
+            logger.info("stopped: offsets of finished events committed")
+        else:
+            logger.warning(
+                "stopped: the last commit failed; events since the previous commit "
+                "will be delivered again"
+            )
 
     @staticmethod
     async def _flush(producer: EventProducer) -> None:
