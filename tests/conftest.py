@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from logistik.broker import EmbeddedBroker
+from tests.databases import PostgresServer
 from tests.harness import RouterProcess, RouterThread
 from tests.models import Behaviour, ModelServer, echo
 
@@ -70,3 +71,20 @@ def router_process(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Router
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each kind: a SQLite file, and a database on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'logistik.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()

@@ -55,7 +55,7 @@ def test_handler_defaults_and_node_id() -> None:
 
 
 def test_handler_without_return_to_is_refused_unless_decoy() -> None:
-    with pytest.raises(ConfigError, match=r"discovery.handlers\[0\]: return_to is required"):
+    with pytest.raises(ConfigError, match=r"x.yaml: discovery: handlers\[0\] \(a\): return_to is"):
         parse_config(
             "discovery: {handlers: [{name: a, event: t, endpoint: h, port: 1}]}", "x.yaml", {}
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from logistik.errors import ConfigError
 from logistik.handler import Handler
@@ -62,6 +62,15 @@ class DiscoveryConfig(_Section):
 
     consul: ConsulConfig | None = None
     handlers: list[Handler] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _routable(self) -> DiscoveryConfig:
+        """Every static handler must be routable as written."""
+        for index, handler in enumerate(self.handlers):
+            problem = handler.problem()
+            if problem:
+                raise ValueError(f"handlers[{index}] ({handler.name}): {problem}")
+        return self
 
 
 class WebConfig(_Section):

@@ -5,6 +5,10 @@ LogistikError
  ├── InvalidEventError    a record is not an event logistik can route (not JSON, no verb, ...)
  ├── BrokerError          the Kafka broker cannot be reached or refused a request
  │    └── PublishError    a record could not be written to a topic
+ ├── StoreError           the handler store cannot be opened or refused a change
+ │    └── HandlerNotFoundError   no handler has the given node id
+ ├── ActionError          a rollout action that makes no sense for this handler
+ ├── DiscoveryError       Consul or a model's /info could not be read
  └── EmbeddedBrokerError  the embedded Tansu broker could not be started
 """
 
@@ -37,3 +41,19 @@ class PublishError(BrokerError):
 
 class EmbeddedBrokerError(LogistikError):
     """The embedded Tansu broker could not be started."""
+
+
+class StoreError(LogistikError):
+    """The handler store cannot be opened or refused a change."""
+
+
+class HandlerNotFoundError(StoreError):
+    """No handler has the given node id."""
+
+
+class ActionError(LogistikError):
+    """A rollout action that makes no sense for this handler."""
+
+
+class DiscoveryError(LogistikError):
+    """Consul or a model's /info could not be read."""

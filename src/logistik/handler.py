@@ -17,6 +17,16 @@ class ModelType(StrEnum):
     DECOY = "decoy"
 
 
+def node_id_of(fields: dict[str, Any]) -> str:
+    """The identity `service_id-hostname-model_type-node` of a handler's fields."""
+    model_type = fields.get("model_type") or ModelType.MODEL.value
+    model_type = getattr(model_type, "value", model_type)
+    return (
+        f"{fields.get('service_id') or ''}-{fields.get('hostname') or ''}-{model_type}-"
+        f"{fields.get('node') or '0'}"
+    )
+
+
 class Handler(BaseModel):
     """Every field of one handler; missing identity fields are derived from the given ones."""
 
@@ -47,6 +57,7 @@ class Handler(BaseModel):
     tags: list[str] = Field(default_factory=list)
     consul_service_id: str = ""
     startup: datetime | None = None
+    node_id: str = Field(default="", description="identity: service_id-hostname-model_type-node")
 
     @model_validator(mode="before")
     @classmethod
@@ -63,24 +74,25 @@ class Handler(BaseModel):
             data["hostname"] = data["endpoint"]
         if isinstance(data.get("node"), int):
             data["node"] = str(data["node"])
+        if not data.get("node_id"):
+            data["node_id"] = node_id_of(data)
         return data
 
     @model_validator(mode="after")
     def _check(self) -> Handler:
-        """Refuse combinations that could only lose answers."""
+        """Refuse a path that cannot be part of a URL."""
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/', got {self.path!r}")
+        return self
+
+    def problem(self) -> str | None:
+        """Why this handler cannot be routed to, or None when it can."""
         if self.model_type != ModelType.DECOY and not self.return_to:
-            raise ValueError(
+            return (
                 f"return_to is required for a {self.model_type.value} handler "
                 "(the topic its answers are published to)"
             )
-        return self
-
-    @property
-    def node_id(self) -> str:
-        """The unique identity `service_id-hostname-model_type-node`."""
-        return f"{self.service_id}-{self.hostname}-{self.model_type.value}-{self.node}"
+        return None
 
     @property
     def url(self) -> str:
@@ -95,4 +107,4 @@ class Handler(BaseModel):
     @property
     def active(self) -> bool:
         """Whether the handler should receive events now."""
-        return self.enabled and not self.retired
+        return self.enabled and not self.retired and self.problem() is None

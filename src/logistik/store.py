@@ -1,0 +1,423 @@
+"""The handler store: every handler in SQL (SQLite or PostgreSQL), with admin state kept apart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from pydantic import ValidationError
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Connection,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from logistik.config import describe_validation
+from logistik.errors import HandlerNotFoundError, StoreError
+from logistik.handler import Handler, ModelType
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Fields discovery (or the config) owns; admin fields are never written from discovery.
+DISCOVERED_FIELDS = (
+    "name", "service_id", "group_id", "event", "endpoint", "hostname", "port", "path", "method",
+    "version", "node", "model_type", "enabled", "traffic", "timeout_s", "retries", "return_to",
+    "failed_topic", "environment", "tags", "consul_service_id", "startup",
+)  # fmt: skip
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the store's tables."""
+
+
+class HandlerRow(Base):
+    """One handler as stored: what discovery says, and what operators decided."""
+
+    __tablename__ = "handlers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(255))
+    service_id: Mapped[str] = mapped_column(String(255))
+    group_id: Mapped[str] = mapped_column(String(255), index=True)
+    event: Mapped[str] = mapped_column(String(255), index=True)
+    endpoint: Mapped[str] = mapped_column(String(255))
+    hostname: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024), default="/")
+    method: Mapped[str] = mapped_column(String(16), default="POST")
+    version: Mapped[str] = mapped_column(String(255), default="")
+    node: Mapped[str] = mapped_column(String(64), default="0")
+    model_type: Mapped[str] = mapped_column(String(16), default="model")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    traffic: Mapped[float] = mapped_column(Float, default=0.0)
+    timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    retries: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    return_to: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    failed_topic: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    environment: Mapped[str] = mapped_column(String(255), default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    consul_service_id: Mapped[str] = mapped_column(String(255), default="")
+    startup: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Operators' decisions: discovery never writes these.
+    retired: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled_by_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    admin_model_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    admin_traffic: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Bookkeeping.
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    problem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decoy_compared: Mapped[int] = mapped_column(BigInteger, default=0)
+    decoy_agreed: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+@dataclass(frozen=True)
+class HandlerRecord:
+    """A stored handler: the effective handler logistik routes to, and where its state came from."""
+
+    handler: Handler
+    source: str
+    discovered_enabled: bool
+    disabled_by_admin: bool
+    declared_model_type: str
+    problem: str | None
+    decoy_compared: int
+    decoy_agreed: int
+    created_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime | None
+
+    @property
+    def node_id(self) -> str:
+        """The handler's node id."""
+        return self.handler.node_id
+
+    @property
+    def state(self) -> str:
+        """One word for the handler's state: retired, disabled, down or active."""
+        if self.handler.retired:
+            return "retired"
+        if self.disabled_by_admin:
+            return "disabled"
+        if not self.discovered_enabled:
+            return "down"
+        return "active"
+
+    @property
+    def agreement(self) -> float | None:
+        """A decoy's share of answers equal to production's, when any were compared."""
+        return self.decoy_agreed / self.decoy_compared if self.decoy_compared else None
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy async URL for a config URL (sqlite:/// or postgresql://)."""
+    for plain, driver in (
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _effective(row: HandlerRow) -> Handler:
+    return Handler.model_validate(
+        {
+            **{f: getattr(row, f) for f in DISCOVERED_FIELDS},
+            "node_id": row.node_id,
+            "model_type": row.admin_model_type or row.model_type,
+            "traffic": row.admin_traffic if row.admin_traffic is not None else row.traffic,
+            "enabled": row.enabled and not row.disabled_by_admin,
+            "retired": row.retired,
+            "tags": list(row.tags or []),
+        }
+    )
+
+
+def _record(row: HandlerRow) -> HandlerRecord:
+    return HandlerRecord(
+        _effective(row),
+        row.source,
+        row.enabled,
+        row.disabled_by_admin,
+        row.model_type,
+        row.problem,
+        row.decoy_compared,
+        row.decoy_agreed,
+        row.created_at,
+        row.updated_at,
+        row.last_seen_at,
+    )
+
+
+class Store:
+    """Async access to the handler store; `open` migrates the schema to the newest revision."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect and upgrade the schema; a database that cannot be reached is a StoreError."""
+        engine = create_async_engine(async_url(url))
+        store = cls(engine)
+        try:
+            await store.migrate()
+        except (OSError, OperationalError, DBAPIError) as exc:
+            await engine.dispose()
+            raise StoreError(
+                f"cannot open the store at {_safe_url(url)}: {_first_line(exc)}"
+            ) from None
+        return store
+
+    async def close(self) -> None:
+        """Release the connections."""
+        await self._engine.dispose()
+
+    async def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to a revision, serialised between processes on PostgreSQL."""
+        async with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Several logistik processes may start at once against one database.
+                await connection.execute(text("SELECT pg_advisory_xact_lock(5656)"))
+            await connection.run_sync(_upgrade, revision)
+
+    async def revision(self) -> str | None:
+        """The schema revision the database is at."""
+        async with self._engine.connect() as connection:
+            try:
+                result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+            except (OperationalError, DBAPIError):
+                return None
+            return result.scalar_one_or_none()
+
+    async def records(self) -> list[HandlerRecord]:
+        """Every stored handler, ordered by node id."""
+        async with self._sessions() as session:
+            rows = await session.scalars(select(HandlerRow).order_by(HandlerRow.node_id))
+            return [_record(row) for row in rows]
+
+    async def handlers(self) -> list[Handler]:
+        """The effective handlers, for the router."""
+        return [record.handler for record in await self.records()]
+
+    async def get(self, node_id: str) -> HandlerRecord:
+        """One stored handler; HandlerNotFoundError when there is none."""
+        async with self._sessions() as session:
+            return _record(await _row(session, node_id))
+
+    async def sync(
+        self,
+        handlers: Iterable[Handler],
+        source: str,
+        problems: dict[str, str] | None = None,
+        complete: bool = True,
+    ) -> int:
+        """Write what a source says; with `complete`, its handlers not named are marked down.
+
+        Admin state (retired, disabled by hand, promoted, traffic set by hand) is kept.
+        Returns how many rows changed.
+        """
+        now = _now()
+        wanted = {h.node_id: h for h in handlers}
+        changed = 0
+        async with self._sessions.begin() as session:
+            rows = {
+                r.node_id: r
+                for r in await session.scalars(
+                    select(HandlerRow).where(HandlerRow.source == source)
+                )
+            }
+            for node_id, handler in wanted.items():
+                row = rows.get(node_id) or await _by_node_id(session, node_id)
+                if row is None:
+                    session.add(_new_row(handler, source, now))
+                    changed += 1
+                    continue
+                changed += _apply(row, handler, source, now)
+            if complete:
+                for node_id, row in rows.items():
+                    if node_id not in wanted and row.enabled:
+                        row.enabled, row.updated_at = False, now
+                        changed += 1
+            for node_id, problem in (problems or {}).items():
+                row = rows.get(node_id)
+                if row is not None and row.problem != problem:
+                    row.problem, row.updated_at = problem, now
+                    changed += 1
+        return changed
+
+    async def add(self, handler: Handler, source: str = "api") -> HandlerRecord:
+        """Store a new handler; StoreError if its node id exists."""
+        async with self._sessions.begin() as session:
+            if await _by_node_id(session, handler.node_id) is not None:
+                raise StoreError(f"handler {handler.node_id} already exists")
+            row = _new_row(handler, source, _now())
+            session.add(row)
+        return _record(row)
+
+    async def edit(self, node_id: str, fields: dict[str, Any]) -> HandlerRecord:
+        """Change discovered fields of a handler (validated as a whole)."""
+        async with self._sessions.begin() as session:
+            row = await _row(session, node_id)
+            current = {f: getattr(row, f) for f in DISCOVERED_FIELDS}
+            if "timeout" in fields:
+                fields = {**fields, "timeout_s": fields["timeout"]}
+                del fields["timeout"]
+            try:
+                handler = Handler.model_validate({**current, **fields, "node_id": node_id})
+            except ValidationError as exc:
+                raise StoreError(describe_validation(exc, node_id)) from None
+            _apply(row, handler, row.source, _now())
+        return _record(row)
+
+    async def set_admin(self, node_id: str, **state: Any) -> HandlerRecord:
+        """Set admin state: retired, disabled_by_admin, admin_model_type, admin_traffic."""
+        allowed = {"retired", "disabled_by_admin", "admin_model_type", "admin_traffic"}
+        unknown = set(state) - allowed
+        if unknown:
+            raise ValueError(f"not admin state: {', '.join(sorted(unknown))}")
+        async with self._sessions.begin() as session:
+            row = await _row(session, node_id)
+            for key, value in state.items():
+                setattr(row, key, value)
+            row.updated_at = _now()
+        return _record(row)
+
+    async def delete(self, node_id: str) -> None:
+        """Remove a handler for good."""
+        async with self._sessions.begin() as session:
+            await session.delete(await _row(session, node_id))
+
+    async def count_decoy(self, counts: dict[str, tuple[int, int]]) -> None:
+        """Add (compared, agreed) counts to decoys, atomically across processes."""
+        if not counts:
+            return
+        async with self._sessions.begin() as session:
+            for node_id, (compared, agreed) in counts.items():
+                await session.execute(
+                    update(HandlerRow)
+                    .where(HandlerRow.node_id == node_id)
+                    .values(
+                        decoy_compared=HandlerRow.decoy_compared + compared,
+                        decoy_agreed=HandlerRow.decoy_agreed + agreed,
+                    )
+                )
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def _new_row(handler: Handler, source: str, now: datetime) -> HandlerRow:
+    row = HandlerRow(
+        node_id=handler.node_id,
+        source=source,
+        created_at=now,
+        updated_at=now,
+        last_seen_at=now,
+        retired=handler.retired,
+        disabled_by_admin=False,
+        decoy_compared=0,
+        decoy_agreed=0,
+    )
+    for field in DISCOVERED_FIELDS:
+        setattr(row, field, _column_value(handler, field))
+    return row
+
+
+def _apply(row: HandlerRow, handler: Handler, source: str, now: datetime) -> int:
+    """Copy discovered fields onto a row; returns 1 if anything changed."""
+    changed = 0
+    for field in DISCOVERED_FIELDS:
+        value = _column_value(handler, field)
+        if getattr(row, field) != value:
+            setattr(row, field, value)
+            changed = 1
+    if row.source != source:
+        row.source, changed = source, 1
+    row.last_seen_at = now
+    if changed:
+        row.updated_at = now
+    return changed
+
+
+def _column_value(handler: Handler, field: str) -> Any:
+    value = getattr(handler, field)
+    if isinstance(value, ModelType):
+        return value.value
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+async def _by_node_id(session: AsyncSession, node_id: str) -> HandlerRow | None:
+    row: HandlerRow | None = await session.scalar(
+        select(HandlerRow).where(HandlerRow.node_id == node_id)
+    )
+    return row
+
+
+async def _row(session: AsyncSession, node_id: str) -> HandlerRow:
+    row = await _by_node_id(session, node_id)
+    if row is None:
+        raise HandlerNotFoundError(f"no handler {node_id}")
+    return row
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    return url
+
+
+def _first_line(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+
+
+def records_by_group(
+    records: Sequence[HandlerRecord],
+) -> dict[tuple[str, str], list[HandlerRecord]]:
+    """Records keyed by (topic, group id)."""
+    groups: dict[tuple[str, str], list[HandlerRecord]] = {}
+    for record in records:
+        groups.setdefault((record.handler.event, record.handler.group_id), []).append(record)
+    return groups
