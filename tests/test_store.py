@@ -30,10 +30,10 @@ def make(name: str = "face", **fields: Any) -> Handler:
 async def test_open_migrates_an_empty_database_to_the_newest_revision(database_url: str) -> None:
     store = await Store.open(database_url)
     try:
-        assert await store.revision() == "0002"
+        assert await store.revision() == "0003"
         assert await store.records() == []
         await store.migrate()  # a second open changes nothing
-        assert await store.revision() == "0002"
+        assert await store.revision() == "0003"
     finally:
         await store.close()
 
@@ -75,12 +75,24 @@ async def test_sync_adds_updates_and_marks_missing_handlers_down(database_url: s
         await store.sync([a.model_copy(update={"version": "2"})], "consul")
         by_id = {r.node_id: r for r in await store.records()}
         assert by_id[a.node_id].handler.version == "2"
-        assert by_id[b.node_id].state == "down"
+        assert by_id[b.node_id].state == "gone"
         assert by_id[b.node_id].handler.active is False
         await store.sync([a, b], "consul")
         assert (await store.get(b.node_id)).state == "active"
+        await store.sync(
+            [a.model_copy(update={"enabled": False})],
+            "consul",
+            problems={a.node_id: "health check critical"},
+        )
+        down = await store.get(a.node_id)
+        assert (down.state, down.problem) == ("down", "health check critical")
         await store.sync([], "static")  # another source never touches consul's handlers
-        assert (await store.get(a.node_id)).state == "active"
+        assert (await store.get(b.node_id)).state == "gone"
+        static = make("face", node="9")
+        await store.sync([static], "static")
+        await store.sync([], "static", delete_missing=True)
+        with pytest.raises(HandlerNotFoundError):
+            await store.get(static.node_id)
     finally:
         await store.close()
 

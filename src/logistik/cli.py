@@ -89,10 +89,7 @@ async def _run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = Runner(config)
-    if not runner.registry.topics():
-        logger.warning("no enabled handler in %s: nothing to consume yet", "discovery.handlers")
-    await runner.run(stop)
+    await Runner(config).run(stop)
 
 
 @main.command()

@@ -62,6 +62,7 @@ class DiscoveryConfig(_Section):
 
     consul: ConsulConfig | None = None
     handlers: list[Handler] = Field(default_factory=list)
+    refresh_s: float = Field(default=2.0, gt=0)  # how often the router reloads the store
 
     @model_validator(mode="after")
     def _routable(self) -> DiscoveryConfig:

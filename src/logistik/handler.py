@@ -12,9 +12,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 class ModelType(StrEnum):
     """The role of a handler inside its group."""
 
-    MODEL = "model"
-    CANARY = "canary"
-    DECOY = "decoy"
+    MODEL = "model"  # production: answers the group's events
+    CANARY = "canary"  # answers its traffic share of the group's events instead of production
+    DECOY = "decoy"  # shadow: gets every event too; answers compared, never published
+    DEPLOY = "deploy"  # registered and checked, gets no events until promoted
 
 
 def node_id_of(fields: dict[str, Any]) -> str:
@@ -87,7 +88,7 @@ class Handler(BaseModel):
 
     def problem(self) -> str | None:
         """Why this handler cannot be routed to, or None when it can."""
-        if self.model_type != ModelType.DECOY and not self.return_to:
+        if self.model_type in (ModelType.MODEL, ModelType.CANARY) and not self.return_to:
             return (
                 f"return_to is required for a {self.model_type.value} handler "
                 "(the topic its answers are published to)"

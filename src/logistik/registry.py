@@ -56,20 +56,23 @@ class Group:
     production: list[Instance] = field(default_factory=list)
     canaries: list[Instance] = field(default_factory=list)
     decoys: list[Instance] = field(default_factory=list)
+    down: list[str] = field(default_factory=list)  # node ids discovery reports not healthy
     _turn: int = 0
+
+    @property
+    def answerable(self) -> bool:
+        """Whether any instance can answer (production or canary)."""
+        return bool(self.production or self.canaries)
 
     def answering_pool(self, event: Event) -> list[Instance]:
         """The instances that may answer this event: a canary for its share, else production."""
-        if self.canaries:
-            share = canary_draw(self.group_id, event_id(event))
-            total = 0.0
-            for canary in self.canaries:
-                total += canary.handler.traffic
-                if share < total:
-                    return [c for c in self.canaries if c.handler.traffic > 0] or self.production
-            if not self.production:
-                return self.canaries
-        return self.production
+        serving = [c for c in self.canaries if c.handler.traffic > 0]
+        if serving:
+            share = sum(c.handler.traffic for c in serving)
+            if canary_draw(self.group_id, event_id(event)) < share:
+                return serving
+        # Without production (all demoted or down), a standby canary answers rather than no one.
+        return self.production or serving or self.canaries
 
     def pick(self, pool: list[Instance], tried: Iterable[str] = ()) -> Instance | None:
         """Choose the healthy, least-loaded instance of the pool, avoiding nodes already tried."""
@@ -108,8 +111,12 @@ class Registry:
         self._groups: dict[str, list[Group]] = {}
         self.version = 0
 
-    def replace(self, handlers: Iterable[Handler]) -> None:
-        """Make these handlers the live set; instances of unchanged node ids keep their state."""
+    def replace(self, handlers: Iterable[Handler], down: Iterable[Handler] = ()) -> None:
+        """Make these handlers the live set; instances of unchanged node ids keep their state.
+
+        `down` are handlers discovery reports unhealthy: their groups stay known, so their
+        events go to the failed topic (to be replayed) instead of being skipped.
+        """
         instances: dict[str, Instance] = {}
         for handler in handlers:
             if not handler.active:
@@ -123,7 +130,7 @@ class Registry:
             else:
                 instances[handler.node_id] = Instance(handler, self._max_concurrency)
         self._instances = instances
-        self._groups = _group(instances.values())
+        self._groups = _group(instances.values(), down)
         self.version += 1
 
     def topics(self) -> set[str]:
@@ -147,8 +154,14 @@ class Registry:
         return [g for g in groups if g.group_id in channels]
 
 
-def _group(instances: Iterable[Instance]) -> dict[str, list[Group]]:
+def _group(instances: Iterable[Instance], down: Iterable[Handler]) -> dict[str, list[Group]]:
     by_key: dict[tuple[str, str], Group] = {}
+    for handler in down:
+        if handler.model_type in (ModelType.MODEL, ModelType.CANARY):
+            key = (handler.event, handler.group_id)
+            by_key.setdefault(key, Group(handler.group_id, handler.event)).down.append(
+                handler.node_id
+            )
     for instance in sorted(instances, key=lambda i: i.node_id):
         handler = instance.handler
         key = (handler.event, handler.group_id)
@@ -157,9 +170,10 @@ def _group(instances: Iterable[Instance]) -> dict[str, list[Group]]:
             group.canaries.append(instance)
         elif handler.model_type == ModelType.DECOY:
             group.decoys.append(instance)
-        else:
+        elif handler.model_type == ModelType.MODEL:
             group.production.append(instance)
     topics: dict[str, list[Group]] = {}
     for (topic, _), group in sorted(by_key.items()):
-        topics.setdefault(topic, []).append(group)
+        if group.answerable or group.decoys or group.down:
+            topics.setdefault(topic, []).append(group)
     return topics

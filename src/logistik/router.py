@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from logistik.alert import Alerter
 from logistik.backoff import Backoff
 from logistik.config import RoutingConfig
+from logistik.decoy import DecoyTally, agrees
 from logistik.errors import InvalidEventError, PublishError
 from logistik.event import Event, actor_key, decode_event, encode_event, event_id
 from logistik.failure import FailedRecord, Reason
@@ -31,6 +32,30 @@ class Source:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event on its way to one group."""
+
+    group: Group
+    source: Source
+    event: Event
+    body: bytes
+
+    def failed(
+        self,
+        reason: str,
+        error: str,
+        nodes: Iterable[str] = (),
+        retries: int = 0,
+    ) -> FailedRecord:
+        """The failed-topic record for this delivery."""
+        return FailedRecord(
+            self.source.topic, self.source.partition, self.source.offset, self.body, reason,
+            error, event_id(self.event), self.group.group_id, tuple(dict.fromkeys(nodes)),
+            retries,
+        )  # fmt: skip
+
+
 class Router:
     """Sends events to models and publishes answers; failure is kept per (event, group)."""
 
@@ -50,26 +75,20 @@ class Router:
         self._backoff = Backoff(
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
+        self.decoys = DecoyTally()
 
     async def handle(self, source: Source, raw: bytes | None) -> None:
         """Route one record; returns when every group is done with it."""
         try:
             event = decode_event(raw)
         except InvalidEventError as exc:
-            logger.warning(
-                "%s/%d/%d is not a valid event (%s): sent to %s-failed",
-                source.topic,
-                source.partition,
-                source.offset,
-                exc,
-                source.topic,
+            topic = f"{source.topic}-failed"
+            logger.warning("%s/%d/%d is not a valid event (%s): sent to %s", source.topic,
+                           source.partition, source.offset, exc, topic)  # fmt: skip
+            record = FailedRecord(
+                source.topic, source.partition, source.offset, raw, exc.reason, str(exc)
             )
-            await self.write_failed(
-                f"{source.topic}-failed",
-                FailedRecord(
-                    source.topic, source.partition, source.offset, raw, exc.reason, str(exc)
-                ),
-            )
+            await self.write_failed(topic, record)
             return
         groups = self._registry.groups_for(source.topic, event)
         if not groups:
@@ -77,86 +96,76 @@ class Router:
             return
         body = encode_event(event)
         if len(groups) == 1:
-            await self._deliver(groups[0], source, event, body)
+            await self._deliver(Delivery(groups[0], source, event, body))
         else:
-            await asyncio.gather(*(self._deliver(g, source, event, body) for g in groups))
+            await asyncio.gather(*(self._deliver(Delivery(g, source, event, body)) for g in groups))
 
-    async def _deliver(self, group: Group, source: Source, event: Event, body: bytes) -> None:
-        """Get one answer from the group, retrying and failing over; never raises."""
+    async def _deliver(self, delivery: Delivery) -> None:
+        """Get one answer from the group (decoys alongside); never raises."""
         try:
-            await self._answer(group, source, event, body)
+            if delivery.group.decoys:
+                await self._shadowed(delivery)
+            else:
+                await self._answer(delivery)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must not stall the partition: record the event
-            logger.exception(
-                "internal error routing event %s to %s", event_id(event), group.group_id
-            )
-            await self.write_failed(
-                f"{group.topic}-failed",
-                FailedRecord(
-                    source.topic,
-                    source.partition,
-                    source.offset,
-                    body,
-                    Reason.INTERNAL,
-                    f"internal error: {exc!r}",
-                    event_id(event),
-                    group.group_id,
-                ),
-            )
+            logger.exception("internal error routing event %s to %s", event_id(delivery.event),
+                             delivery.group.group_id)  # fmt: skip
+            record = delivery.failed(Reason.INTERNAL, f"internal error: {exc!r}")
+            await self.write_failed(f"{delivery.group.topic}-failed", record)
 
-    async def _answer(self, group: Group, source: Source, event: Event, body: bytes) -> None:
-        pool = group.answering_pool(event)
+    async def _shadowed(self, delivery: Delivery) -> None:
+        """Answer as usual while every decoy gets the event too; compare, never publish."""
+        decoys = delivery.group.decoys
+        shadows = asyncio.gather(*(self._call(decoy, delivery.body) for decoy in decoys))
+        try:
+            answer = await self._answer(delivery)
+        finally:
+            decoy_answers = await shadows
+        if answer is None:
+            return
+        for decoy, decoy_answer in zip(decoys, decoy_answers, strict=True):
+            self.decoys.record(decoy.node_id, agrees(answer, decoy_answer))
+
+    async def _answer(self, delivery: Delivery) -> Answer | None:
+        """Get one answer from the group, retrying and failing over; None when it failed."""
+        group = delivery.group
+        if not group.answerable:
+            if group.down:
+                error = f"no instance of group {group.group_id} is up (down: " \
+                        f"{', '.join(group.down)})"  # fmt: skip
+                await self._give_up(delivery, [], Reason.NO_HANDLER, error, 0, group.down)
+            return None
+        pool = group.answering_pool(delivery.event)
         tried: list[str] = []
         retry = 0
         while True:
             instance = group.pick(pool, tried)
-            if instance is None:
-                await self._give_up(
-                    group,
-                    source,
-                    event,
-                    body,
-                    [],
-                    Reason.NO_HANDLER,
-                    "the group has no instance that can answer",
-                    retry,
-                )
-                return
-            answer = await self._call(instance, body)
-            handler = instance.handler
+            assert instance is not None  # the pool of an answerable group is never empty
+            answer = await self._call(instance, delivery.body)
             outcome = answer.outcome
-            logger.debug(
-                "event %s -> %s: %s %s", event_id(event), instance.node_id, outcome, answer.error
-            )
+            logger.debug("event %s -> %s: %s %s", event_id(delivery.event), instance.node_id,
+                         outcome, answer.error)  # fmt: skip
             if outcome is Outcome.OK:
-                await self._publish(group, instance, source, event, body, answer)
-                return
+                return answer if await self._publish(delivery, instance, answer) else None
             if outcome is Outcome.IGNORED or outcome is Outcome.DUPLICATE:
-                return
+                return answer
             tried.append(instance.node_id)
             if outcome is Outcome.REJECTED:
-                await self._give_up(
-                    group, source, event, body, [instance], Reason.REJECTED, answer.error, retry
-                )
-                return
-            limit = handler.retries if handler.retries is not None else self._routing.retries
-            if retry >= limit:
-                instances = _unique(i for i in pool if i.node_id in tried)
-                await self._give_up(
-                    group,
-                    source,
-                    event,
-                    body,
-                    instances,
-                    Reason.RETRIES_EXHAUSTED,
-                    answer.error,
-                    retry,
-                    tried,
-                )
-                return
+                await self._give_up(delivery, [instance], Reason.REJECTED, answer.error, retry)
+                return None
+            if retry >= self._retries(instance):
+                failed = [i for i in pool if i.node_id in tried]
+                await self._give_up(delivery, failed, Reason.RETRIES_EXHAUSTED, answer.error,
+                                    retry, tried)  # fmt: skip
+                return None
             retry += 1
             await asyncio.sleep(self._backoff.delay_s(retry, answer.retry_after_s))
+
+    def _retries(self, instance: Instance) -> int:
+        retries = instance.handler.retries
+        return retries if retries is not None else self._routing.retries
 
     async def _call(self, instance: Instance, body: bytes) -> Answer:
         handler = instance.handler
@@ -176,72 +185,44 @@ class Router:
             instance.record_success()
         return answer
 
-    async def _publish(
-        self,
-        group: Group,
-        instance: Instance,
-        source: Source,
-        event: Event,
-        body: bytes,
-        answer: Answer,
-    ) -> None:
+    async def _publish(self, delivery: Delivery, instance: Instance, answer: Answer) -> bool:
+        """Publish an answer to the handler's return topic; False if it went to the failed one."""
         handler = instance.handler
-        assert handler.return_to is not None
+        assert handler.return_to is not None  # only routable handlers answer
         headers: Headers = [
-            ("logistik.event_id", event_id(event).encode()),
+            ("logistik.event_id", event_id(delivery.event).encode()),
             ("logistik.node_id", handler.node_id.encode()),
             ("logistik.version", handler.version.encode()),
             ("logistik.model_type", handler.model_type.value.encode()),
         ]
+        key = actor_key(delivery.event)
         try:
-            await self._producer.send(handler.return_to, answer.body, actor_key(event), headers)
+            await self._producer.send(handler.return_to, answer.body, key, headers)
         except PublishError as exc:
-            await self._give_up(
-                group, source, event, body, [instance], Reason.PUBLISH_FAILED, str(exc), 0
-            )
+            await self._give_up(delivery, [instance], Reason.PUBLISH_FAILED, str(exc), 0)
+            return False
+        return True
 
     async def _give_up(
         self,
-        group: Group,
-        source: Source,
-        event: Event,
-        body: bytes,
+        delivery: Delivery,
         instances: list[Instance],
         reason: str,
         error: str,
         retries: int,
         tried: Iterable[str] = (),
     ) -> None:
-        nodes = tuple(dict.fromkeys([*tried, *(i.node_id for i in instances)]))
+        group = delivery.group
+        nodes = [*tried, *(i.node_id for i in instances)]
         topic = instances[0].handler.failed_topic_name if instances else f"{group.topic}-failed"
-        logger.warning(
-            "event %s failed in group %s (%s after %d retries): %s; sent to %s",
-            event_id(event),
-            group.group_id,
-            reason,
-            retries,
-            error,
-            topic,
-        )
-        await self.write_failed(
-            topic,
-            FailedRecord(
-                source.topic,
-                source.partition,
-                source.offset,
-                body,
-                reason,
-                error,
-                event_id(event),
-                group.group_id,
-                nodes,
-                retries,
-            ),
-        )
+        logger.warning("event %s failed in group %s (%s after %d retries): %s; sent to %s",
+                       event_id(delivery.event), group.group_id, reason, retries, error,
+                       topic)  # fmt: skip
+        await self.write_failed(topic, delivery.failed(reason, error, nodes, retries))
         if reason == Reason.RETRIES_EXHAUSTED and self._alerter is not None:
-            self._alerter.retries_exhausted(
-                group.group_id, group.topic, [i.handler for i in instances], event_id(event), error
-            )
+            self._alerter.retries_exhausted(group.group_id, group.topic,
+                                            [i.handler for i in instances],
+                                            event_id(delivery.event), error)  # fmt: skip
 
     async def write_failed(self, topic: str, record: FailedRecord) -> None:
         """Write to a failed topic, retrying until the broker takes it: never drop the record."""
@@ -253,13 +234,6 @@ class Router:
             except PublishError as exc:
                 retry += 1
                 delay_s = min(FAILED_WRITE_RETRY_CAP_S, 0.5 * 2 ** min(retry, 10))
-                logger.error(
-                    "%s; retrying in %.1f s (the partition waits, nothing is committed)",
-                    exc,
-                    delay_s,
-                )
+                logger.error("%s; retrying in %.1f s (the partition waits, nothing is committed)",
+                             exc, delay_s)  # fmt: skip
                 await asyncio.sleep(delay_s)
-
-
-def _unique(instances: Iterable[Instance]) -> list[Instance]:
-    return list({i.node_id: i for i in instances}.values())

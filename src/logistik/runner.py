@@ -12,12 +12,14 @@ import aiohttp
 from confluent_kafka import KafkaError, Message
 
 from logistik.alert import Alerter
+from logistik.catalog import Catalog
 from logistik.config import Config
-from logistik.kafka import EventConsumer, EventProducer, ensure_topics
+from logistik.kafka import EventConsumer, EventProducer
 from logistik.model_client import ModelClient
 from logistik.offsets import OffsetBook, PartitionTracker
 from logistik.registry import Registry
 from logistik.router import Router, Source
+from logistik.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +31,9 @@ PAUSED_WAKE_S = 0.5
 class Runner:
     """The consume → route → commit loop, with back-pressure and a graceful stop."""
 
-    def __init__(self, config: Config, registry: Registry | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.registry = registry or Registry(config.routing.max_concurrency_per_handler)
-        if registry is None:
-            self.registry.replace(config.discovery.handlers)
+        self.registry = Registry(config.routing.max_concurrency_per_handler)
         self.book = OffsetBook()
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
@@ -50,11 +50,14 @@ class Runner:
     async def run(self, stop: asyncio.Event) -> None:
         """Route events until `stop` is set, then drain, commit and close."""
         kafka = self.config.kafka
-        if kafka.create_topics:
-            created = await asyncio.to_thread(ensure_topics, kafka, self._topics_to_create())
-            for topic in created:
-                logger.info("created topic %s (%d partitions)", topic, kafka.partitions)
         async with AsyncExitStack() as stack:
+            store = await Store.open(self.config.database.url)
+            stack.push_async_callback(store.close)
+            await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
+            catalog = Catalog(store, self.registry, kafka)
+            await catalog.refresh()
+            if not self.registry.topics():
+                logger.warning("no enabled handler yet: nothing to consume until one is added")
             producer = EventProducer(kafka)
             producer.start()
             stack.callback(producer.close)
@@ -64,20 +67,18 @@ class Runner:
             alerter = Alerter(self.config.webhook, session)
             stack.push_async_callback(alerter.drain)
             self._router = Router(self.registry, client, producer, self.config.routing, alerter)
+            catalog = Catalog(store, self.registry, kafka, self._router.decoys)
+            follower = asyncio.create_task(
+                catalog.follow(stop, self.config.discovery.refresh_s), name="catalog"
+            )
             consumer = EventConsumer(kafka, self.book)
             stack.callback(consumer.shutdown)
             try:
                 await self._consume(consumer, stop)
             finally:
                 await self._drain(consumer)
-
-    def _topics_to_create(self) -> set[str]:
-        topics = set()
-        for handler in self.registry.handlers():
-            topics |= {handler.event, handler.failed_topic_name, f"{handler.event}-failed"}
-            if handler.return_to:
-                topics.add(handler.return_to)
-        return topics
+                await follower
+                await catalog.refresh()  # writes the last decoy counts
 
     async def _consume(self, consumer: EventConsumer, stop: asyncio.Event) -> None:
         routing = self.config.routing

@@ -90,6 +90,7 @@ class HandlerRow(Base):
     problem: Mapped[str | None] = mapped_column(Text, nullable=True)
     decoy_compared: Mapped[int] = mapped_column(BigInteger, default=0)
     decoy_agreed: Mapped[int] = mapped_column(BigInteger, default=0)
+    registered: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -101,6 +102,7 @@ class HandlerRecord:
 
     handler: Handler
     source: str
+    registered: bool
     discovered_enabled: bool
     disabled_by_admin: bool
     declared_model_type: str
@@ -118,13 +120,17 @@ class HandlerRecord:
 
     @property
     def state(self) -> str:
-        """One word for the handler's state: retired, disabled, down or active."""
+        """One word: retired, disabled (by hand), gone (deregistered), down, invalid or active."""
         if self.handler.retired:
             return "retired"
         if self.disabled_by_admin:
             return "disabled"
+        if not self.registered:
+            return "gone"
         if not self.discovered_enabled:
             return "down"
+        if self.handler.problem() is not None:
+            return "invalid"
         return "active"
 
     @property
@@ -167,6 +173,7 @@ def _record(row: HandlerRow) -> HandlerRecord:
     return HandlerRecord(
         _effective(row),
         row.source,
+        row.registered,
         row.enabled,
         row.disabled_by_admin,
         row.model_type,
@@ -241,40 +248,39 @@ class Store:
         handlers: Iterable[Handler],
         source: str,
         problems: dict[str, str] | None = None,
-        complete: bool = True,
+        delete_missing: bool = False,
     ) -> int:
-        """Write what a source says; with `complete`, its handlers not named are marked down.
+        """Make the store say what a source says now; returns how many rows changed.
 
-        Admin state (retired, disabled by hand, promoted, traffic set by hand) is kept.
-        Returns how many rows changed.
+        Handlers of the source it no longer lists are marked gone (kept, no events), or
+        deleted with `delete_missing` (a static handler removed from the config file).
+        `problems` (node id -> text) says what is wrong with a listed handler; a listed
+        handler without one has its problem cleared. Admin state is never touched.
         """
         now = _now()
         wanted = {h.node_id: h for h in handlers}
+        problems = problems or {}
         changed = 0
         async with self._sessions.begin() as session:
-            rows = {
-                r.node_id: r
-                for r in await session.scalars(
-                    select(HandlerRow).where(HandlerRow.source == source)
-                )
-            }
+            query = select(HandlerRow).where(HandlerRow.source == source)
+            rows = {r.node_id: r for r in await session.scalars(query)}
             for node_id, handler in wanted.items():
                 row = rows.get(node_id) or await _by_node_id(session, node_id)
                 if row is None:
-                    session.add(_new_row(handler, source, now))
+                    row = _new_row(handler, source, now)
+                    session.add(row)
                     changed += 1
+                else:
+                    changed += _apply(row, handler, source, now)
+                changed += _set(row, now, registered=True, problem=problems.get(node_id))
+            for node_id, row in rows.items():
+                if node_id in wanted:
                     continue
-                changed += _apply(row, handler, source, now)
-            if complete:
-                for node_id, row in rows.items():
-                    if node_id not in wanted and row.enabled:
-                        row.enabled, row.updated_at = False, now
-                        changed += 1
-            for node_id, problem in (problems or {}).items():
-                row = rows.get(node_id)
-                if row is not None and row.problem != problem:
-                    row.problem, row.updated_at = problem, now
+                if delete_missing:
+                    await session.delete(row)
                     changed += 1
+                else:
+                    changed += _set(row, now, registered=False, enabled=False)
         return changed
 
     async def add(self, handler: Handler, source: str = "api") -> HandlerRecord:
@@ -353,10 +359,23 @@ def _new_row(handler: Handler, source: str, now: datetime) -> HandlerRow:
         disabled_by_admin=False,
         decoy_compared=0,
         decoy_agreed=0,
+        registered=True,
     )
     for field in DISCOVERED_FIELDS:
         setattr(row, field, _column_value(handler, field))
     return row
+
+
+def _set(row: HandlerRow, now: datetime, **values: Any) -> int:
+    """Set columns that differ; returns 1 if anything changed."""
+    changed = 0
+    for column, value in values.items():
+        if getattr(row, column) != value:
+            setattr(row, column, value)
+            changed = 1
+    if changed:
+        row.updated_at = now
+    return changed
 
 
 def _apply(row: HandlerRow, handler: Handler, source: str, now: datetime) -> int:
