@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from logistik.broker import EmbeddedBroker
+from tests.consul_fixtures import consul  # noqa: F401
 from tests.databases import PostgresServer
 from tests.harness import RouterProcess, RouterThread
 from tests.models import Behaviour, ModelServer, echo

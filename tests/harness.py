@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,12 @@ def make_config(servers: str, handlers: list[dict[str, Any]], **sections: Any) -
     return {
         "kafka": kafka,
         "routing": routing,
-        "discovery": {"handlers": handlers},
+        "discovery": {"handlers": handlers, **sections.pop("discovery", {})},
         "webhook": {"interval_s": 0, **sections.pop("webhook", {})},
+        "database": {
+            "url": f"sqlite:///{tempfile.mkdtemp(prefix='lk-db-')}/logistik.db",
+            **sections.pop("database", {}),
+        },
         **sections,
     }
 

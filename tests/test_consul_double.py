@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 import consul as py_consul
@@ -25,7 +26,9 @@ def register(consul: ConsulTarget, label: str, **fields: Any) -> tuple[str, str]
     """Register a service with a TTL check through the agent API; (name, id)."""
     name = consul.name(label)
     service_id = fields.pop("ID", f"{name}-1")
-    body = {"Name": name, "ID": service_id, "Check": {"TTL": "30s"}, **fields}
+    body = {"Name": name, "ID": service_id, **fields}
+    if "Checks" not in body:
+        body.setdefault("Check", {"TTL": "30s"})
     answer = consul.put("/v1/agent/service/register", body)
     assert answer.status == 200, answer.text
     return name, service_id
@@ -46,12 +49,20 @@ def test_registered_service_has_consul_shapes(consul: ConsulTarget) -> None:
 
     service = consul.get("/v1/agent/services").json()[service_id]
     assert (service["ID"], service["Service"], service["Tags"]) == (service_id, name, tags)
-    assert (service["Address"], service["Port"], service["Meta"]) == ("10.1.2.3", 5052, {"team": "ml"})
+    assert (service["Address"], service["Port"], service["Meta"]) == (
+        "10.1.2.3",
+        5052,
+        {"team": "ml"},
+    )
 
     check = consul.get("/v1/agent/checks").json()[f"service:{service_id}"]
     assert check["Name"] == f"Service '{name}' check"
     assert check["Status"] == "critical"  # a TTL check starts critical unless Status is given
-    assert (check["ServiceID"], check["ServiceName"], check["ServiceTags"]) == (service_id, name, tags)
+    assert (check["ServiceID"], check["ServiceName"], check["ServiceTags"]) == (
+        service_id,
+        name,
+        tags,
+    )
     assert check["Type"] == "ttl"
 
     services = consul.get("/v1/catalog/services")
@@ -64,7 +75,11 @@ def test_registered_service_has_consul_shapes(consul: ConsulTarget) -> None:
     [entry] = consul.get(f"/v1/catalog/service/{name}").json()
     for key in ("ID", "Node", "Address", "Datacenter", "ServiceID", "ServiceName"):
         assert key in entry
-    assert (entry["ServiceID"], entry["ServiceName"], entry["ServiceTags"]) == (service_id, name, tags)
+    assert (entry["ServiceID"], entry["ServiceName"], entry["ServiceTags"]) == (
+        service_id,
+        name,
+        tags,
+    )
     assert (entry["ServiceAddress"], entry["ServicePort"]) == ("10.1.2.3", 5052)
     assert entry["ServiceMeta"] == {"team": "ml"}
     assert entry["ModifyIndex"] >= entry["CreateIndex"] >= 1
@@ -209,12 +224,16 @@ def test_blocking_query_returns_on_a_change(consul: ConsulTarget) -> None:
     index = consul.get(f"/v1/health/service/{name}").index
     url = f"{consul.url}/v1/health/service/{name}?index={index}&wait=30s"
     with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(timed, lambda: http("GET", url))
-        time.sleep(0.3)  # let the query block first; it must also hold meanwhile
-        assert not waiting.done()
+        waiting = pool.submit(http, "GET", url)
+        if consul.double is not None:
+            requests = consul.double.requests
+            wait_until(lambda: any("index=" in path for _, path in requests), 10, "the query")
+        with pytest.raises(FuturesTimeout):
+            waiting.result(timeout=0.3)  # held while nothing changes
+        changed_at = time.monotonic()
         register(consul, "block", ID=f"{name}-2")
-        elapsed, answer = waiting.result(timeout=20)
-    assert elapsed < 10
+        answer = waiting.result(timeout=20)
+    assert time.monotonic() - changed_at < 5
     assert answer.index > index
     assert len(answer.json()) == 2
 
@@ -274,10 +293,14 @@ def test_wiped_consul_sends_indexes_backwards(consul: ConsulTarget) -> None:
 
 
 def test_long_critical_service_is_reaped() -> None:
-    with ConsulDouble(reap_interval_s=0.1, deregister_min_s=0.3) as double:
-        body = {"Name": "reaped", "Check": {"TTL": "1s", "DeregisterCriticalServiceAfter": "1m"}}
-        assert http("PUT", double.url + "/v1/agent/service/register", body).status == 200
-        wait_until(lambda: "reaped" not in http("GET", double.url + "/v1/agent/services").json())
+    # Consul reaps every 30 s and never before 1 minute; this double is told to be quicker.
+    with ConsulDouble(reap_interval_s=0.05, deregister_min_s=0.2) as double:
+        target = ConsulTarget(double.url, double)
+        critical = {"TTL": "30s", "DeregisterCriticalServiceAfter": "300ms"}
+        register(target, "reaped", Check=critical)
+        _, kept = register(target, "kept", Check={**critical, "Status": "passing"})
+        wait_until(lambda: len(target.service_ids()) == 1, 10, "the critical service to go")
+        assert target.service_ids() == {kept}
 
 
 def test_go_durations() -> None:
@@ -335,8 +358,8 @@ def test_py_consul_works_against_it(consul: ConsulTarget) -> None:
     check = py_consul.Check.ttl("30s")
     assert client.agent.service.register(name, service_id=name, tags=["x"], port=1, check=check)
     assert client.agent.check.ttl_pass(f"service:{name}")
-    index, entries = client.health.service(name, passing=True)
+    _, entries = client.health.service(name, passing=True)
     assert [entry["Service"]["ID"] for entry in entries] == [name]
-    index, services = client.catalog.services()
+    _, services = client.catalog.services()
     assert services[name] == ["x"]
     assert client.agent.service.deregister(name)

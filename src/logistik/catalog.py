@@ -35,14 +35,14 @@ class Catalog:
         self._store = store
         self._registry = registry
         self._kafka = kafka
-        self._tally = tally
+        self.tally = tally
         self._seen: tuple[dict[str, Handler], dict[str, Handler]] = ({}, {})
         self._topics: set[str] = set()
 
     async def refresh(self) -> bool:
         """Load the store once; returns whether the routed handlers changed."""
-        if self._tally is not None:
-            await self._store.count_decoy(self._tally.drain())
+        if self.tally is not None:
+            await self._store.count_decoy(self.tally.drain())
         records = await self._store.records()
         active = {r.node_id: r.handler for r in records if r.state == "active"}
         down = {r.node_id: r.handler for r in records if r.state == "down"}

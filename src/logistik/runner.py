@@ -67,7 +67,7 @@ class Runner:
             alerter = Alerter(self.config.webhook, session)
             stack.push_async_callback(alerter.drain)
             self._router = Router(self.registry, client, producer, self.config.routing, alerter)
-            catalog = Catalog(store, self.registry, kafka, self._router.decoys)
+            catalog.tally = self._router.decoys
             follower = asyncio.create_task(
                 catalog.follow(stop, self.config.discovery.refresh_s), name="catalog"
             )
