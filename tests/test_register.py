@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from logistik.broker import free_port
+from logistik.register import register
 from tests.consul_fixtures import ConsulTarget, http
 from tests.models import wait_until
 
@@ -228,21 +230,30 @@ def test_command_not_found_is_one_line_and_127(consul: ConsulTarget, tmp_path: P
     assert name not in consul.service_ids()
 
 
-@pytest.mark.parametrize(
-    "flags",
-    [["--bogus"], ["--ttl", "soon"], ["--consul-agent", "host:port"], ["--port", "70000"]],
-)
-def test_bad_flag_is_a_usage_error(flags: list[str]) -> None:
+def test_bad_flag_is_a_usage_error() -> None:
     result = subprocess.run(
-        [*REGISTER, *flags, "name", "--", "true"], capture_output=True, text=True, timeout=30
+        [*REGISTER, "--bogus", "name", "--", "true"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2
     assert "Usage:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_command_is_a_usage_error() -> None:
-    result = subprocess.run([*REGISTER, "name"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2 and "COMMAND" in result.stderr
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--ttl", "soon", "name", "--", "true"],
+        ["--ttl", "0", "name", "--", "true"],
+        ["--ttl", "3", "--heartbeat", "3", "name", "--", "true"],
+        ["--consul-agent", "host:port", "name", "--", "true"],
+        ["--port", "70000", "name", "--", "true"],
+        ["name"],
+        ["name", "--"],
+    ],
+)
+def test_flags_are_checked_before_anything_starts(args: list[str]) -> None:
+    result = CliRunner().invoke(register, args)
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.output
 
 
 def test_consul_down_keeps_the_child_and_registers_when_back(

@@ -14,6 +14,7 @@ import click
 from logistik.broker import EmbeddedBroker
 from logistik.config import EMBEDDED, Config, config_path, load_config
 from logistik.errors import ConfigError, LogistikError
+from logistik.handlers_command import handlers
 from logistik.runner import Runner
 
 logger = logging.getLogger("logistik")
@@ -23,7 +24,8 @@ EXIT_CONFIG = 2
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"logistik: {message}", err=True)
+    for line in message.splitlines():
+        click.echo(f"logistik: {line}", err=True)
     sys.exit(code)
 
 
@@ -128,3 +130,6 @@ def send(
     except LogistikError as exc:
         _fail(str(exc), EXIT_ERROR)
     click.echo(f"sent {count} event(s) to {topic}", err=True)
+
+
+main.add_command(handlers)

@@ -31,7 +31,9 @@ def node_id_of(fields: dict[str, Any]) -> str:
 class Handler(BaseModel):
     """Every field of one handler; missing identity fields are derived from the given ones."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, coerce_numbers_to_str=True
+    )
 
     name: str = Field(min_length=1)
     event: str = Field(min_length=1, description="topic whose events this handler receives")
