@@ -15,7 +15,6 @@ from logistik.broker import EmbeddedBroker
 from logistik.config import EMBEDDED, Config, config_path, load_config
 from logistik.errors import ConfigError, LogistikError
 from logistik.handlers_command import handlers
-from logistik.runner import Runner
 
 logger = logging.getLogger("logistik")
 
@@ -91,6 +90,8 @@ async def _run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    from logistik.runner import Runner  # the router's imports are not needed by other commands
+
     await Runner(config).run(stop)
 
 

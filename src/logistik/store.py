@@ -8,8 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
@@ -342,6 +340,10 @@ class Store:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
+    # Imported here: Alembic takes a third of a second to import, and only opening needs it.
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
