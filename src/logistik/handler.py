@@ -36,7 +36,7 @@ class Handler(BaseModel):
     )
 
     name: str = Field(min_length=1)
-    event: str = Field(min_length=1, description="topic whose events this handler receives")
+    event: str = Field(description="topic whose events this handler receives")
     endpoint: str = Field(min_length=1, description="address the model listens on")
     port: int = Field(ge=1, le=65535)
     service_id: str = ""
@@ -90,6 +90,8 @@ class Handler(BaseModel):
 
     def problem(self) -> str | None:
         """Why this handler cannot be routed to, or None when it can."""
+        if not self.event:
+            return "no event (the topic it handles): give an event= tag or answer it in /info"
         if self.model_type in (ModelType.MODEL, ModelType.CANARY) and not self.return_to:
             return (
                 f"return_to is required for a {self.model_type.value} handler "
