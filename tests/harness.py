@@ -9,14 +9,19 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from logistik.config import Config
 from logistik.runner import Runner
+from logistik.service import HandlerService
+from logistik.store import Store
 from tests.kafkatools import unique
+
+T = TypeVar("T")
 
 
 def make_config(servers: str, handlers: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
@@ -58,6 +63,19 @@ def handler(name: str, topic: str, port: int, **fields: Any) -> dict[str, Any]:
         "return_to": f"{topic}-results",
         **fields,
     }
+
+
+def on_store(url: str, action: Callable[[HandlerService], Coroutine[Any, Any, T]]) -> T:
+    """Run one service action against a router's store, as the CLI would."""
+
+    async def main() -> T:
+        store = await Store.open(url)
+        try:
+            return await action(HandlerService(store))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 class RouterThread:

@@ -38,9 +38,12 @@ def echo(event: dict[str, Any], _count: int) -> Reply:
 class ModelServer:
     """A model over HTTP whose answers a test scripts; it records every request it got."""
 
-    def __init__(self, behaviour: Behaviour = echo, path: str = "/predict") -> None:
+    def __init__(self, behaviour: Behaviour = echo, path: str = "/predict",
+                 info: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.behaviour = behaviour
         self.path = path
+        self.info = info  # what GET /info[/<environment>] answers; None: 404
+        self.info_requests: list[str] = []
         self.port = free_port()
         self.requests: list[dict[str, Any]] = []
         self.times: list[float] = []
@@ -87,12 +90,21 @@ class ModelServer:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_route("*", self.path, self._handle)
+        app.router.add_get("/info", self._info)
+        app.router.add_get("/info/{environment}", self._info)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         self._loop.run_until_complete(site.start())
         self._ready.set()
         self._loop.run_forever()
+
+    async def _info(self, request: web.Request) -> web.Response:
+        with self.lock:
+            self.info_requests.append(request.path)
+        if self.info is None:
+            return web.Response(status=404, text="no /info here")
+        return web.json_response(self.info)
 
     async def _handle(self, request: web.Request) -> web.Response:
         event = orjson.loads(await request.read())

@@ -65,6 +65,13 @@ def test_registered_service_has_consul_shapes(consul: ConsulTarget) -> None:
     )
     assert check["Type"] == "ttl"
 
+
+def test_catalog_lists_the_service_with_consul_shapes(consul: ConsulTarget) -> None:
+    tags = ["logistik", "model=model", "node=3"]
+    name, service_id = register(
+        consul, "catalog", Tags=tags, Address="10.1.2.3", Port=5052, Meta={"team": "ml"}
+    )
+
     services = consul.get("/v1/catalog/services")
     assert services.json()[name] == tags
     assert "consul" in services.json()

@@ -246,6 +246,7 @@ def test_bad_flag_is_a_usage_error() -> None:
         ["--ttl", "3", "--heartbeat", "3", "name", "--", "true"],
         ["--consul-agent", "host:port", "name", "--", "true"],
         ["--port", "70000", "name", "--", "true"],
+        ["--address", "0.0.0.0", "name", "--", "true"],
         ["name"],
         ["name", "--"],
     ],

@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 
 from logistik.errors import ActionError
 from logistik.service import HandlerService
-from logistik.store import HandlerRecord, Store
-from tests.harness import RouterThread, handler, make_config
+from logistik.store import HandlerRecord
+from tests.harness import RouterThread, handler, make_config, on_store
 from tests.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.models import ModelServer, Reply, wait_until
 
 StartModel = Callable[..., ModelServer]
 StartRouter = Callable[[dict[str, Any]], RouterThread]
 T = TypeVar("T")
-
-
-def on_store(url: str, action: Callable[[HandlerService], Coroutine[Any, Any, T]]) -> T:
-    """Run one service action against the router's store, as the CLI would."""
-
-    async def main() -> T:
-        store = await Store.open(url)
-        try:
-            return await action(HandlerService(store))
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def node_ids(records: list[Any]) -> Counter[str]:

@@ -15,6 +15,7 @@ from logistik.broker import EmbeddedBroker
 from logistik.config import EMBEDDED, Config, config_path, load_config
 from logistik.errors import ConfigError, LogistikError
 from logistik.handlers_command import handlers
+from logistik.register import register
 
 logger = logging.getLogger("logistik")
 
@@ -134,3 +135,4 @@ def send(
 
 
 main.add_command(handlers)
+main.add_command(register)

@@ -18,14 +18,14 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from logistik.errors import LogistikError
+from logistik.errors import DiscoveryError
 
 T = TypeVar("T")
 DEFAULT_PORT = 8500
 JITTER_FRACTION = 16  # Consul adds up to wait/16 to a blocking query's wait
 
 
-class ConsulError(LogistikError):
+class ConsulError(DiscoveryError):
     """Consul could not be reached, or refused a request; `status` is None when unreachable."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

@@ -9,6 +9,7 @@ LogistikError
  │    └── HandlerNotFoundError   no handler has the given node id
  ├── ActionError          a rollout action that makes no sense for this handler
  ├── DiscoveryError       Consul or a model's /info could not be read
+ │    └── ConsulError     Consul could not be reached or refused a request (logistik.consul)
  └── EmbeddedBrokerError  the embedded Tansu broker could not be started
 """
 

@@ -231,6 +231,12 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value and value.strip("[]") in ("0.0.0.0", "::"):
+        raise click.BadParameter("Consul refuses 0.0.0.0 and ::; give the address others reach")
+    return value
+
+
 def _agent(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     try:
         return agent_url(value)
@@ -243,7 +249,12 @@ def _agent(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 )
 @click.option("-v", "--verbose", count=True, help="More log lines (-v info, -vv debug).")
 @click.option("--id", "service_id", metavar="ID", help="Service id, unique on the agent [NAME].")
-@click.option("--address", metavar="ADDRESS", help="Address the model is reached at.")
+@click.option(
+    "--address",
+    metavar="ADDRESS",
+    callback=_address,
+    help="Address the model is reached at [the agent's node address].",
+)
 @click.option("--port", type=click.IntRange(0, 65535), help="Port the model is reached at.")
 @click.option(
     "--consul-agent",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -14,6 +15,7 @@ from confluent_kafka import KafkaError, Message
 from logistik.alert import Alerter
 from logistik.catalog import Catalog
 from logistik.config import Config
+from logistik.discovery import ConsulDiscovery
 from logistik.kafka import EventConsumer, EventProducer
 from logistik.model_client import ModelClient
 from logistik.offsets import OffsetBook, PartitionTracker
@@ -68,6 +70,10 @@ class Runner:
             stack.push_async_callback(alerter.drain)
             self._router = Router(self.registry, client, producer, self.config.routing, alerter)
             catalog.tally = self._router.decoys
+            if self.config.discovery.consul is not None:
+                discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
+                watcher = asyncio.create_task(discovery.run(stop), name="consul-discovery")
+                stack.push_async_callback(_cancelled, watcher)
             follower = asyncio.create_task(
                 catalog.follow(stop, self.config.discovery.refresh_s), name="catalog"
             )
@@ -196,6 +202,13 @@ class Runner:
         left = await producer.flush(10.0)
         if left:
             logger.error("%d record(s) were not delivered before exit", left)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait for it to end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> None:
