@@ -166,3 +166,28 @@ def test_group_with_every_instance_down_sends_events_to_failed_topic(
         "no instance of group face is up (down: face-127.0.0.1-model-0)"
     )
     assert record.headers["logistik.failed_nodes"] == "face-127.0.0.1-model-0"
+
+
+def test_a_new_topic_joins_without_double_routing_events_in_flight(
+    servers: str, topic: str, model_server: StartModel, router: StartRouter
+) -> None:
+    slow = model_server(lambda ev, _n: Reply(200, {"id": ev["id"]}, delay_s=0.3))
+    other_topic = unique("joining")
+    create_topics(servers, other_topic, f"{other_topic}-results", f"{other_topic}-failed")
+    other = model_server()
+    config = make_config(servers, [handler("face", topic, slow.port)],
+                         discovery={"refresh_s": 0.2})  # fmt: skip
+    router(config)
+    sent = [event() for _ in range(120)]
+    with TopicReader(servers, f"{topic}-results", f"{other_topic}-results") as reader:
+        produce(servers, topic, sent)
+        wait_until(lambda: slow.active > 0, what="calls in flight on the first topic")
+        fields = handler("voice", other_topic, other.port)
+        on_store(config["database"]["url"], lambda s: s.add(fields))
+        produce(servers, other_topic, [event()])
+        reader.wait_for(f"{other_topic}-results", 1, timeout_s=40)
+        records = reader.wait_for(f"{topic}-results", len(sent), timeout_s=60)
+    answered = Counter(r.headers["logistik.event_id"] for r in records)
+    assert set(answered) == {e["id"] for e in sent}
+    assert max(answered.values()) == 1, "an event in flight was routed twice"
+    assert slow.count == len(sent)

@@ -65,6 +65,8 @@ def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
         "session.timeout.ms": kafka.session_timeout_ms,
         "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
         "topic.metadata.refresh.interval.ms": 10_000,
+        # Adding or removing a topic moves only its partitions, not every partition.
+        "partition.assignment.strategy": "cooperative-sticky",
         **kafka.consumer,
     }
 
@@ -83,8 +85,9 @@ def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
 class EventConsumer:
     """A Kafka consumer whose every call runs on one dedicated thread."""
 
-    def __init__(self, kafka: KafkaConfig, book: OffsetBook) -> None:
+    def __init__(self, kafka: KafkaConfig, book: OffsetBook, drain_s: float = 30.0) -> None:
         self._book = book
+        self._drain_s = drain_s
         self._consumer = Consumer({**consumer_config(kafka), "on_commit": self._on_commit})
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
@@ -158,6 +161,7 @@ class EventConsumer:
 
     def close(self) -> bool:
         """Commit what is done and leave the group (consumer thread); False if the commit failed."""
+        self._drain_s = 0.0  # the runner has drained already; what is left stays uncommitted
         committed = self.commit(self._book.to_commit(), wait=True)
         self._consumer.close()
         return committed
@@ -167,14 +171,25 @@ class EventConsumer:
         self._thread.shutdown(wait=True)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assignment = list(partitions)
+        # Cooperative rebalancing hands over only the added partitions.
+        self._assignment.extend(partitions)
         logger.info("assigned %s", _names(partitions))
-        if self._paused:
+        if self._paused and partitions:
             consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
-        # Commit what is finished before another consumer takes over, so it redelivers less.
+        if not keys:
+            return
+        # Let events in flight finish before another consumer (or this one, after a
+        # re-subscription) takes the partition over, so they are not routed twice.
+        deadline = time.monotonic() + self._drain_s
+        while self._book.in_progress(keys) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        left = self._book.in_progress(keys)
+        if left:
+            logger.warning("revoked %s with %d event(s) still in flight: they will be "
+                           "delivered again", _names(partitions), left)  # fmt: skip
         self.commit(self._book.forget(keys), wait=True)
         revoked = set(keys)
         self._assignment = [p for p in self._assignment if (p.topic, p.partition) not in revoked]

@@ -97,7 +97,9 @@ class OffsetBook:
                     result[key] = tracker.next_offset
         return result
 
-    def in_progress(self) -> int:
-        """Offsets handed out and not yet done, over every partition."""
+    def in_progress(self, keys: list[TopicPartitionKey] | None = None) -> int:
+        """Offsets handed out and not yet done, over the given partitions (default: all)."""
         with self.lock:
-            return sum(t.in_progress for t in self._trackers.values())
+            if keys is None:
+                return sum(t.in_progress for t in self._trackers.values())
+            return sum(self._trackers[k].in_progress for k in keys if k in self._trackers)

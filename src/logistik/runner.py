@@ -77,7 +77,9 @@ class Runner:
             follower = asyncio.create_task(
                 catalog.follow(stop, self.config.discovery.refresh_s), name="catalog"
             )
-            consumer = EventConsumer(kafka, self.book)
+            consumer = EventConsumer(
+                kafka, self.book, min(30.0, self.config.routing.shutdown_grace_s)
+            )
             stack.callback(consumer.shutdown)
             try:
                 await self._consume(consumer, stop)
