@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from logistik.broker import free_port
 from logistik.config import Config
 from logistik.runner import Runner
 from logistik.service import HandlerService
@@ -44,6 +45,7 @@ def make_config(servers: str, handlers: list[dict[str, Any]], **sections: Any) -
         "routing": routing,
         "discovery": {"handlers": handlers, **sections.pop("discovery", {})},
         "webhook": {"interval_s": 0, **sections.pop("webhook", {})},
+        "web": {"port": free_port(), **sections.pop("web", {})},
         "database": {
             "url": f"sqlite:///{tempfile.mkdtemp(prefix='lk-db-')}/logistik.db",
             **sections.pop("database", {}),

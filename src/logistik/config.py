@@ -74,11 +74,37 @@ class DiscoveryConfig(_Section):
         return self
 
 
+class OidcConfig(_Section):
+    """An OpenID Connect provider for the UI's login."""
+
+    issuer: str
+    client_id: str
+    client_secret: str = ""
+    redirect_url: str  # this logistik's /auth/callback as the provider knows it
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    allowed_users: list[str] = Field(default_factory=list)  # emails or subjects; empty: any
+
+
+class WebAuthConfig(_Section):
+    """Who may read and who may change state through the API and UI."""
+
+    read: Literal["open", "protected"] = "open"
+    tokens: list[str] = Field(default_factory=list)  # bearer tokens for scripts
+    users: dict[str, str] = Field(default_factory=dict)  # name -> password hash (pbkdf2)
+    session_secret: str = ""  # signs UI sessions; a random one per start when empty
+    session_max_age_s: int = Field(default=8 * 3600, ge=60)
+    oidc: OidcConfig | None = None
+
+
 class WebConfig(_Section):
     """The REST API and web UI."""
 
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=5656, ge=1, le=65535)
+    auth: WebAuthConfig = Field(default_factory=WebAuthConfig)
+    query_timeout_s: float = Field(default=10.0, gt=0)  # the query page's call to a model
+    query_max_bytes: int = Field(default=1_000_000, ge=1)
 
 
 class WebhookConfig(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 HEADER_PREFIX = "logistik."
 
@@ -55,6 +56,17 @@ class FailedRecord:
             "failed_at": self.failed_at.isoformat(timespec="milliseconds"),
         }
         return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items() if v]
+
+    def summary(self, failed_topic: str) -> dict[str, Any]:
+        """What the API shows of a failure (not the event itself)."""
+        return {
+            "at": self.failed_at.isoformat(timespec="milliseconds"),
+            "topic": self.topic, "failed_topic": failed_topic,
+            "source": f"{self.topic}/{self.partition}/{self.offset}",
+            "event_id": self.event_id or None, "group": self.group_id or None,
+            "reason": self.reason, "error": self.error, "nodes": list(self.failed_nodes),
+            "retries": self.retries,
+        }  # fmt: skip
 
     @classmethod
     def from_headers(cls, value: bytes | None, headers: list[tuple[str, bytes]]) -> FailedRecord:

@@ -35,9 +35,19 @@ class Answer:
     error: str = ""
     retry_after_s: float | None = None
     latency_s: float = 0.0
+    timed_out: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The answer's class in figures: ok, ignored, duplicate, refused, error or timeout."""
+        if self.timed_out:
+            return "timeout"
+        return _KINDS[self.outcome]
 
 
 _RETRY_4XX = frozenset({408, 425, 429})
+_KINDS = {Outcome.OK: "ok", Outcome.IGNORED: "ignored", Outcome.DUPLICATE: "duplicate",
+          Outcome.REJECTED: "refused", Outcome.RETRY: "error"}  # fmt: skip
 
 
 class ModelClient:
@@ -81,6 +91,7 @@ class ModelClient:
                 None,
                 error=f"timeout after {timeout_s:g} s",
                 latency_s=time.perf_counter() - started,
+                timed_out=True,
             )
         except aiohttp.ClientError as exc:
             return Answer(

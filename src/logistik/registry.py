@@ -133,6 +133,10 @@ class Registry:
         self._groups = _group(instances.values(), down)
         self.version += 1
 
+    def instance(self, node_id: str) -> Instance | None:
+        """The live instance of a node id, if it is routed to."""
+        return self._instances.get(node_id)
+
     def topics(self) -> set[str]:
         """Every topic that has at least one active handler."""
         return set(self._groups)

@@ -14,6 +14,7 @@ from logistik.decoy import DecoyTally, agrees
 from logistik.errors import InvalidEventError, PublishError
 from logistik.event import Event, actor_key, decode_event, encode_event, event_id
 from logistik.failure import FailedRecord, Reason
+from logistik.figures import Figures
 from logistik.kafka import EventProducer, Headers
 from logistik.model_client import Answer, ModelClient, Outcome
 from logistik.registry import Group, Instance, Registry
@@ -76,9 +77,11 @@ class Router:
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
         self.decoys = DecoyTally()
+        self.figures = Figures()
 
     async def handle(self, source: Source, raw: bytes | None) -> None:
         """Route one record; returns when every group is done with it."""
+        self.figures.events_in[source.topic] += 1
         try:
             event = decode_event(raw)
         except InvalidEventError as exc:
@@ -143,7 +146,7 @@ class Router:
         while True:
             instance = group.pick(pool, tried)
             assert instance is not None  # the pool of an answerable group is never empty
-            answer = await self._call(instance, delivery.body)
+            answer = await self._call(instance, delivery.body, retry > 0)
             outcome = answer.outcome
             logger.debug("event %s -> %s: %s %s", event_id(delivery.event), instance.node_id,
                          outcome, answer.error)  # fmt: skip
@@ -167,7 +170,7 @@ class Router:
         retries = instance.handler.retries
         return retries if retries is not None else self._routing.retries
 
-    async def _call(self, instance: Instance, body: bytes) -> Answer:
+    async def _call(self, instance: Instance, body: bytes, retry: bool = False) -> Answer:
         handler = instance.handler
         timeout_s = handler.timeout_s or self._routing.timeout_s
         # Counted before waiting for a slot so the load spread sees queued calls too.
@@ -177,6 +180,7 @@ class Router:
                 answer = await self._client.call(handler, body, timeout_s)
         finally:
             instance.in_flight -= 1
+        self.figures.call(instance.node_id, answer, retry)
         if answer.outcome is Outcome.RETRY:
             instance.record_failure(
                 self._routing.unhealthy_after_failures, self._routing.unhealthy_cooldown_s
@@ -201,6 +205,7 @@ class Router:
         except PublishError as exc:
             await self._give_up(delivery, [instance], Reason.PUBLISH_FAILED, str(exc), 0)
             return False
+        self.figures.published[delivery.source.topic] += 1
         return True
 
     async def _give_up(
@@ -230,6 +235,7 @@ class Router:
         while True:
             try:
                 await self._producer.send(topic, record.value, None, record.headers())
+                self.figures.failure(record.topic, record.reason, record.summary(topic))
                 return
             except PublishError as exc:
                 retry += 1

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from contextlib import AsyncExitStack
 from functools import partial
+from typing import Any
 
 import aiohttp
 from confluent_kafka import KafkaError, Message
 
 from logistik.alert import Alerter
+from logistik.api import AppState, create_app
 from logistik.catalog import Catalog
 from logistik.config import Config
 from logistik.discovery import ConsulDiscovery
@@ -21,7 +24,9 @@ from logistik.model_client import ModelClient
 from logistik.offsets import OffsetBook, PartitionTracker
 from logistik.registry import Registry
 from logistik.router import Router, Source
+from logistik.service import HandlerService
 from logistik.store import Store
+from logistik.web import bind, serve
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ class Runner:
         self._unknown_topics: set[str] = set()
         self._router: Router | None = None
         self.peak_in_flight = 0
+        self.discovery: ConsulDiscovery | None = None
         self.ready = asyncio.Event()
 
     @property
@@ -51,35 +57,28 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route events until `stop` is set, then drain, commit and close."""
-        kafka = self.config.kafka
+        web = self.config.web
+        sock = bind(web.host, web.port) if web.enabled else None  # a taken port fails first
         async with AsyncExitStack() as stack:
+            if sock is not None:
+                stack.callback(sock.close)
             store = await Store.open(self.config.database.url)
             stack.push_async_callback(store.close)
             await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
-            catalog = Catalog(store, self.registry, kafka)
+            catalog = Catalog(store, self.registry, self.config.kafka)
             await catalog.refresh()
             if not self.registry.topics():
                 logger.warning("no enabled handler yet: nothing to consume until one is added")
-            producer = EventProducer(kafka)
-            producer.start()
-            stack.callback(producer.close)
-            stack.push_async_callback(self._flush, producer)
-            client = await stack.enter_async_context(ModelClient())
-            session = await stack.enter_async_context(aiohttp.ClientSession())
-            alerter = Alerter(self.config.webhook, session)
-            stack.push_async_callback(alerter.drain)
-            self._router = Router(self.registry, client, producer, self.config.routing, alerter)
-            catalog.tally = self._router.decoys
-            if self.config.discovery.consul is not None:
-                discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
-                watcher = asyncio.create_task(discovery.run(stop), name="consul-discovery")
-                stack.push_async_callback(_cancelled, watcher)
+            router, session = await self._start_router(stack)
+            catalog.tally = router.decoys
+            self._start_discovery(stack, store, session, stop)
+            if sock is not None:
+                self._start_web(stack, sock, store)
             follower = asyncio.create_task(
                 catalog.follow(stop, self.config.discovery.refresh_s), name="catalog"
             )
-            consumer = EventConsumer(
-                kafka, self.book, min(30.0, self.config.routing.shutdown_grace_s)
-            )
+            drain_s = min(30.0, self.config.routing.shutdown_grace_s)
+            consumer = EventConsumer(self.config.kafka, self.book, drain_s)
             stack.callback(consumer.shutdown)
             try:
                 await self._consume(consumer, stop)
@@ -87,6 +86,54 @@ class Runner:
                 await self._drain(consumer)
                 await follower
                 await catalog.refresh()  # writes the last decoy counts
+
+    async def _start_router(self, stack: AsyncExitStack) -> tuple[Router, aiohttp.ClientSession]:
+        """The producer, the model client, alerts and the router; closed by the stack."""
+        producer = EventProducer(self.config.kafka)
+        producer.start()
+        stack.callback(producer.close)
+        stack.push_async_callback(self._flush, producer)
+        client = await stack.enter_async_context(ModelClient())
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        alerter = Alerter(self.config.webhook, session)
+        stack.push_async_callback(alerter.drain)
+        self._router = Router(self.registry, client, producer, self.config.routing, alerter)
+        return self._router, session
+
+    def _start_discovery(self, stack: AsyncExitStack, store: Store,
+                         session: aiohttp.ClientSession, stop: asyncio.Event) -> None:  # fmt: skip
+        if self.config.discovery.consul is None:
+            return
+        self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
+        watcher = asyncio.create_task(self.discovery.run(stop), name="consul-discovery")
+        stack.push_async_callback(_cancelled, watcher)
+
+    def _start_web(self, stack: AsyncExitStack, sock: socket.socket, store: Store) -> None:
+        assert self._router is not None
+        state = AppState(self.config, HandlerService(store), self._router.figures,
+                         self.registry, self.status)  # fmt: skip
+        web_stop = asyncio.Event()
+        server = asyncio.create_task(serve(create_app(state), sock, web_stop), name="web")
+
+        async def stop_web() -> None:
+            web_stop.set()
+            await server
+
+        stack.push_async_callback(stop_web)
+
+    def status(self) -> dict[str, Any]:
+        """The router's live status, for the API."""
+        discovery = self.discovery
+        return {
+            "consuming": self.ready.is_set(),
+            "group_id": self.config.kafka.group_id,
+            "topics": sorted(self.registry.topics()),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.config.routing.max_in_flight,
+            "consul": None if discovery is None else {
+                "url": self.config.discovery.consul.url if self.config.discovery.consul else None,
+                "error": discovery.error},
+        }  # fmt: skip
 
     async def _consume(self, consumer: EventConsumer, stop: asyncio.Event) -> None:
         routing = self.config.routing
