@@ -50,6 +50,8 @@ def _die_with_parent() -> None:
 def port_is_free(port: int) -> bool:
     """Whether a loopback TCP port can be bound now."""
     with socket.socket() as sock:
+        # As servers bind: connections of a previous broker in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

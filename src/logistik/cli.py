@@ -134,5 +134,27 @@ def send(
     click.echo(f"sent {count} event(s) to {topic}", err=True)
 
 
+@main.command()
+@click.option("--url", help="Base URL of a running logistik (default: the config's web host/port).")
+@click.option("--config", "config_file", metavar="FILE", help="YAML config naming the web port.")
+@click.option("--timeout-s", type=float, default=5.0, show_default=True)
+def check(url: str | None, config_file: str | None, timeout_s: float) -> None:
+    """Exit 0 when a running logistik is ready (/readyz), 1 when it is not: for orchestrators.
+
+    \b
+    Example:
+      logistik check --url http://127.0.0.1:5656 && echo ready
+    """
+    from logistik.checker import readiness
+
+    if url is None:
+        web = (_load(config_file) if config_file or Path("logistik.yaml").exists()
+               else Config()).web  # fmt: skip
+        url = f"http://{web.host}:{web.port}"
+    ready, line = readiness(url, timeout_s)
+    click.echo(line, err=not ready)
+    sys.exit(0 if ready else EXIT_ERROR)
+
+
 main.add_command(handlers)
 main.add_command(register)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -13,6 +14,9 @@ from logistik.model_client import Answer
 KINDS = ("ok", "ignored", "duplicate", "refused", "error", "timeout")
 LATENCY_SAMPLES = 2048  # recent calls kept per handler for percentiles
 MINUTES = 60  # per-minute history kept per handler
+# Latency histogram buckets (seconds), as Prometheus' defaults plus finer low ones.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
+                     2.5, 5.0, 7.5, 10.0, 30.0, 60.0)  # fmt: skip
 RECENT_FAILURES = 200
 
 
@@ -47,10 +51,16 @@ class HandlerFigures:
     minutes: deque[Minute] = field(default_factory=lambda: deque(maxlen=MINUTES))
     last_error: str = ""
     last_error_at: datetime | None = None
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
+    latency_sum_s: float = 0.0
 
     def record(self, answer: Answer, retry: bool, now_s: float) -> None:
         """Count one call and its answer."""
         self.requests += 1
+        self.latency_sum_s += answer.latency_s
+        index = bisect.bisect_left(LATENCY_BUCKETS_S, answer.latency_s)
+        if index < len(self.bucket_counts):
+            self.bucket_counts[index] += 1
         self.retries += int(retry)
         kind = answer.kind
         self.answers[kind] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import threading
@@ -88,7 +89,15 @@ class EventConsumer:
     def __init__(self, kafka: KafkaConfig, book: OffsetBook, drain_s: float = 30.0) -> None:
         self._book = book
         self._drain_s = drain_s
-        self._consumer = Consumer({**consumer_config(kafka), "on_commit": self._on_commit})
+        self._consumer = Consumer(
+            {
+                **consumer_config(kafka),
+                "on_commit": self._on_commit,
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+            }
+        )
+        self.lag: dict[TopicPartitionKey, int] = {}  # from librdkafka's statistics
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
@@ -131,6 +140,20 @@ class EventConsumer:
             self._failed_commit(exc.args[0], partitions)
             return False
         return True
+
+    def _on_stats(self, stats_json: str) -> None:
+        """Keep each assigned partition's consumer lag from librdkafka's statistics."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        lag: dict[TopicPartitionKey, int] = {}
+        for topic, data in (stats.get("topics") or {}).items():
+            for partition, figures in (data.get("partitions") or {}).items():
+                behind = figures.get("consumer_lag", -1)
+                if int(partition) >= 0 and behind >= 0:
+                    lag[(topic, int(partition))] = behind
+        self.lag = lag
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [p for p in partitions if p.error is not None]

@@ -19,14 +19,16 @@ from logistik.api import AppState, create_app
 from logistik.catalog import Catalog
 from logistik.config import Config
 from logistik.discovery import ConsulDiscovery
+from logistik.health import Readiness
 from logistik.kafka import EventConsumer, EventProducer
+from logistik.metrics import metrics_registry
 from logistik.model_client import ModelClient
 from logistik.offsets import OffsetBook, PartitionTracker
 from logistik.registry import Registry
 from logistik.router import Router, Source
 from logistik.service import HandlerService
 from logistik.store import Store
-from logistik.web import bind, serve
+from logistik.web import add_operations_routes, bind, serve
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class Runner:
         self._router: Router | None = None
         self.peak_in_flight = 0
         self.discovery: ConsulDiscovery | None = None
+        self._consumer: EventConsumer | None = None
+        self._last_turn: float | None = None
         self.ready = asyncio.Event()
 
     @property
@@ -78,7 +82,7 @@ class Runner:
                 catalog.follow(stop, self.config.discovery.refresh_s), name="catalog"
             )
             drain_s = min(30.0, self.config.routing.shutdown_grace_s)
-            consumer = EventConsumer(self.config.kafka, self.book, drain_s)
+            consumer = self._consumer = EventConsumer(self.config.kafka, self.book, drain_s)
             stack.callback(consumer.shutdown)
             try:
                 await self._consume(consumer, stop)
@@ -112,14 +116,25 @@ class Runner:
         assert self._router is not None
         state = AppState(self.config, HandlerService(store), self._router.figures,
                          self.registry, self.status)  # fmt: skip
+        app = create_app(state)
+        readiness = Readiness(self.config.kafka, store, self._loop_age_s)
+        collectors = metrics_registry(self._router.figures, self.registry, self._lag)
+        add_operations_routes(app, readiness, collectors)
         web_stop = asyncio.Event()
-        server = asyncio.create_task(serve(create_app(state), sock, web_stop), name="web")
+        server = asyncio.create_task(serve(app, sock, web_stop), name="web")
 
         async def stop_web() -> None:
             web_stop.set()
             await server
 
         stack.push_async_callback(stop_web)
+
+    def _loop_age_s(self) -> float | None:
+        """Seconds since the consume loop last turned, None before it started."""
+        return None if self._last_turn is None else time.monotonic() - self._last_turn
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        return {} if self._consumer is None else self._consumer.lag
 
     def status(self) -> dict[str, Any]:
         """The router's live status, for the API."""
@@ -143,6 +158,7 @@ class Runner:
         paused = False
         last_commit = 0.0
         while not stop.is_set():
+            self._last_turn = time.monotonic()
             topics = self.registry.topics()
             if topics != subscribed and topics:
                 await consumer.run(partial(consumer.subscribe, sorted(topics)))

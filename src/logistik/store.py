@@ -217,6 +217,14 @@ class Store:
                 await connection.execute(text("SELECT pg_advisory_xact_lock(5656)"))
             await connection.run_sync(_upgrade, revision)
 
+    async def ping(self) -> None:
+        """Run a trivial query; raises StoreError when the database does not answer."""
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except (OSError, OperationalError, DBAPIError) as exc:
+            raise StoreError(f"the store does not answer: {_first_line(exc)}") from None
+
     async def revision(self) -> str | None:
         """The schema revision the database is at."""
         async with self._engine.connect() as connection:

@@ -10,8 +10,12 @@ from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from logistik.errors import LogistikError
+from logistik.health import Readiness
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,21 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def add_operations_routes(app: FastAPI, readiness: Readiness,
+                          collectors: CollectorRegistry) -> None:  # fmt: skip
+    """/readyz for orchestrators and /metrics for Prometheus."""
+
+    async def readyz(_request: Request) -> Response:
+        result = await readiness.check()
+        return JSONResponse(result, status_code=200 if result["ready"] else 503)
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(collectors), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
 
 async def serve(app: FastAPI, sock: socket.socket, stop: asyncio.Event) -> None:
