@@ -15,6 +15,7 @@ from logistik.broker import EmbeddedBroker
 from logistik.config import EMBEDDED, Config, config_path, load_config
 from logistik.errors import ConfigError, LogistikError
 from logistik.handlers_command import handlers
+from logistik.logs import setup_logging
 from logistik.register import register
 
 logger = logging.getLogger("logistik")
@@ -27,15 +28,6 @@ def _fail(message: str, code: int) -> NoReturn:
     for line in message.splitlines():
         click.echo(f"logistik: {line}", err=True)
     sys.exit(code)
-
-
-def setup_logging(level: str) -> None:
-    """One line per record on stderr."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
 
 
 def _load(config_file: str | None) -> Config:
@@ -71,7 +63,7 @@ def run(config_file: str | None, log_level: str | None) -> None:
       logistik run --config logistik.yaml
     """
     config = _load(config_file)
-    setup_logging(log_level or config.log_level)
+    setup_logging(log_level or config.log_level, config.log_format == "json")
     broker: EmbeddedBroker | None = None
     try:
         if config.kafka.bootstrap_servers == EMBEDDED:

@@ -112,7 +112,12 @@ class WebhookConfig(_Section):
 
     url: str | None = None
     timeout_s: float = Field(default=5.0, gt=0)
-    interval_s: float = Field(default=60.0, ge=0)
+    interval_s: float = Field(default=60.0, ge=0)  # at most one alert per model per interval
+    format: Literal["mattermost", "slack", "template"] = "mattermost"
+    # With format "template": a JSON body with $title, $status, $text, $table, $group, $topic,
+    # $failed_events, $error and $at (each already escaped for a JSON string).
+    template: str | None = None
+    failing_after: int = Field(default=5, ge=1)  # failed calls in a row that make a model critical
 
 
 class RoutingConfig(_Section):
@@ -140,6 +145,7 @@ class Config(_Section):
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
 
 
 def expand_env(value: Any, env: Mapping[str, str], where: str = "") -> Any:

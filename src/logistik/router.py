@@ -16,10 +16,12 @@ from logistik.event import Event, actor_key, decode_event, encode_event, event_i
 from logistik.failure import FailedRecord, Reason
 from logistik.figures import Figures
 from logistik.kafka import EventProducer, Headers
+from logistik.logs import EVENTS_LOGGER
 from logistik.model_client import Answer, ModelClient, Outcome
 from logistik.registry import Group, Instance, Registry
 
 logger = logging.getLogger(__name__)
+events_log = logging.getLogger(EVENTS_LOGGER)
 
 FAILED_WRITE_RETRY_CAP_S = 30.0
 
@@ -151,8 +153,12 @@ class Router:
             logger.debug("event %s -> %s: %s %s", event_id(delivery.event), instance.node_id,
                          outcome, answer.error)  # fmt: skip
             if outcome is Outcome.OK:
-                return answer if await self._publish(delivery, instance, answer) else None
+                if not await self._publish(delivery, instance, answer):
+                    return None
+                self._done(delivery, instance, answer, f"published to {instance.handler.return_to}")
+                return answer
             if outcome is Outcome.IGNORED or outcome is Outcome.DUPLICATE:
+                self._done(delivery, instance, answer, outcome.value)
                 return answer
             tried.append(instance.node_id)
             if outcome is Outcome.REJECTED:
@@ -185,9 +191,33 @@ class Router:
             instance.record_failure(
                 self._routing.unhealthy_after_failures, self._routing.unhealthy_cooldown_s
             )
+            self._keeps_failing(instance, answer)
         else:
             instance.record_success()
         return answer
+
+    def _keeps_failing(self, instance: Instance, answer: Answer) -> None:
+        """Alert once when an answering instance fails many calls in a row."""
+        alerter, handler = self._alerter, instance.handler
+        if alerter is None or handler.model_type.value not in ("model", "canary"):
+            return
+        if instance.consecutive_failures == alerter.failing_after:
+            alerter.failed(handler.event, handler.group_id, [handler], "",
+                           f"{instance.consecutive_failures} calls in a row failed; last: "
+                           f"{answer.error}")  # fmt: skip
+
+    def _done(self, delivery: Delivery, instance: Instance, answer: Answer, what: str) -> None:
+        """Log the outcome of one (event, group) and clear the group's alert."""
+        if self._alerter is not None:
+            self._alerter.recovered(delivery.group.topic, delivery.group.group_id)
+        if events_log.isEnabledFor(logging.INFO):
+            ident = event_id(delivery.event)
+            events_log.info("event %s group %s -> %s: %s", ident, delivery.group.group_id,
+                            instance.node_id, what,
+                            extra={"event_id": ident, "topic": delivery.source.topic,
+                                   "group": delivery.group.group_id,
+                                   "node_id": instance.node_id,
+                                   "outcome": answer.kind})  # fmt: skip
 
     async def _publish(self, delivery: Delivery, instance: Instance, answer: Answer) -> bool:
         """Publish an answer to the handler's return topic; False if it went to the failed one."""
@@ -220,14 +250,16 @@ class Router:
         group = delivery.group
         nodes = [*tried, *(i.node_id for i in instances)]
         topic = instances[0].handler.failed_topic_name if instances else f"{group.topic}-failed"
-        logger.warning("event %s failed in group %s (%s after %d retries): %s; sent to %s",
-                       event_id(delivery.event), group.group_id, reason, retries, error,
-                       topic)  # fmt: skip
+        ident = event_id(delivery.event)
+        events_log.warning("event %s failed in group %s (%s after %d retries): %s; sent to %s",
+                           ident, group.group_id, reason, retries, error, topic,
+                           extra={"event_id": ident, "topic": delivery.source.topic,
+                                  "group": group.group_id, "outcome": "failed",
+                                  "reason": reason})  # fmt: skip
         await self.write_failed(topic, delivery.failed(reason, error, nodes, retries))
         if reason == Reason.RETRIES_EXHAUSTED and self._alerter is not None:
-            self._alerter.retries_exhausted(group.group_id, group.topic,
-                                            [i.handler for i in instances],
-                                            event_id(delivery.event), error)  # fmt: skip
+            self._alerter.failed(group.topic, group.group_id, [i.handler for i in instances],
+                                 event_id(delivery.event), error)  # fmt: skip
 
     async def write_failed(self, topic: str, record: FailedRecord) -> None:
         """Write to a failed topic, retrying until the broker takes it: never drop the record."""
