@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -92,3 +93,22 @@ class FailedRecord:
             replays=int(found.get("replays", "0")),
             failed_at=datetime.fromisoformat(failed_at) if failed_at else datetime.now(UTC),
         )
+
+
+REPLAY_GROUPS = HEADER_PREFIX + "replay_groups"
+REPLAYS = HEADER_PREFIX + "replays"
+
+
+def replay_marks(headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, Any],
+                 ) -> tuple[int, frozenset[str] | None]:  # fmt: skip
+    """From a record's headers: how often it was replayed, and the groups it is meant for."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    replays, groups = 0, None
+    for name, value in pairs:
+        if name == REPLAYS and value:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            replays = int(text) if text.isdigit() else 0
+        elif name == REPLAY_GROUPS and value is not None:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            groups = frozenset(g for g in text.split(",") if g)
+    return replays, groups

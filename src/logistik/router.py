@@ -28,11 +28,13 @@ FAILED_WRITE_RETRY_CAP_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a record came from."""
+    """Where a record came from, and for a replayed record the groups it is meant for."""
 
     topic: str
     partition: int
     offset: int
+    replays: int = 0
+    only_groups: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,7 @@ class Delivery:
         return FailedRecord(
             self.source.topic, self.source.partition, self.source.offset, self.body, reason,
             error, event_id(self.event), self.group.group_id, tuple(dict.fromkeys(nodes)),
-            retries,
+            retries, self.source.replays,
         )  # fmt: skip
 
 
@@ -96,6 +98,8 @@ class Router:
             await self.write_failed(topic, record)
             return
         groups = self._registry.groups_for(source.topic, event)
+        if source.only_groups is not None:
+            groups = [g for g in groups if g.group_id in source.only_groups]
         if not groups:
             logger.debug("event %s of %s matches no group", event_id(event), source.topic)
             return
@@ -108,8 +112,8 @@ class Router:
     async def _deliver(self, delivery: Delivery) -> None:
         """Get one answer from the group (decoys alongside); never raises."""
         try:
-            if delivery.group.decoys:
-                await self._shadowed(delivery)
+            if delivery.group.decoys and delivery.source.only_groups is None:
+                await self._shadowed(delivery)  # a replay is for recovery, not for shadows
             else:
                 await self._answer(delivery)
         except asyncio.CancelledError:

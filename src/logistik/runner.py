@@ -19,6 +19,7 @@ from logistik.api import AppState, create_app
 from logistik.catalog import Catalog
 from logistik.config import Config
 from logistik.discovery import ConsulDiscovery
+from logistik.failure import replay_marks
 from logistik.health import Readiness
 from logistik.kafka import EventConsumer, EventProducer
 from logistik.metrics import metrics_registry
@@ -197,9 +198,10 @@ class Runner:
         assert topic is not None and partition is not None and offset is not None
         tracker = self.book.tracker(topic, partition)
         tracker.add(offset)
-        task = asyncio.create_task(
-            self._handle(tracker, Source(topic, partition, offset), message.value())
-        )
+        headers = message.headers()
+        source = Source(topic, partition, offset, *replay_marks(headers)) if headers \
+            else Source(topic, partition, offset)  # fmt: skip
+        task = asyncio.create_task(self._handle(tracker, source, message.value()))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
