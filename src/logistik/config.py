@@ -120,6 +120,16 @@ class WebhookConfig(_Section):
     failing_after: int = Field(default=5, ge=1)  # failed calls in a row that make a model critical
 
 
+class CacheConfig(_Section):
+    """The optional Redis response cache."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    ttl_s: int = Field(default=3600, ge=1)
+    prefix: str = "logistik:answer:"
+    timeout_s: float = Field(default=0.2, gt=0)  # a slow Redis must not slow events down
+    retry_after_s: float = Field(default=10.0, ge=0)  # how long to skip the cache after an error
+
+
 class RoutingConfig(_Section):
     """Limits and retry policy of the router; handlers may override timeout and retries."""
 
@@ -143,6 +153,7 @@ class Config(_Section):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+    cache: CacheConfig | None = None
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from logistik.alert import Alerter
 from logistik.backoff import Backoff
+from logistik.cache import ResponseCache
 from logistik.config import RoutingConfig
 from logistik.decoy import DecoyTally, agrees
 from logistik.errors import InvalidEventError, PublishError
@@ -71,12 +72,14 @@ class Router:
         producer: EventProducer,
         routing: RoutingConfig,
         alerter: Alerter | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._registry = registry
         self._client = client
         self._producer = producer
         self._routing = routing
         self._alerter = alerter
+        self._cache = cache
         self._backoff = Backoff(
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
@@ -138,7 +141,7 @@ class Router:
             self.decoys.record(decoy.node_id, agrees(answer, decoy_answer))
 
     async def _answer(self, delivery: Delivery) -> Answer | None:
-        """Get one answer from the group, retrying and failing over; None when it failed."""
+        """Get one answer from the group (or the cache); None when the event failed."""
         group = delivery.group
         if not group.answerable:
             if group.down:
@@ -147,18 +150,37 @@ class Router:
                 await self._give_up(delivery, [], Reason.NO_HANDLER, error, 0, group.down)
             return None
         pool = group.answering_pool(delivery.event)
+        key = None
+        if self._cache is not None:
+            key = self._cache.key(pool[0].handler, delivery.event)
+            cached = await self._cache.get(key)
+            if cached is not None:
+                return await self._publish_cached(delivery, pool[0], cached)
+        return await self._ask(delivery, pool, key)
+
+    async def _publish_cached(self, delivery: Delivery, instance: Instance, body: bytes,
+                              ) -> Answer | None:  # fmt: skip
+        answer = Answer(Outcome.OK, 200, body=body)
+        if not await self._publish(delivery, instance, answer, cached=True):
+            return None
+        self._done(delivery, instance, answer, "published from the cache")
+        return answer
+
+    async def _ask(self, delivery: Delivery, pool: list[Instance], key: str | None,
+                   ) -> Answer | None:  # fmt: skip
+        """Call the pool until an answer, retrying and failing over; None when it failed."""
         tried: list[str] = []
         retry = 0
         while True:
-            instance = group.pick(pool, tried)
+            instance = delivery.group.pick(pool, tried)
             assert instance is not None  # the pool of an answerable group is never empty
             answer = await self._call(instance, delivery.body, retry > 0)
             outcome = answer.outcome
-            logger.debug("event %s -> %s: %s %s", event_id(delivery.event), instance.node_id,
-                         outcome, answer.error)  # fmt: skip
             if outcome is Outcome.OK:
                 if not await self._publish(delivery, instance, answer):
                     return None
+                if key is not None and self._cache is not None:
+                    self._cache.put(key, answer.body)
                 self._done(delivery, instance, answer, f"published to {instance.handler.return_to}")
                 return answer
             if outcome is Outcome.IGNORED or outcome is Outcome.DUPLICATE:
@@ -223,7 +245,9 @@ class Router:
                                    "node_id": instance.node_id,
                                    "outcome": answer.kind})  # fmt: skip
 
-    async def _publish(self, delivery: Delivery, instance: Instance, answer: Answer) -> bool:
+    async def _publish(
+        self, delivery: Delivery, instance: Instance, answer: Answer, cached: bool = False
+    ) -> bool:
         """Publish an answer to the handler's return topic; False if it went to the failed one."""
         handler = instance.handler
         assert handler.return_to is not None  # only routable handlers answer
@@ -233,6 +257,8 @@ class Router:
             ("logistik.version", handler.version.encode()),
             ("logistik.model_type", handler.model_type.value.encode()),
         ]
+        if cached:
+            headers.append(("logistik.cache", b"hit"))
         key = actor_key(delivery.event)
         try:
             await self._producer.send(handler.return_to, answer.body, key, headers)

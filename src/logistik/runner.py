@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, Message
 
 from logistik.alert import Alerter
 from logistik.api import AppState, create_app
+from logistik.cache import ResponseCache
 from logistik.catalog import Catalog
 from logistik.config import Config
 from logistik.discovery import ConsulDiscovery
@@ -102,7 +103,11 @@ class Runner:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         alerter = Alerter(self.config.webhook, session)
         stack.push_async_callback(alerter.drain)
-        self._router = Router(self.registry, client, producer, self.config.routing, alerter)
+        cache = None
+        if self.config.cache is not None:
+            cache = ResponseCache(self.config.cache)
+            stack.push_async_callback(cache.close)
+        self._router = Router(self.registry, client, producer, self.config.routing, alerter, cache)
         return self._router, session
 
     def _start_discovery(self, stack: AsyncExitStack, store: Store,
