@@ -44,6 +44,7 @@ class ModelServer:
         self.path = path
         self.info = info  # what GET /info[/<environment>] answers; None: 404
         self.info_requests: list[str] = []
+        self.traceparents: list[str] = []
         self.port = free_port()
         self.requests: list[dict[str, Any]] = []
         self.times: list[float] = []
@@ -110,6 +111,8 @@ class ModelServer:
         event = orjson.loads(await request.read())
         with self.lock:
             self.requests.append(event)
+            if "traceparent" in request.headers:
+                self.traceparents.append(request.headers["traceparent"])
             self.times.append(time.monotonic())
             count = len(self.requests)
             self.active += 1

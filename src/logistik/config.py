@@ -130,6 +130,16 @@ class CacheConfig(_Section):
     retry_after_s: float = Field(default=10.0, ge=0)  # how long to skip the cache after an error
 
 
+class TracingConfig(_Section):
+    """OpenTelemetry tracing (needs the `tracing` extra)."""
+
+    enabled: bool = False
+    # "global": spans go to the tracer provider the environment set up (e.g. by
+    # opentelemetry-instrument and OTEL_* variables); "console": printed to stdout.
+    exporter: Literal["global", "console"] = "global"
+    service_name: str = "logistik"
+
+
 class RoutingConfig(_Section):
     """Limits and retry policy of the router; handlers may override timeout and retries."""
 
@@ -154,6 +164,7 @@ class Config(_Section):
     web: WebConfig = Field(default_factory=WebConfig)
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     cache: CacheConfig | None = None
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

@@ -71,7 +71,8 @@ class ModelClient:
         if self._session is not None:
             await self._session.close()
 
-    async def call(self, handler: Handler, body: bytes, timeout_s: float) -> Answer:
+    async def call(self, handler: Handler, body: bytes, timeout_s: float,
+                   headers: dict[str, str] | None = None) -> Answer:  # fmt: skip
         """Send one event to one handler and classify the answer; never raises for model faults."""
         assert self._session is not None, "ModelClient used outside 'async with'"
         timeout = self._timeouts.get(timeout_s)
@@ -80,7 +81,12 @@ class ModelClient:
         started = time.perf_counter()
         try:
             async with self._session.request(
-                handler.method, handler.url, data=body, timeout=timeout, allow_redirects=False
+                handler.method,
+                handler.url,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+                headers=headers,
             ) as response:
                 payload = await response.read()
                 status = response.status

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from logistik.alert import Alerter
 from logistik.backoff import Backoff
@@ -20,6 +21,7 @@ from logistik.kafka import EventProducer, Headers
 from logistik.logs import EVENTS_LOGGER
 from logistik.model_client import Answer, ModelClient, Outcome
 from logistik.registry import Group, Instance, Registry
+from logistik.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 events_log = logging.getLogger(EVENTS_LOGGER)
@@ -73,6 +75,7 @@ class Router:
         routing: RoutingConfig,
         alerter: Alerter | None = None,
         cache: ResponseCache | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._registry = registry
         self._client = client
@@ -80,14 +83,23 @@ class Router:
         self._routing = routing
         self._alerter = alerter
         self._cache = cache
+        self.tracing = tracing or Tracing(None)
         self._backoff = Backoff(
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
         self.decoys = DecoyTally()
         self.figures = Figures()
 
-    async def handle(self, source: Source, raw: bytes | None) -> None:
+    async def handle(self, source: Source, raw: bytes | None,
+                     headers: list[tuple[str, Any]] | None = None) -> None:  # fmt: skip
         """Route one record; returns when every group is done with it."""
+        if not self.tracing.enabled:
+            await self._route(source, raw)
+            return
+        with self.tracing.event(source.topic, source.partition, source.offset, headers):
+            await self._route(source, raw)
+
+    async def _route(self, source: Source, raw: bytes | None) -> None:
         self.figures.events_in[source.topic] += 1
         try:
             event = decode_event(raw)
@@ -209,7 +221,10 @@ class Router:
         instance.in_flight += 1
         try:
             async with instance.slots:
-                answer = await self._client.call(handler, body, timeout_s)
+                if self.tracing.enabled:
+                    answer = await self._traced_call(instance, body, timeout_s, retry)
+                else:
+                    answer = await self._client.call(handler, body, timeout_s)
         finally:
             instance.in_flight -= 1
         self.figures.call(instance.node_id, answer, retry)
@@ -220,6 +235,17 @@ class Router:
             self._keeps_failing(instance, answer)
         else:
             instance.record_success()
+        return answer
+
+    async def _traced_call(self, instance: Instance, body: bytes, timeout_s: float,
+                           retry: bool) -> Answer:  # fmt: skip
+        """A model call inside its own span, the trace context sent along."""
+        handler = instance.handler
+        with self.tracing.call(handler.node_id, handler.url) as headers:
+            answer = await self._client.call(handler, body, timeout_s, headers)
+            self.tracing.annotate(**{"http.response.status_code": answer.status or 0,
+                                     "logistik.outcome": answer.kind,
+                                     "logistik.retry": retry})  # fmt: skip
         return answer
 
     def _keeps_failing(self, instance: Instance, answer: Answer) -> None:
@@ -259,6 +285,8 @@ class Router:
         ]
         if cached:
             headers.append(("logistik.cache", b"hit"))
+        if self.tracing.enabled:
+            headers.extend(self.tracing.kafka_headers())
         key = actor_key(delivery.event)
         try:
             await self._producer.send(handler.return_to, answer.body, key, headers)

@@ -30,6 +30,7 @@ from logistik.registry import Registry
 from logistik.router import Router, Source
 from logistik.service import HandlerService
 from logistik.store import Store
+from logistik.tracing import Tracing
 from logistik.web import add_operations_routes, bind, serve
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ class Runner:
         if self.config.cache is not None:
             cache = ResponseCache(self.config.cache)
             stack.push_async_callback(cache.close)
-        self._router = Router(self.registry, client, producer, self.config.routing, alerter, cache)
+        tracing = Tracing(self.config.tracing)
+        self._router = Router(self.registry, client, producer, self.config.routing, alerter, cache,
+                              tracing)  # fmt: skip
         return self._router, session
 
     def _start_discovery(self, stack: AsyncExitStack, store: Store,
@@ -206,15 +209,16 @@ class Runner:
         headers = message.headers()
         source = Source(topic, partition, offset, *replay_marks(headers)) if headers \
             else Source(topic, partition, offset)  # fmt: skip
-        task = asyncio.create_task(self._handle(tracker, source, message.value()))
+        task = asyncio.create_task(self._handle(tracker, source, message.value(), headers))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
 
-    async def _handle(self, tracker: PartitionTracker, source: Source, raw: bytes | None) -> None:
+    async def _handle(self, tracker: PartitionTracker, source: Source, raw: bytes | None,
+                      headers: Any = None) -> None:  # fmt: skip
         assert self._router is not None
         try:
-            await self._router.handle(source, raw)
+            await self._router.handle(source, raw, headers)
         except asyncio.CancelledError:
             raise  # not finished: the offset stays uncommitted and the event is redelivered
         except Exception:
