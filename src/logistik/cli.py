@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -146,6 +147,51 @@ def check(url: str | None, config_file: str | None, timeout_s: float) -> None:
     ready, line = readiness(url, timeout_s)
     click.echo(line, err=not ready)
     sys.exit(0 if ready else EXIT_ERROR)
+
+
+@main.command()
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5656,
+    show_default=True,
+    help="Port of the web UI.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 1000),
+    default=10.0,
+    show_default=True,
+    help="Events per second in the demo stream.",
+)
+def demo(port: int, rate: float) -> None:
+    """Run logistik on embedded defaults with three real models; Ctrl-C stops everything.
+
+    \b
+    Starts a Kafka-protocol broker, a SQLite store in a temporary directory and three
+    scikit-learn digit classifiers served over HTTP (model, canary, decoy), streams digits
+    to the topic `digits`, and serves the web UI. Nothing to install or set up by hand.
+    \b
+    Example:
+      logistik demo --port 5656
+    """
+    from logistik.demo import run_demo
+
+    setup_logging("info")
+    try:
+        with EmbeddedBroker() as broker:
+            asyncio.run(_until_signal(lambda stop: run_demo(stop, port, rate, broker)))
+    except LogistikError as exc:
+        _fail(str(exc), EXIT_ERROR)
+
+
+async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run work until SIGINT or SIGTERM sets its stop event."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await work(stop)
 
 
 main.add_command(handlers)

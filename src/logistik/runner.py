@@ -21,6 +21,7 @@ from logistik.catalog import Catalog
 from logistik.config import Config
 from logistik.discovery import ConsulDiscovery
 from logistik.failure import replay_marks
+from logistik.figures import Figures
 from logistik.health import Readiness
 from logistik.kafka import EventConsumer, EventProducer
 from logistik.metrics import metrics_registry
@@ -54,6 +55,7 @@ class Runner:
         self.peak_in_flight = 0
         self.discovery: ConsulDiscovery | None = None
         self._consumer: EventConsumer | None = None
+        self.store: Store | None = None
         self._last_turn: float | None = None
         self.ready = asyncio.Event()
 
@@ -69,7 +71,7 @@ class Runner:
         async with AsyncExitStack() as stack:
             if sock is not None:
                 stack.callback(sock.close)
-            store = await Store.open(self.config.database.url)
+            store = self.store = await Store.open(self.config.database.url)
             stack.push_async_callback(store.close)
             await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
             catalog = Catalog(store, self.registry, self.config.kafka)
@@ -144,6 +146,10 @@ class Runner:
 
     def _lag(self) -> dict[tuple[str, int], int]:
         return {} if self._consumer is None else self._consumer.lag
+
+    def figures(self) -> Figures | None:
+        """The router's figures once it runs."""
+        return None if self._router is None else self._router.figures
 
     def status(self) -> dict[str, Any]:
         """The router's live status, for the API."""
