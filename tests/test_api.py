@@ -40,6 +40,7 @@ def test_handlers_show_logistiks_figures_and_failures(
                == 10, what="the topic figures")  # fmt: skip
     good_view = views["good-127.0.0.1-model-0"]
     assert good_view["state"] == "active"
+    assert good_view["uwsgi"] is None  # no uWSGI stats server at its port + 100
     assert good_view["figures"]["requests"] == 10
     assert good_view["figures"]["answers"]["ok"] == 10
     assert good_view["figures"]["latency_ms"]["p50"] > 0

@@ -1,0 +1,85 @@
+"""The query page's test call: one event sent to one registered handler, never to Kafka."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from logistik.event import Event, decode_event, encode_event
+from logistik.handler import Handler
+from logistik.model_client import classify
+
+MAX_ERROR_TEXT = 300
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """A response's whole body, None when it is longer than `limit` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def normalise(event: dict[str, Any]) -> Event:
+    """The event as the router sends it (id, published added); InvalidEventError if unroutable."""
+    return decode_event(encode_event(event))
+
+
+def parse_body(payload: bytes) -> Any:
+    """A model's answer as JSON when it is, else as text; None when empty."""
+    if not payload.strip():
+        return None
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload.decode("utf-8", "replace")
+
+
+def describe(exc: aiohttp.ClientError) -> str:
+    """A failed call in one line."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the model closed the connection without answering"
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
+
+
+async def query(handler: Handler, event: Event, timeout_s: float, max_bytes: int) -> dict[str, Any]:
+    """Send an event to a handler's own address, method and path; its answer classified."""
+    result: dict[str, Any] = {"node_id": handler.node_id, "url": handler.url, "status": None,
+                              "outcome": "error", "latency_ms": 0.0, "body": None,
+                              "error": None}  # fmt: skip
+    started = time.perf_counter()
+    try:
+        async with aiohttp.ClientSession(
+            headers={"Content-Type": "application/json", "User-Agent": "logistik"},
+            skip_auto_headers=("Accept-Encoding",),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as session, session.request(
+            handler.method, handler.url, data=encode_event(event), allow_redirects=False
+        ) as response:  # fmt: skip
+            result["status"] = response.status
+            payload = await read_at_most(response, max_bytes)
+            retry_after = response.headers.get("Retry-After")
+    except TimeoutError:
+        latency = time.perf_counter() - started
+        return {**result, "outcome": "timeout", "latency_ms": latency * 1000,
+                "error": f"timeout after {timeout_s:g} s (web.query_timeout_s)"}  # fmt: skip
+    except aiohttp.ClientError as exc:
+        latency = time.perf_counter() - started
+        return {**result, "latency_ms": latency * 1000, "error": describe(exc)}
+    latency = time.perf_counter() - started
+    result["latency_ms"] = latency * 1000
+    if payload is None:
+        return {**result, "error": f"the answer is larger than {max_bytes} bytes "
+                "(web.query_max_bytes)"}  # fmt: skip
+    answer = classify(result["status"], payload, retry_after, latency)
+    return {**result, "outcome": answer.kind, "body": parse_body(payload),
+            "error": answer.error or None}  # fmt: skip
