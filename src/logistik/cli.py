@@ -194,5 +194,19 @@ async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> Non
     await work(stop)
 
 
+@main.command("hash-password")
+@click.password_option(help="The password (asked for when not given).")
+def hash_password_command(password: str) -> None:
+    """Print a password hash for `web.auth.users` in the config.
+
+    \b
+    Example:
+      logistik hash-password   # then: web: {auth: {users: {alice: "<printed hash>"}}}
+    """
+    from logistik.auth import hash_password
+
+    click.echo(hash_password(password))
+
+
 main.add_command(handlers)
 main.add_command(register)
