@@ -18,8 +18,7 @@ import yaml
 from logistik.broker import free_port
 from logistik.config import Config
 from logistik.runner import Runner
-from logistik.service import HandlerService
-from logistik.store import Store
+from logistik.service import HandlerService, with_service
 from tests.kafkatools import unique
 
 T = TypeVar("T")
@@ -70,14 +69,7 @@ def handler(name: str, topic: str, port: int, **fields: Any) -> dict[str, Any]:
 def on_store(url: str, action: Callable[[HandlerService], Coroutine[Any, Any, T]]) -> T:
     """Run one service action against a router's store, as the CLI would."""
 
-    async def main() -> T:
-        store = await Store.open(url)
-        try:
-            return await action(HandlerService(store))
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    return asyncio.run(with_service(url, action))
 
 
 class RouterThread:

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from logistik.config import config_path, load_config
 from logistik.errors import ConfigError, LogistikError
-from logistik.service import HandlerService
-from logistik.store import HandlerRecord, Store
+from logistik.service import HandlerService, with_service
+from logistik.store import HandlerRecord
 
 T = TypeVar("T")
 STATE_STYLES = {"active": "green", "down": "red", "gone": "dim", "disabled": "yellow",
@@ -36,15 +36,8 @@ def _call(ctx: click.Context, action: Callable[[HandlerService], Awaitable[T]]) 
     except ConfigError as exc:
         _fail(str(exc), 2)
 
-    async def main() -> T:
-        store = await Store.open(url)
-        try:
-            return await action(HandlerService(store))
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(main())
+        return asyncio.run(with_service(url, action))
     except LogistikError as exc:
         _fail(str(exc))
 

@@ -101,7 +101,10 @@ class ModelClient:
             )
         except aiohttp.ClientError as exc:
             return Answer(
-                Outcome.RETRY, None, error=_describe(exc), latency_s=time.perf_counter() - started
+                Outcome.RETRY,
+                None,
+                error=describe_error(exc),
+                latency_s=time.perf_counter() - started,
             )
         latency_s = time.perf_counter() - started
         return classify(status, payload, retry_after, latency_s)
@@ -149,7 +152,8 @@ def _http_error(status: int, payload: bytes) -> str:
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"
 
 
-def _describe(exc: aiohttp.ClientError) -> str:
+def describe_error(exc: aiohttp.ClientError) -> str:
+    """A failed call in one line."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):

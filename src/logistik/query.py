@@ -10,7 +10,7 @@ import orjson
 
 from logistik.event import Event, decode_event, encode_event
 from logistik.handler import Handler
-from logistik.model_client import classify
+from logistik.model_client import classify, describe_error
 
 MAX_ERROR_TEXT = 300
 
@@ -42,15 +42,6 @@ def parse_body(payload: bytes) -> Any:
         return payload.decode("utf-8", "replace")
 
 
-def describe(exc: aiohttp.ClientError) -> str:
-    """A failed call in one line."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the model closed the connection without answering"
-    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
-
-
 async def query(handler: Handler, event: Event, timeout_s: float, max_bytes: int) -> dict[str, Any]:
     """Send an event to a handler's own address, method and path; its answer classified."""
     result: dict[str, Any] = {"node_id": handler.node_id, "url": handler.url, "status": None,
@@ -74,7 +65,7 @@ async def query(handler: Handler, event: Event, timeout_s: float, max_bytes: int
                 "error": f"timeout after {timeout_s:g} s (web.query_timeout_s)"}  # fmt: skip
     except aiohttp.ClientError as exc:
         latency = time.perf_counter() - started
-        return {**result, "latency_ms": latency * 1000, "error": describe(exc)}
+        return {**result, "latency_ms": latency * 1000, "error": describe_error(exc)}
     latency = time.perf_counter() - started
     result["latency_ms"] = latency * 1000
     if payload is None:

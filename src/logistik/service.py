@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -12,6 +13,16 @@ from logistik.handler import Handler, ModelType
 from logistik.store import HandlerRecord, Store
 
 PRODUCTION = ModelType.MODEL.value
+T = TypeVar("T")
+
+
+async def with_service(url: str, action: Callable[[HandlerService], Awaitable[T]]) -> T:
+    """Open the store at `url`, run one service action on it, close the store."""
+    store = await Store.open(url)
+    try:
+        return await action(HandlerService(store))
+    finally:
+        await store.close()
 
 
 class HandlerService:
