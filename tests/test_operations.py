@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -110,3 +111,28 @@ def test_readiness_follows_the_broker_and_check_exits_accordingly(
         assert fetch(running, "/healthz") == (200, '{"status":"ok"}')
     finally:
         broker.stop()
+
+
+def test_statsd_gets_a_timing_and_an_outcome_per_call(
+    servers: str,
+    model_server: Callable[..., ModelServer],
+    router: Callable[[dict[str, Any]], RouterThread],
+) -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    topic = unique("statsd")
+    create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
+    model = model_server()
+    router(make_config(servers, [handler("face", topic, model.port)],
+                       statsd={"port": receiver.getsockname()[1], "prefix": "lk"}))  # fmt: skip
+    produce(servers, topic, [event() for _ in range(3)])
+    lines: list[str] = []
+    try:
+        while len(lines) < 6:
+            lines += receiver.recv(4096).decode().splitlines()
+    finally:
+        receiver.close()
+    assert sorted(line.split(":")[0] for line in lines) == ["lk.face.latency"] * 3 + \
+        ["lk.face.ok"] * 3  # fmt: skip
+    assert all(line.endswith("|ms") for line in lines if "latency" in line)

@@ -130,6 +130,14 @@ class CacheConfig(_Section):
     retry_after_s: float = Field(default=10.0, ge=0)  # how long to skip the cache after an error
 
 
+class StatsdConfig(_Section):
+    """Optional statsd timings of model calls."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8125, ge=1, le=65535)
+    prefix: str = "logistik"
+
+
 class TracingConfig(_Section):
     """OpenTelemetry tracing (needs the `tracing` extra)."""
 
@@ -165,6 +173,7 @@ class Config(_Section):
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     cache: CacheConfig | None = None
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    statsd: StatsdConfig | None = None
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

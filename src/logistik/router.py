@@ -21,6 +21,7 @@ from logistik.kafka import EventProducer, Headers
 from logistik.logs import EVENTS_LOGGER
 from logistik.model_client import Answer, ModelClient, Outcome
 from logistik.registry import Group, Instance, Registry
+from logistik.statsd import Statsd
 from logistik.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Router:
         alerter: Alerter | None = None,
         cache: ResponseCache | None = None,
         tracing: Tracing | None = None,
+        statsd: Statsd | None = None,
     ) -> None:
         self._registry = registry
         self._client = client
@@ -84,6 +86,7 @@ class Router:
         self._alerter = alerter
         self._cache = cache
         self.tracing = tracing or Tracing(None)
+        self._statsd = statsd
         self._backoff = Backoff(
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
@@ -228,6 +231,8 @@ class Router:
         finally:
             instance.in_flight -= 1
         self.figures.call(instance.node_id, answer, retry)
+        if self._statsd is not None:
+            self._statsd.call(handler.name, answer)
         if answer.outcome is Outcome.RETRY:
             instance.record_failure(
                 self._routing.unhealthy_after_failures, self._routing.unhealthy_cooldown_s

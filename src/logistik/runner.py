@@ -30,6 +30,7 @@ from logistik.offsets import OffsetBook, PartitionTracker
 from logistik.registry import Registry
 from logistik.router import Router, Source
 from logistik.service import HandlerService
+from logistik.statsd import Statsd
 from logistik.store import Store
 from logistik.tracing import Tracing
 from logistik.web import add_operations_routes, bind, serve
@@ -111,8 +112,14 @@ class Runner:
             cache = ResponseCache(self.config.cache)
             stack.push_async_callback(cache.close)
         tracing = Tracing(self.config.tracing)
-        self._router = Router(self.registry, client, producer, self.config.routing, alerter, cache,
-                              tracing)  # fmt: skip
+        statsd = None
+        if self.config.statsd is not None:
+            statsd = Statsd(self.config.statsd)
+            await statsd.start()
+            stack.callback(statsd.close)
+        self._router = Router(
+            self.registry, client, producer, self.config.routing, alerter, cache, tracing, statsd
+        )
         return self._router, session
 
     def _start_discovery(self, stack: AsyncExitStack, store: Store,
