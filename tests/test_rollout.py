@@ -117,11 +117,15 @@ def test_promote_and_live_changes_take_effect_without_restart(
             return bool(latest) and latest[0].headers["logistik.node_id"].endswith("canary-1")
 
         wait_until(routed_to_new, timeout_s=20, what="events to reach the promoted version")
-        seen = len(reader.on(f"{topic}-results"))
         later = [event() for _ in range(20)]
+        later_ids = {e["id"] for e in later}
         produce(servers, topic, later)
-        records = reader.wait_for(f"{topic}-results", seen + 20)
-        assert set(node_ids(records[seen:])) == {"face-127.0.0.1-canary-1"}
+        wait_until(lambda: len([r for r in reader.on(f"{topic}-results")
+                                if r.headers["logistik.event_id"] in later_ids]) == 20,
+                   what="answers to the events sent after the promotion")  # fmt: skip
+        answered_later = [r for r in reader.on(f"{topic}-results")
+                          if r.headers["logistik.event_id"] in later_ids]  # fmt: skip
+        assert set(node_ids(answered_later)) == {"face-127.0.0.1-canary-1"}
         with pytest.raises(ActionError, match="last active production instance"):
             on_store(url, lambda s: s.demote("face-127.0.0.1-canary-1"))
         on_store(url, lambda s: s.disable("face-127.0.0.1-canary-1"))
