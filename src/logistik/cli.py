@@ -18,6 +18,8 @@ from logistik.errors import ConfigError, LogistikError
 from logistik.handlers_command import handlers
 from logistik.logs import setup_logging
 from logistik.register import register
+from logistik.replay import replay
+from logistik.tail import tail
 
 logger = logging.getLogger("logistik")
 
@@ -210,3 +212,5 @@ def hash_password_command(password: str) -> None:
 
 main.add_command(handlers)
 main.add_command(register)
+main.add_command(replay)
+main.add_command(tail)
