@@ -306,15 +306,19 @@ def ensure_topics(kafka: KafkaConfig, topics: set[str], timeout_s: float = 10.0)
     return created
 
 
-def list_topics(admin: AdminClient, bootstrap: str, timeout_s: float) -> set[str]:
-    """The broker's topics; a broker that does not answer is a one-line BrokerError."""
+def cluster_metadata(client: AdminClient | Consumer, bootstrap: str, timeout_s: float) -> Any:
+    """The broker's metadata; a broker that does not answer is a one-line BrokerError."""
     try:
-        metadata = admin.list_topics(timeout=timeout_s)
+        return client.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise BrokerError(
             f"cannot reach the Kafka broker at {bootstrap}: {exc.args[0].str()}"
         ) from None
-    return set(metadata.topics)
+
+
+def list_topics(admin: AdminClient, bootstrap: str, timeout_s: float) -> set[str]:
+    """The broker's topics; a broker that does not answer is a one-line BrokerError."""
+    return set(cluster_metadata(admin, bootstrap, timeout_s).topics)
 
 
 def _names(partitions: list[TopicPartition]) -> str:

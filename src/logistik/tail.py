@@ -28,7 +28,7 @@ from rich.text import Text
 from logistik.config import EMBEDDED, ENV_PATH, Config, KafkaConfig, config_path, load_config
 from logistik.errors import BrokerError, ConfigError, LogistikError
 from logistik.failure import HEADER_PREFIX
-from logistik.kafka import base_config
+from logistik.kafka import base_config, cluster_metadata
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -72,12 +72,7 @@ def client_config(kafka: KafkaConfig, **settings: Any) -> dict[str, Any]:
 
 def topic_partitions(consumer: Consumer, servers: str, topic: str) -> list[int]:
     """The partitions of a topic; an absent broker or topic is a one-line BrokerError."""
-    try:
-        metadata = consumer.list_topics(timeout=METADATA_TIMEOUT_S)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach the Kafka broker at {servers}: {exc.args[0].str()}"
-        ) from None
+    metadata = cluster_metadata(consumer, servers, METADATA_TIMEOUT_S)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise BrokerError(f"topic '{topic}' does not exist on {servers}")
