@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -12,6 +14,7 @@ from logistik.config import parse_config
 from logistik.errors import ConfigError, InvalidEventError
 from logistik.event import actor_key, channel_groups, decode_event
 from logistik.handler import Handler
+from logistik.logs import JsonFormatter, RateLimit, safe_url
 from logistik.model_client import Outcome, classify
 from logistik.offsets import OffsetBook
 from logistik.registry import Registry, canary_draw
@@ -178,3 +181,26 @@ def test_canary_takes_its_share_by_a_stable_hash() -> None:
     again = [group.answering_pool({"id": str(i)})[0].handler.name for i in range(5000)]
     assert again == chosen
     assert canary_draw("s", "x") == canary_draw("s", "x") != canary_draw("other", "x")
+
+
+def test_json_log_lines_carry_event_fields_and_repeats_are_held_back() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("logistik.events", logging.INFO, __file__, 1,
+                               "event %s -> %s", ("e1", "n1"), None)  # fmt: skip
+    record.event_id, record.outcome = "e1", "ok"
+    line = json.loads(formatter.format(record))
+    assert (line["message"], line["event_id"], line["outcome"], line["level"]) == (
+        "event e1 -> n1",
+        "e1",
+        "ok",
+        "info",
+    )
+    limit = RateLimit(burst=2, window_s=60)
+
+    def warning() -> logging.LogRecord:
+        return logging.LogRecord("x", logging.WARNING, __file__, 1, "broker %s away", ("b",), None)
+
+    assert [limit.filter(warning()) for _ in range(5)] == [True, True, False, False, False]
+    assert limit.filter(logging.LogRecord("x", logging.INFO, __file__, 1, "fine", (), None))
+    assert safe_url("https://hooks.example.com/services/T0/B0/secret") == \
+        "https://hooks.example.com/…"  # fmt: skip

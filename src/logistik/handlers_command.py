@@ -134,7 +134,12 @@ def list_handlers(ctx: click.Context, topic: str | None, model_type: str | None,
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @click.pass_context
 def show(ctx: click.Context, node_id: str, as_json: bool) -> None:
-    """Show every field of one handler."""
+    """Show every field of one handler.
+
+    \b
+    Example:
+      logistik handlers show face-10.0.0.5-model-0 --json
+    """
     row = _row(_call(ctx, lambda s: s.show(node_id)))
     if as_json:
         click.echo(json.dumps(row, indent=2))
@@ -164,7 +169,12 @@ def add(ctx: click.Context, fields: tuple[str, ...]) -> None:
 @click.argument("fields", nargs=-1, required=True)
 @click.pass_context
 def edit(ctx: click.Context, node_id: str, fields: tuple[str, ...]) -> None:
-    """Change fields of a handler: NODE_ID key=value ..."""
+    """Change fields of a handler: NODE_ID key=value ...
+
+    \b
+    Example:
+      logistik handlers edit face-10.0.0.5-model-0 timeout=5 retries=2
+    """
     _call(ctx, lambda s: s.edit(node_id, _fields(fields)))
     click.echo(f"edited {node_id}")
 
@@ -172,7 +182,9 @@ def edit(ctx: click.Context, node_id: str, fields: tuple[str, ...]) -> None:
 def _simple(name: str, verb: str, help_text: str) -> None:
     """Register a command that takes one node id and runs one service action."""
 
-    @handlers.command(name, help=help_text)
+    example = f"\n\n\b\nExample:\n  logistik handlers {name} face-10.0.0.5-model-0"
+
+    @handlers.command(name, help=help_text + example)
     @click.argument("node_id")
     @click.pass_context
     def command(ctx: click.Context, node_id: str) -> None:
@@ -190,7 +202,12 @@ _simple("demote", "demoted", "Make a production handler a standby canary (traffi
 @click.argument("node_id")
 @click.pass_context
 def promote(ctx: click.Context, node_id: str) -> None:
-    """Make a canary, deploy or decoy production; production of its group becomes standby."""
+    """Make a canary, deploy or decoy production; production of its group becomes standby.
+
+    \b
+    Example:
+      logistik handlers promote face-10.0.0.6-canary-0
+    """
     for record in _call(ctx, lambda s: s.promote(node_id)):
         click.echo(f"{record.node_id}: now {record.handler.model_type.value}")
 
@@ -200,7 +217,12 @@ def promote(ctx: click.Context, node_id: str) -> None:
 @click.argument("share", type=click.FloatRange(0.0, 1.0))
 @click.pass_context
 def traffic(ctx: click.Context, node_id: str, share: float) -> None:
-    """Set the share (0-1) of its group's events a canary answers."""
+    """Set the share (0-1) of its group's events a canary answers.
+
+    \b
+    Example:
+      logistik handlers traffic face-10.0.0.6-canary-0 0.1
+    """
     _call(ctx, lambda s: s.set_traffic(node_id, share))
     click.echo(f"{node_id}: traffic {share:g}")
 
@@ -210,7 +232,12 @@ def traffic(ctx: click.Context, node_id: str, share: float) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def delete(ctx: click.Context, node_id: str, yes: bool) -> None:
-    """Delete a handler from the store."""
+    """Delete a handler from the store.
+
+    \b
+    Example:
+      logistik handlers delete face-10.0.0.5-model-0 --yes
+    """
     if not yes:
         click.confirm(f"delete {node_id}?", abort=True)
     _call(ctx, lambda s: s.delete(node_id))
