@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,17 @@ def _fail(message: str, code: int) -> NoReturn:
     for line in message.splitlines():
         click.echo(f"logistik: {line}", err=True)
     sys.exit(code)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (faster sockets), else asyncio's own."""
+    if os.environ.get("LK_EVENT_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _load(config_file: str | None) -> Config:
@@ -73,7 +85,8 @@ def run(config_file: str | None, log_level: str | None) -> None:
             broker = EmbeddedBroker(config.kafka.embedded_port).start()
             kafka = config.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
             config = config.model_copy(update={"kafka": kafka})
-        asyncio.run(_run(config))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_run(config))
     except LogistikError as exc:
         _fail(str(exc), EXIT_ERROR)
     finally:
