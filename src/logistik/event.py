@@ -19,6 +19,11 @@ _malformed_channels_seen: set[str] = set()
 
 def decode_event(raw: bytes | None) -> Event:
     """Parse a record value into an event, adding `id` and `published` where missing."""
+    return normalise(raw)[0]
+
+
+def normalise(raw: bytes | None) -> tuple[Event, bytes]:
+    """The event in a record, and the bytes to send to models: the record's own when unchanged."""
     if not raw:
         raise InvalidEventError("empty", "the record has no value")
     try:
@@ -33,11 +38,15 @@ def decode_event(raw: bytes | None) -> Event:
     verb = event.get("verb")
     if not isinstance(verb, str) or not verb:
         raise InvalidEventError("missing-verb", "the event has no 'verb'")
+    changed = False
     if not event.get("id"):
         event["id"] = str(uuid.uuid4())
+        changed = True
     if not event.get("published"):
         event["published"] = datetime.now(UTC).isoformat(timespec="milliseconds")
-    return event
+        changed = True
+    assert raw is not None  # an empty record was refused above
+    return event, orjson.dumps(event) if changed else raw
 
 
 def encode_event(event: Event) -> bytes:

@@ -14,7 +14,7 @@ from logistik.cache import ResponseCache
 from logistik.config import RoutingConfig
 from logistik.decoy import DecoyTally, agrees
 from logistik.errors import InvalidEventError, PublishError
-from logistik.event import Event, actor_key, decode_event, encode_event, event_id
+from logistik.event import Event, actor_key, event_id, normalise
 from logistik.failure import FailedRecord, Reason
 from logistik.figures import Figures
 from logistik.kafka import EventProducer, Headers
@@ -105,7 +105,7 @@ class Router:
     async def _route(self, source: Source, raw: bytes | None) -> None:
         self.figures.events_in[source.topic] += 1
         try:
-            event = decode_event(raw)
+            event, body = normalise(raw)
         except InvalidEventError as exc:
             topic = f"{source.topic}-failed"
             logger.warning("%s/%d/%d is not a valid event (%s): sent to %s", source.topic,
@@ -121,7 +121,6 @@ class Router:
         if not groups:
             logger.debug("event %s of %s matches no group", event_id(event), source.topic)
             return
-        body = encode_event(event)
         if len(groups) == 1:
             await self._deliver(Delivery(groups[0], source, event, body))
         else:
