@@ -118,15 +118,17 @@ def test_an_event_failing_again_counts_its_replays_until_given_up(
     servers: str, topic: str, model_server: StartModel, router: StartRouter
 ) -> None:
     model = model_server(lambda ev, n: Reply(500, raw=b"still broken"))
-    routed(servers, router, [handler("a", topic, model.port, retries=0)], topic)
+    group = routed(servers, router, [handler("a", topic, model.port, retries=0)], topic)
     sent = [event(), event()]
     group_id = unique("replay")
     with TopicReader(servers, topic, f"{topic}-failed") as reader:
         produce(servers, topic, sent)
+        wait_all_committed(servers, group, topic, 2)  # routed: never delivered again
         reader.wait_for(f"{topic}-failed", 2)
         first = run_replay(servers, f"{topic}-failed", group_id=group_id)
         assert first.returncode == 0, first.stderr
         assert first.stderr == f"replayed 2 of 2 record(s) from {topic}-failed\n"
+        wait_all_committed(servers, group, topic, 4)
         again = reader.wait_for(f"{topic}-failed", 4)[2:]
         assert {r.json()["id"] for r in again} == {e["id"] for e in sent}
         assert {r.headers["logistik.replays"] for r in again} == {"1"}
@@ -161,14 +163,16 @@ def test_filters_and_records_that_are_not_events(
     failing = model_server(lambda ev, n: Reply(500))
     handlers = [handler("a", topic, rejecting.port, retries=0),
                 handler("b", topic, failing.port, retries=0)]  # fmt: skip
-    routed(servers, router, handlers, topic)
+    group = routed(servers, router, handlers, topic)
     sent = {"early": event(), "bad": event(verb="bad")}
     with TopicReader(servers, topic, f"{topic}-failed") as reader:
         produce(servers, topic, [sent["early"], sent["bad"], b"not json"])
+        wait_all_committed(servers, group, topic, 3)
         reader.wait_for(f"{topic}-failed", 5)
         since = since_now()
         sent["late"] = event()
         produce(servers, topic, [sent["late"]])
+        wait_all_committed(servers, group, topic, 4)
         failed = reader.wait_for(f"{topic}-failed", 7)
         assert sorted(r.headers["logistik.reason"] for r in failed) == [
             "invalid-json", "rejected", *["retries-exhausted"] * 5]  # fmt: skip

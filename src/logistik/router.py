@@ -111,7 +111,13 @@ class Router:
             logger.warning("%s/%d/%d is not a valid event (%s): sent to %s", source.topic,
                            source.partition, source.offset, exc, topic)  # fmt: skip
             record = FailedRecord(
-                source.topic, source.partition, source.offset, raw, exc.reason, str(exc)
+                source.topic,
+                source.partition,
+                source.offset,
+                raw,
+                exc.reason,
+                str(exc),
+                replays=source.replays,
             )
             await self.write_failed(topic, record)
             return
