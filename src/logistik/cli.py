@@ -8,14 +8,13 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import NoReturn
 
 import click
 
 from logistik.broker import EmbeddedBroker
-from logistik.config import EMBEDDED, Config, config_path, load_config
-from logistik.errors import ConfigError, LogistikError
+from logistik.config import EMBEDDED, Config
+from logistik.console import EXIT_ERROR, fail, optional_config, required_config
+from logistik.errors import LogistikError
 from logistik.handlers_command import handlers
 from logistik.logs import setup_logging
 from logistik.register import register
@@ -23,15 +22,6 @@ from logistik.replay import replay
 from logistik.tail import tail
 
 logger = logging.getLogger("logistik")
-
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    for line in message.splitlines():
-        click.echo(f"logistik: {line}", err=True)
-    sys.exit(code)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -43,13 +33,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
-
-
-def _load(config_file: str | None) -> Config:
-    try:
-        return load_config(config_path(config_file))
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_CONFIG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,7 +60,7 @@ def run(config_file: str | None, log_level: str | None) -> None:
     Example:
       logistik run --config logistik.yaml
     """
-    config = _load(config_file)
+    config = required_config(config_file)
     setup_logging(log_level or config.log_level, config.log_format == "json")
     broker: EmbeddedBroker | None = None
     try:
@@ -88,7 +71,7 @@ def run(config_file: str | None, log_level: str | None) -> None:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(_run(config))
     except LogistikError as exc:
-        _fail(str(exc), EXIT_ERROR)
+        fail(str(exc), EXIT_ERROR)
     finally:
         if broker is not None:
             broker.stop()
@@ -131,14 +114,14 @@ def send(
     """
     from logistik.sender import read_events, send_events
 
-    config = _load(config_file) if config_file or Path("logistik.yaml").exists() else Config()
+    config = optional_config(config_file)
     servers = bootstrap_servers or config.kafka.bootstrap_servers
     try:
         with click.open_file(source, "rb") as stream:
             events = read_events(stream, "stdin" if source == "-" else source)
         count = send_events(servers, topic, events, timeout_s)
     except LogistikError as exc:
-        _fail(str(exc), EXIT_ERROR)
+        fail(str(exc), EXIT_ERROR)
     click.echo(f"sent {count} event(s) to {topic}", err=True)
 
 
@@ -156,8 +139,7 @@ def check(url: str | None, config_file: str | None, timeout_s: float) -> None:
     from logistik.checker import readiness
 
     if url is None:
-        web = (_load(config_file) if config_file or Path("logistik.yaml").exists()
-               else Config()).web  # fmt: skip
+        web = optional_config(config_file).web
         url = f"http://{web.host}:{web.port}"
     ready, line = readiness(url, timeout_s)
     click.echo(line, err=not ready)
@@ -197,7 +179,7 @@ def demo(port: int, rate: float) -> None:
         with EmbeddedBroker() as broker:
             asyncio.run(_until_signal(lambda stop: run_demo(stop, port, rate, broker)))
     except LogistikError as exc:
-        _fail(str(exc), EXIT_ERROR)
+        fail(str(exc), EXIT_ERROR)
 
 
 async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -6,15 +6,15 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from logistik.config import config_path, load_config
-from logistik.errors import ConfigError, LogistikError
+from logistik.console import EXIT_CONFIG, fail, required_config
+from logistik.errors import LogistikError
 from logistik.service import HandlerService, with_service
 from logistik.store import HandlerRecord
 
@@ -23,23 +23,14 @@ STATE_STYLES = {"active": "green", "down": "red", "gone": "dim", "disabled": "ye
                 "retired": "dim", "invalid": "red"}  # fmt: skip
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    for line in message.splitlines():
-        click.echo(f"logistik: {line}", err=True)
-    sys.exit(code)
-
-
 def _call(ctx: click.Context, action: Callable[[HandlerService], Awaitable[T]]) -> T:
     """Open the configured store, run one service action, close the store."""
-    try:
-        url = load_config(config_path(ctx.obj["config"])).database.url
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+    url = required_config(ctx.obj["config"]).database.url
 
     try:
         return asyncio.run(with_service(url, action))
     except LogistikError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _row(record: HandlerRecord) -> dict[str, Any]:
@@ -93,7 +84,7 @@ def _fields(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            _fail(f"'{pair}' is not key=value", 2)
+            fail(f"'{pair}' is not key=value", EXIT_CONFIG)
         fields[key.strip()] = yaml.safe_load(value) if value else ""
     return fields
 

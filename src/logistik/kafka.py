@@ -50,6 +50,13 @@ class LibrdkafkaLog:
         self._logger.log(min(level, logging.WARNING), "%s", text)
 
 
+class QuietLog:
+    """Swallows librdkafka's log lines, for commands that report what they mean in one line."""
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        """Drop one librdkafka line."""
+
+
 def base_config(servers: str) -> dict[str, Any]:
     """Settings every client shares."""
     return {"bootstrap.servers": servers, "client.id": "logistik", "logger": LibrdkafkaLog()}

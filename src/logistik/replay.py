@@ -27,18 +27,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from logistik.config import KafkaConfig
+from logistik.console import fail
 from logistik.errors import BrokerError, LogistikError, PublishError
 from logistik.event import actor_key
 from logistik.failure import HEADER_PREFIX, REPLAY_GROUPS, REPLAYS, FailedRecord, Reason
-from logistik.kafka import Headers, base_config
-from logistik.tail import (
-    QuietLog,
-    client_config,
-    fail,
-    header_pairs,
-    kafka_settings,
-    topic_partitions,
-)
+from logistik.kafka import Headers, QuietLog, base_config
+from logistik.tail import client_config, header_pairs, kafka_settings, topic_partitions
 
 # Reasons that say the bytes are not an event: replaying them would only fail again.
 INVALID_REASONS = frozenset({Reason.EMPTY, Reason.NOT_UTF8, Reason.INVALID_JSON,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -440,13 +440,3 @@ def _safe_url(url: str) -> str:
 def _first_line(exc: BaseException) -> str:
     inner = getattr(exc, "orig", None) or exc
     return (str(inner).strip().splitlines() or [type(inner).__name__])[0]
-
-
-def records_by_group(
-    records: Sequence[HandlerRecord],
-) -> dict[tuple[str, str], list[HandlerRecord]]:
-    """Records keyed by (topic, group id)."""
-    groups: dict[tuple[str, str], list[HandlerRecord]] = {}
-    for record in records:
-        groups.setdefault((record.handler.event, record.handler.group_id), []).append(record)
-    return groups

@@ -6,8 +6,7 @@ import os
 import sys
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import orjson
@@ -25,39 +24,21 @@ from rich.console import Console
 from rich.json import JSON
 from rich.text import Text
 
-from logistik.config import EMBEDDED, ENV_PATH, Config, KafkaConfig, config_path, load_config
-from logistik.errors import BrokerError, ConfigError, LogistikError
+from logistik.config import EMBEDDED, KafkaConfig
+from logistik.console import fail, optional_config
+from logistik.errors import BrokerError, LogistikError
 from logistik.failure import HEADER_PREFIX
-from logistik.kafka import base_config, cluster_metadata
+from logistik.kafka import QuietLog, base_config, cluster_metadata
 
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
 METADATA_TIMEOUT_S = 5.0
 POLL_S = 0.2
 # Shown first and highlighted; every other logistik.* header follows on one line.
 PROBLEM_HEADERS = ("reason", "error")
 
 
-class QuietLog:
-    """Swallows librdkafka's log lines: the command reports what they mean in one line."""
-
-    def log(self, level: int, message: str, *args: object) -> None:
-        """Drop one librdkafka line."""
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    """Print a one-line error and exit."""
-    click.echo(f"logistik: {message}", err=True)
-    sys.exit(code)
-
-
 def kafka_settings(config_file: str | None, bootstrap_servers: str | None) -> KafkaConfig:
     """The Kafka section of the config (if any), with --bootstrap-servers applied."""
-    use_file = config_file or os.environ.get(ENV_PATH) or Path("logistik.yaml").exists()
-    try:
-        kafka = load_config(config_path(config_file)).kafka if use_file else Config().kafka
-    except ConfigError as exc:
-        fail(str(exc), EXIT_CONFIG)
+    kafka = optional_config(config_file).kafka
     servers = bootstrap_servers or kafka.bootstrap_servers
     if servers == EMBEDDED:  # the broker `logistik run` starts on this machine
         servers = f"127.0.0.1:{kafka.embedded_port}"

@@ -1,0 +1,38 @@
+"""What every command shares: one-line errors with exit codes, and finding the config."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from logistik.config import DEFAULT_PATH, ENV_PATH, Config, config_path, load_config
+from logistik.errors import ConfigError
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print each line of `message` as `logistik: ...` on stderr and exit with `code`."""
+    for line in message.splitlines() or [""]:
+        click.echo(f"logistik: {line}", err=True)
+    sys.exit(code)
+
+
+def required_config(config_file: str | None) -> Config:
+    """The config file (--config, else $LK_CONFIG, else logistik.yaml); exit 2 when it is wrong."""
+    try:
+        return load_config(config_path(config_file))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+
+def optional_config(config_file: str | None) -> Config:
+    """Like required_config when a config file is named or present, else the defaults."""
+    if config_file or os.environ.get(ENV_PATH) or Path(DEFAULT_PATH).exists():
+        return required_config(config_file)
+    return Config()
