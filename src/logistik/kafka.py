@@ -6,10 +6,10 @@ import asyncio
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -227,22 +227,37 @@ class EventConsumer:
 
 
 class EventProducer:
-    """An idempotent producer whose `send` resolves when the broker has the record."""
+    """An idempotent producer whose `send` resolves when the broker has the record.
 
-    def __init__(self, kafka: KafkaConfig) -> None:
+    Delivery reports are served on the event loop's own thread by a poll timer that runs
+    every `busy_poll_s` while records await their acknowledgement (and every `idle_poll_s`
+    otherwise, for librdkafka's logs and errors). A poller thread would have to take the
+    GIL once per report from a busy event loop, which costs far more than the report.
+    """
+
+    def __init__(self, kafka: KafkaConfig, busy_poll_s: float = 0.001,
+                 idle_poll_s: float = 0.5) -> None:  # fmt: skip
         self._producer = Producer(producer_config(kafka))
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
+        self._busy_poll_s = busy_poll_s
+        self._idle_poll_s = idle_poll_s
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False
+        self.outstanding = 0  # records sent and not yet acknowledged or failed
 
     def start(self) -> None:
-        """Start serving delivery reports."""
+        """Start serving delivery reports on the running event loop."""
         self._loop = asyncio.get_running_loop()
-        self._poller.start()
+        self._schedule(self._idle_poll_s)
+
+    def _schedule(self, delay_s: float) -> None:
+        assert self._loop is not None
+        self._busy = delay_s == self._busy_poll_s
+        self._timer = self._loop.call_later(delay_s, self._poll)
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
+        self._producer.poll(0)
+        self._schedule(self._busy_poll_s if self.outstanding else self._idle_poll_s)
 
     async def send(
         self,
@@ -255,39 +270,49 @@ class EventProducer:
         loop = self._loop
         assert loop is not None, "EventProducer.start() not called"
         future: asyncio.Future[None] = loop.create_future()
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, future, err, topic)
-
+        delivered = partial(self._delivered, future, topic)
         while True:
             try:
                 self._producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
                 break
             except BufferError:
-                # librdkafka's queue is full: wait for deliveries instead of failing the event.
+                # librdkafka's queue is full: serve deliveries instead of failing the event.
+                self._producer.poll(0)
                 await asyncio.sleep(0.01)
             except KafkaException as exc:
                 raise PublishError(f"cannot write to topic '{topic}': {exc.args[0]}") from None
+        self.outstanding += 1
+        if not self._busy:
+            assert self._timer is not None
+            self._timer.cancel()
+            self._schedule(self._busy_poll_s)
         await future
+
+    def _delivered(self, future: asyncio.Future[None], topic: str, err: KafkaError | None,
+                   msg: Message) -> None:  # fmt: skip
+        # Called by poll() on the event loop's thread: the future can be settled directly.
+        self.outstanding -= 1
+        if future.done():
+            return
+        if err is None:
+            future.set_result(None)
+        else:
+            future.set_exception(PublishError(f"cannot write to topic '{topic}': {err.str()}"))
 
     async def flush(self, timeout_s: float) -> int:
         """Wait for outstanding records; returns how many are still undelivered."""
-        return int(await asyncio.to_thread(self._producer.flush, timeout_s))
+        deadline = time.monotonic() + timeout_s
+        while len(self._producer) and time.monotonic() < deadline:
+            self._producer.poll(0)
+            await asyncio.sleep(self._busy_poll_s)
+        self._producer.poll(0)
+        return len(self._producer)
 
     def close(self) -> None:
-        """Stop the delivery-report thread."""
-        self._stop.set()
-        if self._poller.is_alive():
-            self._poller.join()
-
-
-def _settle(future: asyncio.Future[None], err: KafkaError | None, topic: str) -> None:
-    if future.done():
-        return
-    if err is None:
-        future.set_result(None)
-    else:
-        future.set_exception(PublishError(f"cannot write to topic '{topic}': {err.str()}"))
+        """Stop serving delivery reports."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def ensure_topics(kafka: KafkaConfig, topics: set[str], timeout_s: float = 10.0) -> list[str]:
