@@ -4,7 +4,7 @@ Every part is real and on 127.0.0.1: a fresh embedded Tansu broker per Kafka mea
 fast model server in its own process, and `logistik run` as a subprocess.
 
     python bench/benchmark.py [--events N] [--concurrency N] [--partitions N] [--rate R]
-                              [--paced-seconds S] [--phases direct,plain,logistik]
+                              [--paced-seconds S] [--phases direct,plain,logistik] [--rounds N]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any, Protocol
 
 import aiohttp
@@ -80,6 +81,7 @@ class Params:
     rate: float
     paced_seconds: float
     phases: tuple[str, ...]
+    rounds: int = 1
 
     @property
     def paced_events(self) -> int:
@@ -106,6 +108,7 @@ class Result:
     seconds: float
     latencies_ms: list[float]
     cpu_s: dict[str, float] = field(default_factory=dict)
+    round: int = 1
 
     @property
     def rate(self) -> float:
@@ -879,15 +882,21 @@ async def run(params: Params) -> list[Result]:
                 make_events(params.paced_events, "paced", 2),
                 make_events(params.concurrency, "warm-up", 3),
             )
-            for phase in params.phases:
-                for mode in MODES:
-                    progress(f"{PHASE_TITLES[phase]}, {mode} ...")
-                    if phase == "direct":
-                        result = await measure_direct(mode, ctx)
-                    else:
-                        result = await measure_kafka(phase, mode, ctx)
-                    results.append(result)
-                    progress(f"  {result.rate:,.0f} events/s, p50 {result.percentile(50):.1f} ms")
+            # Bursts are repeated in turn (direct, plain, logistik, direct, ...) so that a slow
+            # spell of the machine falls on every phase alike; the ratios use the medians.
+            for mode in MODES:
+                for round_ in range(1, (params.rounds if mode == "burst" else 1) + 1):
+                    for phase in params.phases:
+                        progress(f"{PHASE_TITLES[phase]}, {mode}, round {round_} ...")
+                        if phase == "direct":
+                            result = await measure_direct(mode, ctx)
+                        else:
+                            result = await measure_kafka(phase, mode, ctx)
+                        result.round = round_
+                        results.append(result)
+                        progress(
+                            f"  {result.rate:,.0f} events/s, p50 {result.percentile(50):.1f} ms"
+                        )
     return results
 
 
@@ -902,7 +911,7 @@ def progress(message: str) -> None:
 def table(results: list[Result]) -> list[str]:
     """One row per measurement."""
     header = (
-        f"{'phase':<11}{'mode':<7}{'events':>8}{'seconds':>9}{'events/s':>10}"
+        f"{'phase':<11}{'mode':<7}{'round':>5}{'events':>8}{'seconds':>9}{'events/s':>10}"
         f"{'p50 ms':>9}{'p99 ms':>9}   CPU s: {'bench':>6}{'model':>7}{'broker':>8}{'router':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -912,7 +921,7 @@ def table(results: list[Result]) -> list[str]:
             for name, width in (("bench", 6), ("model", 7), ("broker", 8), ("router", 8))
         )
         lines.append(
-            f"{PHASE_TITLES[r.phase]:<11}{r.mode:<7}{r.events:>8}{r.seconds:>9.2f}"
+            f"{PHASE_TITLES[r.phase]:<11}{r.mode:<7}{r.round:>5}{r.events:>8}{r.seconds:>9.2f}"
             f"{r.rate:>10,.0f}{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}          {cpu}"
         )
     return lines
@@ -921,21 +930,27 @@ def table(results: list[Result]) -> list[str]:
 def ratios(results: list[Result]) -> list[str]:
     """logistik's throughput against the others, and the latency it adds over a direct call."""
     found = {(r.phase, r.mode): r for r in results}
-    logistik = found.get(("logistik", "burst"))
+    bursts = {
+        phase: [r for r in results if r.phase == phase and r.mode == "burst"] for phase in PHASES
+    }
+    logistik = bursts["logistik"]
     lines = []
     for phase, what in (("direct", "direct req/s"), ("plain", "plain-loop events/s")):
-        other = found.get((phase, "burst"))
-        if logistik is not None and other is not None:
-            lines.append(f"  logistik events/s / {what:<20} {logistik.rate / other.rate:6.2f}")
-    plain = found.get(("plain", "burst"))
-    if logistik is not None and plain is not None and "router" in logistik.cpu_s:
+        other = bursts[phase]
+        if logistik and other:
+            lines.append(
+                f"  logistik events/s / {what:<20} {_ratio(logistik, other, lambda r: r.rate)}"
+            )
+    plain = bursts["plain"]
+    if logistik and plain and all("router" in r.cpu_s for r in logistik):
         # The plain loop shares the bench process with the load generator and answer reader,
-        # whose own cost is the bench CPU of the logistik run (the same work, nothing else).
-        plain_us = (plain.cpu_s["bench"] - logistik.cpu_s["bench"]) / plain.events * 1e6
-        logistik_us = logistik.cpu_s["router"] / logistik.events * 1e6
+        # whose own cost is the bench CPU of a logistik run (the same work, nothing else).
+        bench_us = median(r.cpu_s["bench"] / r.events * 1e6 for r in logistik)
+        plain_us = median(r.cpu_s["bench"] / r.events * 1e6 for r in plain) - bench_us
+        logistik_us = median(r.cpu_s["router"] / r.events * 1e6 for r in logistik)
         lines.append(
-            f"  router CPU per event (burst): logistik {logistik_us:.0f} µs, "
-            f"plain loop ~{plain_us:.0f} µs"
+            f"  router CPU per event (burst{_median_note(logistik)}): logistik "
+            f"{logistik_us:.0f} µs, plain loop ~{plain_us:.0f} µs"
         )
     direct = found.get(("direct", "paced"))
     for phase in ("logistik", "plain"):
@@ -949,6 +964,22 @@ def ratios(results: list[Result]) -> list[str]:
     return lines
 
 
+def _ratio(ours: list[Result], theirs: list[Result], figure: Callable[[Result], float]) -> str:
+    """The median of per-round ratios, with their range when there are several rounds."""
+    by_round = {r.round: figure(r) for r in theirs}
+    values = sorted(figure(r) / by_round[r.round] for r in ours if by_round.get(r.round))
+    if not values:
+        return "n/a"
+    text = f"{median(values):6.2f}"
+    if len(values) > 1:
+        text += f"  (median of {len(values)} rounds, {values[0]:.2f}-{values[-1]:.2f})"
+    return text
+
+
+def _median_note(results: list[Result]) -> str:
+    return f", median of {len(results)} rounds" if len(results) > 1 else ""
+
+
 def report(params: Params, results: list[Result]) -> str:
     """The printed summary: machine, parameters, table, ratios."""
     lines = [
@@ -958,7 +989,8 @@ def report(params: Params, results: list[Result]) -> str:
         f"  parameters: events={params.events} ({MIN_EVENT_BYTES}-{MAX_EVENT_BYTES} B JSON), "
         f"concurrency={params.concurrency}, partitions={params.partitions}, "
         f"paced: {params.rate:g} events/s for {params.paced_seconds:g} s "
-        f"({params.paced_events} events), phases={','.join(params.phases)}",
+        f"({params.paced_events} events), phases={','.join(params.phases)}, "
+        f"rounds={params.rounds}",
         "  burst: every event sent at once; paced: sent at the given rate. Latency: answer's",
         "  Kafka timestamp (direct: response) minus send time. CPU: seconds each process used",
         "  while measuring; bench = load generator and answer reader, plus the plain loop itself.",
@@ -985,6 +1017,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="burst measurements per phase, taken in turn"
+    )
     parser.add_argument("--serve-model", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -995,12 +1030,18 @@ def params_from(args: argparse.Namespace) -> Params:
     unknown = [p for p in phases if p not in PHASES]
     if unknown or not phases:
         sys.exit(f"--phases: unknown {', '.join(unknown) or '(none)'}; choose from {PHASES}")
-    for name in ("events", "concurrency", "partitions", "rate", "paced_seconds"):
+    for name in ("events", "concurrency", "partitions", "rate", "paced_seconds", "rounds"):
         if getattr(args, name) <= 0:
             sys.exit(f"--{name.replace('_', '-')} must be positive")
     ordered = tuple(p for p in PHASES if p in phases)
     return Params(
-        args.events, args.concurrency, args.partitions, args.rate, args.paced_seconds, ordered
+        args.events,
+        args.concurrency,
+        args.partitions,
+        args.rate,
+        args.paced_seconds,
+        ordered,
+        args.rounds,
     )
 
 

@@ -8,11 +8,17 @@ from enum import StrEnum
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from logistik.backoff import parse_retry_after
 from logistik.handler import Handler
 
 MAX_ERROR_TEXT = 300
+MODEL_HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": "logistik",
+    "Accept-Encoding": "identity",
+}
 
 
 class Outcome(StrEnum):
@@ -57,13 +63,16 @@ class ModelClient:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}  # parsed once per handler address, not per call
 
     async def __aenter__(self) -> ModelClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            headers={"Content-Type": "application/json", "User-Agent": "logistik"},
-            skip_auto_headers=("Accept-Encoding",),
+            # `identity` is set rather than the header skipped: aiohttp's skip list costs a
+            # header-dict copy on every request.
+            headers=MODEL_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),  # models get no cookies: skip the jar's filter
         )
         return self
 
@@ -78,11 +87,14 @@ class ModelClient:
         timeout = self._timeouts.get(timeout_s)
         if timeout is None:
             timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(total=timeout_s)
+        url = self._urls.get(handler.url)
+        if url is None:
+            url = self._urls[handler.url] = URL(handler.url)
         started = time.perf_counter()
         try:
             async with self._session.request(
                 handler.method,
-                handler.url,
+                url,
                 data=body,
                 timeout=timeout,
                 allow_redirects=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
@@ -90,6 +91,11 @@ class Runner:
             drain_s = min(30.0, self.config.routing.shutdown_grace_s)
             consumer = self._consumer = EventConsumer(self.config.kafka, self.book, drain_s)
             stack.callback(consumer.shutdown)
+            # Everything made so far (modules, the web app, the store) lives until exit;
+            # moved out of the collector's reach, full collections stop walking it every few
+            # thousand events (measured: about a third of the router's CPU under load).
+            gc.collect()
+            gc.freeze()
             try:
                 await self._consume(consumer, stop)
             finally:
