@@ -84,7 +84,7 @@ async def _run(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     from logistik.runner import Runner  # the router's imports are not needed by other commands
 
-    await Runner(config).run(stop)
+    await Runner(config, tune_gc=True).run(stop)
 
 
 @main.command()
