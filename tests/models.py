@@ -147,3 +147,15 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or condition}")
+
+
+async def wait_until_async(
+    condition: Callable[[], bool], timeout_s: float = 5.0, what: str = ""
+) -> None:
+    """As wait_until, yielding to the running event loop between checks."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what or condition}")

@@ -31,7 +31,7 @@ class Outcome(StrEnum):
     RETRY = "retry"  # 429, 5xx, timeout, refused, bad JSON: try again later
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """A classified model answer."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Iterable
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 
 from logistik.event import Event, channel_groups, event_id
 from logistik.handler import Handler, ModelType
+from logistik.slots import Slots
 
 
 @dataclass(eq=False)
@@ -21,10 +21,10 @@ class Instance:
     in_flight: int = 0
     consecutive_failures: int = 0
     unhealthy_until: float = 0.0
-    slots: asyncio.Semaphore = field(init=False)
+    slots: Slots = field(init=False)
 
     def __post_init__(self) -> None:
-        self.slots = asyncio.Semaphore(self.max_concurrency)
+        self.slots = Slots(self.max_concurrency)
 
     @property
     def node_id(self) -> str:

@@ -30,7 +30,7 @@ events_log = logging.getLogger(EVENTS_LOGGER)
 FAILED_WRITE_RETRY_CAP_S = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Source:
     """Where a record came from, and for a replayed record the groups it is meant for."""
 
@@ -41,7 +41,7 @@ class Source:
     only_groups: frozenset[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     """One event on its way to one group."""
 
