@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 POLL_TIMEOUT_S = 0.1
-PAUSED_WAKE_S = 0.5
+FULL_WAKE_S = 0.5  # a full router still turns its loop this often: commits, stop, pause
+PAUSE_AFTER_S = 5.0  # full this long, the consumer is paused so polls can go on
 GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of the youngest generation
 
 
@@ -183,9 +184,10 @@ class Runner:
         commit_interval_s = self.config.kafka.commit_interval_ms / 1000
         subscribed: set[str] = set()
         paused = False
+        full_since: float | None = None
         last_commit = 0.0
         while not stop.is_set():
-            self._last_turn = time.monotonic()
+            now = self._last_turn = time.monotonic()
             topics = self.registry.topics()
             if topics != subscribed and topics:
                 await consumer.run(partial(consumer.subscribe, sorted(topics)))
@@ -195,27 +197,40 @@ class Runner:
                     self.config.kafka.group_id,
                 )
                 subscribed = topics
-            if self.in_flight >= routing.max_in_flight and not paused:
-                await consumer.run(consumer.pause)
-                paused = True
-            elif paused and self.in_flight <= self._low_water:
-                await consumer.run(consumer.resume)
-                paused = False
-            if paused:
-                # Woken once enough events finished, not by each one: a poll of the paused
-                # consumer per finished event cost more than routing the event.
-                self._room.clear()
-                await _wait_any(self._room, stop, PAUSED_WAKE_S)
-            now = time.monotonic()
             commit = now - last_commit >= commit_interval_s
             if commit:
                 last_commit = now
-            room = max(1, min(MAX_BATCH, routing.max_in_flight - self.in_flight))
-            timeout_s = 0.0 if paused else POLL_TIMEOUT_S
-            batch = await consumer.run(partial(consumer.poll_batch, room, timeout_s, commit))
+            in_flight = self.in_flight
+            if in_flight >= routing.max_in_flight or (paused and in_flight > self._low_water):
+                # Full: take nothing more until enough events finish. What librdkafka fetched
+                # ahead stays in its bounded queue, ready at once; pausing would drop it and
+                # cost a round of fetches (measured: routing stalled up to half a second each
+                # time). Only a long wait pauses, so that polls keep the group membership.
+                full_since = now if full_since is None else full_since
+                if not paused and now - full_since >= PAUSE_AFTER_S:
+                    await consumer.run(consumer.pause)
+                    paused = True
+                if paused:
+                    batch = await consumer.run(partial(consumer.poll_batch, 1, 0.0, commit))
+                    self._dispatch_all(batch)
+                elif commit:
+                    await consumer.run(partial(consumer.commit, self.book.to_commit()))
+                # Woken once enough events finished, not by each one.
+                self._room.clear()
+                await _wait_any(self._room, stop, FULL_WAKE_S)
+                continue
+            full_since = None
+            if paused:
+                await consumer.run(consumer.resume)
+                paused = False
+            room = min(MAX_BATCH, routing.max_in_flight - in_flight)
+            batch = await consumer.run(partial(consumer.poll_batch, room, POLL_TIMEOUT_S, commit))
             self.ready.set()
-            for message in batch:
-                self._dispatch(message)
+            self._dispatch_all(batch)
+
+    def _dispatch_all(self, batch: list[Message]) -> None:
+        for message in batch:
+            self._dispatch(message)
 
     def _dispatch(self, message: Message) -> None:
         error = message.error()
