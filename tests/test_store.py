@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +13,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from logistik.broker import free_port
 from logistik.errors import HandlerNotFoundError, StoreError
 from logistik.handler import Handler
+from logistik.service import HandlerService
 from logistik.store import Store, async_url
+from tests.models import wait_until_async
 
 
 def make(name: str = "face", **fields: Any) -> Handler:
@@ -114,6 +117,41 @@ async def test_admin_state_survives_rediscovery(database_url: str) -> None:
         retired = await store.get(old.node_id)
         assert retired.state == "retired" and not retired.handler.active
     finally:
+        await store.close()
+
+
+async def test_promotion_is_seen_whole_by_a_router_reloading_meanwhile(database_url: str) -> None:
+    store = await Store.open(database_url)
+    reader = await Store.open(database_url)  # as another router process would read
+    try:
+        old = make("face", version="1")
+        new = make("face", version="2", node="1", model_type="canary", traffic=0.0)
+        await store.sync([old, new], "static")
+        states: list[frozenset[str]] = []
+        done = asyncio.Event()
+
+        async def reload() -> None:
+            while not done.is_set():
+                records = await reader.records()
+                production = (r.node_id for r in records if r.handler.model_type == "model")
+                states.append(frozenset(production))
+
+        reloading = asyncio.create_task(reload())
+        await wait_until_async(lambda: len(states) >= 3)
+        await HandlerService(store).promote(new.node_id)
+        seen = len(states)
+        await wait_until_async(lambda: len(states) >= seen + 3)
+        done.set()
+        await reloading
+        assert set(states) == {frozenset({old.node_id}), frozenset({new.node_id})}
+        # All or nothing: one unknown handler leaves the others as they were.
+        with pytest.raises(HandlerNotFoundError):
+            await store.set_admin_many(
+                [(old.node_id, {"retired": True}), ("face-nowhere-model-9", {"retired": True})]
+            )
+        assert not (await store.get(old.node_id)).handler.retired
+    finally:
+        await reader.close()
         await store.close()
 
 

@@ -121,17 +121,12 @@ class HandlerService:
             and not r.handler.retired
         ]
         falling = [r for r in group if r.handler.model_type == ModelType.MODEL]
-        changed = [
-            await self.store.set_admin(r.node_id, admin_model_type=PRODUCTION, admin_traffic=None)
-            for r in rising
-        ]
-        changed += [
-            await self.store.set_admin(
-                r.node_id, admin_model_type=ModelType.CANARY.value, admin_traffic=0.0
-            )
-            for r in falling
-        ]
-        return changed
+        # One transaction: a router reloading in between would see both versions in production.
+        return await self.store.set_admin_many(
+            [(r.node_id, {"admin_model_type": PRODUCTION, "admin_traffic": None}) for r in rising]
+            + [(r.node_id, {"admin_model_type": ModelType.CANARY.value, "admin_traffic": 0.0})
+               for r in falling]
+        )  # fmt: skip
 
     async def demote(self, node_id: str) -> HandlerRecord:
         """Make a production instance a canary with traffic 0 (standby, promotable again)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -315,16 +315,26 @@ class Store:
 
     async def set_admin(self, node_id: str, **state: Any) -> HandlerRecord:
         """Set admin state: retired, disabled_by_admin, admin_model_type, admin_traffic."""
+        [record] = await self.set_admin_many([(node_id, state)])
+        return record
+
+    async def set_admin_many(
+        self, changes: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[HandlerRecord]:
+        """Set admin state of several handlers in one transaction: routers see all or none."""
         allowed = {"retired", "disabled_by_admin", "admin_model_type", "admin_traffic"}
-        unknown = set(state) - allowed
+        unknown = {key for _, state in changes for key in state} - allowed
         if unknown:
             raise ValueError(f"not admin state: {', '.join(sorted(unknown))}")
+        rows = []
         async with self._sessions.begin() as session:
-            row = await _row(session, node_id)
-            for key, value in state.items():
-                setattr(row, key, value)
-            row.updated_at = _now()
-        return _record(row)
+            for node_id, state in changes:
+                row = await _row(session, node_id)
+                for key, value in state.items():
+                    setattr(row, key, value)
+                row.updated_at = _now()
+                rows.append(row)
+        return [_record(row) for row in rows]
 
     async def delete(self, node_id: str) -> None:
         """Remove a handler for good."""
