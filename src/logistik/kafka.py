@@ -242,22 +242,23 @@ class EventProducer:
         self._idle_poll_s = idle_poll_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._busy = False
-        self.outstanding = 0  # records sent and not yet acknowledged or failed
+        self._busy = False  # whether the timer runs at the busy rate
 
     def start(self) -> None:
         """Start serving delivery reports on the running event loop."""
         self._loop = asyncio.get_running_loop()
-        self._schedule(self._idle_poll_s)
+        self._schedule(busy=False)
 
-    def _schedule(self, delay_s: float) -> None:
+    def _schedule(self, busy: bool) -> None:
         assert self._loop is not None
-        self._busy = delay_s == self._busy_poll_s
+        self._busy = busy
+        delay_s = self._busy_poll_s if busy else self._idle_poll_s
         self._timer = self._loop.call_later(delay_s, self._poll)
 
     def _poll(self) -> None:
         self._producer.poll(0)
-        self._schedule(self._busy_poll_s if self.outstanding else self._idle_poll_s)
+        # librdkafka's count: records not yet acknowledged, and reports not yet served.
+        self._schedule(busy=len(self._producer) > 0)
 
     async def send(
         self,
@@ -276,22 +277,19 @@ class EventProducer:
                 self._producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
                 break
             except BufferError:
-                # librdkafka's queue is full: serve deliveries instead of failing the event.
-                self._producer.poll(0)
+                # librdkafka's queue is full: the busy timer serves deliveries meanwhile.
                 await asyncio.sleep(0.01)
             except KafkaException as exc:
                 raise PublishError(f"cannot write to topic '{topic}': {exc.args[0]}") from None
-        self.outstanding += 1
         if not self._busy:
             assert self._timer is not None
             self._timer.cancel()
-            self._schedule(self._busy_poll_s)
+            self._schedule(busy=True)
         await future
 
     def _delivered(self, future: asyncio.Future[None], topic: str, err: KafkaError | None,
                    msg: Message) -> None:  # fmt: skip
         # Called by poll() on the event loop's thread: the future can be settled directly.
-        self.outstanding -= 1
         if future.done():
             return
         if err is None:

@@ -269,9 +269,8 @@ class Runner:
         tracker.finish(source.offset)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        tasks = self._tasks
-        tasks.discard(task)
-        if len(tasks) <= self._low_water:
+        self._tasks.discard(task)
+        if len(self._tasks) <= self._low_water:
             self._room.set()
 
     def _report(self, message: Message, error: KafkaError) -> None:
