@@ -23,8 +23,7 @@ SECRETS = (TOKEN, OTHER_TOKEN, PASSWORD, SESSION_SECRET, CLIENT_SECRET)
 
 def quiet_config(servers: str, auth: dict[str, Any] | None = None, **web: Any) -> dict[str, Any]:
     """A router config that consumes nothing (no static handler, no reload): fast to stop."""
-    return make_config(servers, [], discovery={"refresh_s": 3600},
-                       web={"auth": auth or {}, **web})  # fmt: skip
+    return make_config(servers, [], discovery={"refresh_s": 3600}, web={"auth": auth or {}, **web})
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -71,8 +70,14 @@ class Client:
         """A client of a running router's API."""
         return cls(f"http://127.0.0.1:{running.config.web.port}", token)
 
-    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Reply:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         """Send a request; `body` is sent as JSON, `raw` as it is."""
         url = path if path.startswith(("http://", "https://")) else self.base + path
         data = raw if raw is not None else None if body is None else json.dumps(body).encode()

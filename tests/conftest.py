@@ -34,8 +34,9 @@ def model_server() -> Iterator[Callable[..., ModelServer]]:
     """Start real HTTP model servers; each is stopped after the test."""
     started: list[ModelServer] = []
 
-    def start(behaviour: Behaviour = echo, path: str = "/predict",
-              info: dict[str, Any] | None = None) -> ModelServer:  # fmt: skip
+    def start(
+        behaviour: Behaviour = echo, path: str = "/predict", info: dict[str, Any] | None = None
+    ) -> ModelServer:
         server = ModelServer(behaviour, path, info).start()
         started.append(server)
         return server

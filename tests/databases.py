@@ -121,13 +121,26 @@ class RedisServer:
         """Start the server and wait until it answers PING."""
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server not found: install the redis-server package "
-                               "(.ci/run does)")  # fmt: skip
+            raise RuntimeError(
+                "redis-server not found: install the redis-server package (.ci/run does)"
+            )
         self._process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -38,8 +38,12 @@ def echo(event: dict[str, Any], _count: int) -> Reply:
 class ModelServer:
     """A model over HTTP whose answers a test scripts; it records every request it got."""
 
-    def __init__(self, behaviour: Behaviour = echo, path: str = "/predict",
-                 info: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        behaviour: Behaviour = echo,
+        path: str = "/predict",
+        info: dict[str, Any] | None = None,
+    ) -> None:
         self.behaviour = behaviour
         self.path = path
         self.info = info  # what GET /info[/<environment>] answers; None: 404

@@ -90,23 +90,31 @@ class OidcProvider:
         self._loop.run_forever()
 
     async def _discovery(self, _request: web.Request) -> web.Response:
-        return web.json_response({
-            "issuer": self.issuer,
-            "authorization_endpoint": f"{self.issuer}/authorize",
-            "token_endpoint": f"{self.issuer}/token",
-            "jwks_uri": f"{self.issuer}/jwks",
-            "response_types_supported": ["code"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
-            "code_challenge_methods_supported": ["S256"],
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "jwks_uri": f"{self.issuer}/jwks",
+                "response_types_supported": ["code"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+                "code_challenge_methods_supported": ["S256"],
+            }
+        )
 
     async def _jwks(self, _request: web.Request) -> web.Response:
         numbers = self.key.public_key().public_numbers()
         n = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
         e = numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")
-        key = {"kty": "RSA", "kid": self.kid, "use": "sig", "alg": "RS256",
-               "n": b64url(n), "e": b64url(e)}  # fmt: skip
+        key = {
+            "kty": "RSA",
+            "kid": self.kid,
+            "use": "sig",
+            "alg": "RS256",
+            "n": b64url(n),
+            "e": b64url(e),
+        }
         return web.json_response({"keys": [key]})
 
     async def _authorize(self, request: web.Request) -> web.Response:
@@ -121,8 +129,9 @@ class OidcProvider:
     async def _token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
         self.token_requests.append(form)
-        expected = "Basic " + base64.b64encode(
-            f"{self.client_id}:{self.client_secret}".encode()).decode()  # fmt: skip
+        expected = (
+            "Basic " + base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        )
         if request.headers.get("Authorization") != expected:
             return web.json_response({"error": "invalid_client"}, status=401)
         params = self._codes.pop(form.get("code", ""), None)
@@ -130,11 +139,25 @@ class OidcProvider:
             return web.json_response({"error": "invalid_grant"}, status=400)
         challenge = b64url(hashlib.sha256(form.get("code_verifier", "").encode()).digest())
         if challenge != params["code_challenge"] or params["code_challenge_method"] != "S256":
-            return web.json_response({"error": "invalid_grant", "error_description": "PKCE"},
-                                     status=400)  # fmt: skip
+            return web.json_response(
+                {"error": "invalid_grant", "error_description": "PKCE"}, status=400
+            )
         now = int(time.time())
-        claims = self.tamper({"iss": self.issuer, "aud": self.client_id, "iat": now,
-                              "exp": now + 300, "nonce": params["nonce"], **self.user})  # fmt: skip
+        claims = self.tamper(
+            {
+                "iss": self.issuer,
+                "aud": self.client_id,
+                "iat": now,
+                "exp": now + 300,
+                "nonce": params["nonce"],
+                **self.user,
+            }
+        )
         id_token = sign_rs256(self.signing_key, self.kid, claims)
-        return web.json_response({"access_token": secrets.token_urlsafe(16),
-                                  "token_type": "Bearer", "id_token": id_token})  # fmt: skip
+        return web.json_response(
+            {
+                "access_token": secrets.token_urlsafe(16),
+                "token_type": "Bearer",
+                "id_token": id_token,
+            }
+        )

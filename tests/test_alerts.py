@@ -26,9 +26,11 @@ def test_a_failing_model_raises_one_critical_and_one_ok_alert(
     broken.set()
     model = model_server(lambda ev, n: Reply(500, raw=b"down") if broken.is_set() else echo(ev, n))
     hook = model_server(lambda _e, _n: Reply(200, {"ok": True}), path="/hook")
-    config = make_config(servers, [handler("face", topic, model.port, retries=0)],
-                         webhook={"url": f"http://127.0.0.1:{hook.port}/hook",
-                                  "interval_s": 1.0})  # fmt: skip
+    config = make_config(
+        servers,
+        [handler("face", topic, model.port, retries=0)],
+        webhook={"url": f"http://127.0.0.1:{hook.port}/hook", "interval_s": 1.0},
+    )
     router(config)
     with TopicReader(servers, f"{topic}-failed", f"{topic}-results") as reader:
         produce(servers, topic, [event() for _ in range(20)])
@@ -48,17 +50,29 @@ def test_a_failing_model_raises_one_critical_and_one_ok_alert(
 
 
 def test_payload_formats() -> None:
-    face = Handler.model_validate({"name": "face", "event": "t", "endpoint": "10.0.0.1",
-                                   "port": 5151, "return_to": "r"})  # fmt: skip
-    state = GroupAlert("t", "face", status=CRITICAL, failed_events=3, last_error="HTTP 500",
-                       last_event_id="e1", handlers={face.node_id: face})  # fmt: skip
+    face = Handler.model_validate(
+        {"name": "face", "event": "t", "endpoint": "10.0.0.1", "port": 5151, "return_to": "r"}
+    )
+    state = GroupAlert(
+        "t",
+        "face",
+        status=CRITICAL,
+        failed_events=3,
+        last_error="HTTP 500",
+        last_event_id="e1",
+        handlers={face.node_id: face},
+    )
     slack = json.loads(render(WebhookConfig(url="http://h", format="slack"), state))
     assert slack["text"].startswith("*logistik: model face on t is failing*")
     assert "face  face-10.0.0.1-model-0  10.0.0.1  5151" in slack["text"]
     template = '{"title": "$title", "status": "$status", "msg": "$error"}'
-    custom = json.loads(render(WebhookConfig(url="http://h", format="template",
-                                             template=template), state))  # fmt: skip
-    assert custom == {"title": "logistik: model face on t is failing", "status": "critical",
-                      "msg": "HTTP 500"}  # fmt: skip
+    custom = json.loads(
+        render(WebhookConfig(url="http://h", format="template", template=template), state)
+    )
+    assert custom == {
+        "title": "logistik: model face on t is failing",
+        "status": "critical",
+        "msg": "HTTP 500",
+    }
     plain = json.loads(render(WebhookConfig(url="http://h"), state))
     assert "| face | face-10.0.0.1-model-0 | 10.0.0.1 | 5151 |" in plain["text"]

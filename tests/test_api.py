@@ -28,16 +28,19 @@ def test_handlers_show_logistiks_figures_and_failures(
     create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
     good = model_server()
     bad = model_server(lambda _e, _n: Reply(404, {"error": "no such object"}))
-    running = router(make_config(servers, [handler("good", topic, good.port),
-                                           handler("bad", topic, bad.port)]))  # fmt: skip
+    running = router(
+        make_config(servers, [handler("good", topic, good.port), handler("bad", topic, bad.port)])
+    )
     assert get(running, "/healthz") == {"status": "ok"}
     with TopicReader(servers, f"{topic}-results", f"{topic}-failed") as reader:
         produce(servers, topic, [event() for _ in range(10)])
         reader.wait_for(f"{topic}-results", 10)
         reader.wait_for(f"{topic}-failed", 10)
     views = {h["node_id"]: h for h in get(running, "/api/handlers")}
-    wait_until(lambda: get(running, "/api/status")["topics"].get(topic, {}).get("events_in")
-               == 10, what="the topic figures")  # fmt: skip
+    wait_until(
+        lambda: get(running, "/api/status")["topics"].get(topic, {}).get("events_in") == 10,
+        what="the topic figures",
+    )
     good_view = views["good-127.0.0.1-model-0"]
     assert good_view["state"] == "active"
     assert good_view["uwsgi"] is None  # no uWSGI stats server at its port + 100

@@ -95,16 +95,19 @@ def test_refusals(api: Client) -> None:
     refused(api.post(f"/api/handlers/{node}/promote"), 409, "already production")
 
 
-@pytest.mark.parametrize(("method", "suffix", "body"), [
-    ("PUT", "/traffic", {"traffic": 1.5}),
-    ("PUT", "/traffic", {"traffic": "lots"}),
-    ("PUT", "/traffic", {}),
-    ("PATCH", "", {"retries": -1}),
-    ("PATCH", "", {"node_id": "other"}),
-    ("PATCH", "", {"colour": "blue"}),
-    ("PATCH", "", {}),
-    ("PATCH", "", ["retries", 1]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [
+        ("PUT", "/traffic", {"traffic": 1.5}),
+        ("PUT", "/traffic", {"traffic": "lots"}),
+        ("PUT", "/traffic", {}),
+        ("PATCH", "", {"retries": -1}),
+        ("PATCH", "", {"node_id": "other"}),
+        ("PATCH", "", {"colour": "blue"}),
+        ("PATCH", "", {}),
+        ("PATCH", "", ["retries", 1]),
+    ],
+)
 def test_bad_input_is_422(api: Client, method: str, suffix: str, body: Any) -> None:
     node = add(api, unique("m"), unique("topic"))
     refused(api.request(method, f"/api/handlers/{node}{suffix}", body), 422)
@@ -114,8 +117,9 @@ def test_bad_handler_fields_and_broken_json_are_422(api: Client) -> None:
     topic = unique("topic")
     refused(api.post("/api/handlers", {"name": "x", "event": topic}), 422, "port")
     refused(api.post("/api/handlers", handler("x", topic, 70000)), 422, "port")
-    refused(api.post("/api/handlers", {**handler("x", topic, 1), "return_to": None}), 422,
-            "return_to")  # fmt: skip
+    refused(
+        api.post("/api/handlers", {**handler("x", topic, 1), "return_to": None}), 422, "return_to"
+    )
     refused(api.post("/api/handlers", raw=b'{"name": "x", '), 422, "JSON")
     refused(api.put("/api/handlers/x/traffic", raw=b"0.5"), 422)
     node = add(api, unique("m"), topic)
@@ -126,20 +130,38 @@ def test_bad_handler_fields_and_broken_json_are_422(api: Client) -> None:
 def test_hosts_group_handlers_by_endpoint(api: Client) -> None:
     topic = unique("topic")
     first = add(api, unique("a"), topic, 6001, endpoint="10.1.0.1", hostname="gpu-1", version="3")
-    second = add(api, unique("b"), topic, 6000, endpoint="10.1.0.1", hostname="gpu-1",
-                 model_type="decoy")  # fmt: skip
+    second = add(
+        api, unique("b"), topic, 6000, endpoint="10.1.0.1", hostname="gpu-1", model_type="decoy"
+    )
     other = add(api, unique("c"), topic, 6000, endpoint="10.1.0.2", hostname="gpu-2")
     api.post(f"/api/handlers/{other}/disable")
     hosts = {host["endpoint"]: host for host in api.get("/api/hosts").json()}
     assert hosts["10.1.0.1"]["hostname"] == "gpu-1"
     listed = hosts["10.1.0.1"]["handlers"]
     assert [h["node_id"] for h in listed] == [second, first]  # by port
-    assert listed[0] == {"node_id": second, "name": listed[0]["name"], "model_type": "decoy",
-                         "state": "active", "port": 6000, "version": ""}  # fmt: skip
+    assert listed[0] == {
+        "node_id": second,
+        "name": listed[0]["name"],
+        "model_type": "decoy",
+        "state": "active",
+        "port": 6000,
+        "version": "",
+    }
     assert listed[1]["version"] == "3"
-    assert hosts["10.1.0.2"] == {"hostname": "gpu-2", "endpoint": "10.1.0.2", "handlers": [
-        {"node_id": other, "name": hosts["10.1.0.2"]["handlers"][0]["name"], "model_type": "model",
-         "state": "disabled", "port": 6000, "version": ""}]}  # fmt: skip
+    assert hosts["10.1.0.2"] == {
+        "hostname": "gpu-2",
+        "endpoint": "10.1.0.2",
+        "handlers": [
+            {
+                "node_id": other,
+                "name": hosts["10.1.0.2"]["handlers"][0]["name"],
+                "model_type": "model",
+                "state": "disabled",
+                "port": 6000,
+                "version": "",
+            }
+        ],
+    }
 
 
 def test_a_handler_without_a_stats_server_has_no_uwsgi_figures(

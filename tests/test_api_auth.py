@@ -23,8 +23,11 @@ from tests.api_client import (
 from tests.harness import RouterThread, handler
 from tests.kafkatools import unique
 
-AUTH = {"tokens": [TOKEN, OTHER_TOKEN], "session_secret": SESSION_SECRET,
-        "users": {"alice": hash_password(PASSWORD, iterations=1000)}}  # fmt: skip
+AUTH = {
+    "tokens": [TOKEN, OTHER_TOKEN],
+    "session_secret": SESSION_SECRET,
+    "users": {"alice": hash_password(PASSWORD, iterations=1000)},
+}
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +162,15 @@ def test_secrets_never_appear(
     anonymous, scripted = Client.of(running), Client.of(running, TOKEN)
     browser = login(running, user="alice", password=PASSWORD)
     answers = [
-        anonymous.get("/api/status"), scripted.get("/api/status"), anonymous.get("/openapi.json"),
-        anonymous.get("/docs"), anonymous.get("/auth/session"), browser.get("/auth/session"),
-        scripted.get("/auth/session"), scripted.get("/api/handlers"), scripted.get("/api/hosts"),
+        anonymous.get("/api/status"),
+        scripted.get("/api/status"),
+        anonymous.get("/openapi.json"),
+        anonymous.get("/docs"),
+        anonymous.get("/auth/session"),
+        browser.get("/auth/session"),
+        scripted.get("/auth/session"),
+        scripted.get("/api/handlers"),
+        scripted.get("/api/hosts"),
         Client.of(running, TOKEN[:-1]).post(f"/api/handlers/{node}/disable"),
         anonymous.post("/auth/login", {"user": "alice", "password": PASSWORD + "!"}),
         anonymous.post("/auth/login", {"user": "alice", "password": SESSION_SECRET * 80}),
@@ -170,7 +179,7 @@ def test_secrets_never_appear(
         anonymous.post("/auth/login", raw=f'{{"token": "{TOKEN}'.encode()),
         browser.post(f"/api/handlers/{node}/disable", headers={"X-CSRF-Token": TOKEN}),
         scripted.post("/api/query", {"node_id": node, "event": {"verb": "v"}}),
-    ]  # fmt: skip
+    ]
     for reply in answers:
         for secret in SECRETS:
             assert secret not in reply.text, (secret, reply.status, reply.text)

@@ -86,9 +86,11 @@ def test_login_with_the_provider(running: RouterThread, provider: OidcProvider) 
     assert "code_verifier" in provider.token_requests[-1]
     session = browser.get("/auth/session").json()
     assert session["user"] == "alice@example.org" and session["can_write"] is True
-    add = browser.post("/api/handlers", {"name": "m", "event": "t", "endpoint": "127.0.0.1",
-                                         "port": 5151, "return_to": "r"},
-                       headers={"X-CSRF-Token": session["csrf"]})  # fmt: skip
+    add = browser.post(
+        "/api/handlers",
+        {"name": "m", "event": "t", "endpoint": "127.0.0.1", "port": 5151, "return_to": "r"},
+        headers={"X-CSRF-Token": session["csrf"]},
+    )
     assert add.status == 201, add.text
     assert "logistik_oidc" not in browser.cookies
     for secret in SECRETS:
@@ -106,12 +108,15 @@ def test_only_allowed_users_get_in(running: RouterThread, provider: OidcProvider
     refused(log_in(Client.of(running)), 403, "allowed_users")
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    ({"nonce": "replayed"}, "nonce"),
-    ({"aud": "another-client"}, "another client"),
-    ({"iss": "http://127.0.0.1:1"}, "another issuer"),
-    ({"exp": 1_000_000}, "expired"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"nonce": "replayed"}, "nonce"),
+        ({"aud": "another-client"}, "another client"),
+        ({"iss": "http://127.0.0.1:1"}, "another issuer"),
+        ({"exp": 1_000_000}, "expired"),
+    ],
+)
 def test_a_bad_id_token_is_refused(
     running: RouterThread, provider: OidcProvider, change: dict[str, Any], words: str
 ) -> None:
@@ -194,16 +199,24 @@ def _jws(alg: str, claims: dict[str, Any], key: bytes) -> str:
 
 
 def test_secret_signed_and_unsigned_id_tokens() -> None:
-    config = OidcConfig(issuer="https://id.invalid", client_id=CLIENT_ID,
-                        client_secret=CLIENT_SECRET, redirect_url="/auth/callback")  # fmt: skip
+    config = OidcConfig(
+        issuer="https://id.invalid",
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        redirect_url="/auth/callback",
+    )
     login = OidcLogin(config, Signer(""))
 
     def claims_of(token: str) -> dict[str, Any]:
         return asyncio.run(login._verified_claims({}, token))
 
     assert claims_of(_jws("HS256", {"sub": "u"}, CLIENT_SECRET.encode())) == {"sub": "u"}
-    for token in (_jws("HS256", {"sub": "u"}, b"guessed"), _jws("none", {"sub": "u"}, b""),
-                  "not.a-token", ""):  # fmt: skip
+    for token in (
+        _jws("HS256", {"sub": "u"}, b"guessed"),
+        _jws("none", {"sub": "u"}, b""),
+        "not.a-token",
+        "",
+    ):
         with pytest.raises(HTTPException) as refusal:
             claims_of(token)
         assert refusal.value.status_code in (400, 502)

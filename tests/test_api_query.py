@@ -19,8 +19,12 @@ MAX_BYTES = 2000
 @pytest.fixture(scope="module")
 def api(broker: EmbeddedBroker) -> Iterator[Client]:
     """A running router with a short query timeout and a small answer limit."""
-    config = quiet_config(broker.bootstrap_servers, {"tokens": [TOKEN]},
-                          query_timeout_s=0.5, query_max_bytes=MAX_BYTES)  # fmt: skip
+    config = quiet_config(
+        broker.bootstrap_servers,
+        {"tokens": [TOKEN]},
+        query_timeout_s=0.5,
+        query_max_bytes=MAX_BYTES,
+    )
     running = RouterThread(config).start()
     yield Client.of(running, TOKEN)
     running.stop()
@@ -64,18 +68,29 @@ def test_query_sends_the_event_to_the_handler_and_shows_its_answer(
     assert api.get("/api/status").json()["topics"] == {}
 
 
-@pytest.mark.parametrize(("reply", "outcome", "body", "error"), [
-    (Reply(204), "ignored", None, None),
-    (Reply(422, {"seen": True}), "duplicate", {"seen": True}, None),
-    (Reply(404, {"error": "no such object"}), "refused", {"error": "no such object"},
-     'HTTP 404: {"error":"no such object"}'),
-    (Reply(503, raw=b"overloaded"), "error", "overloaded", "HTTP 503: overloaded"),
-    (Reply(200, raw=b"not json"), "error", "not json", "not JSON"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("reply", "outcome", "body", "error"),
+    [
+        (Reply(204), "ignored", None, None),
+        (Reply(422, {"seen": True}), "duplicate", {"seen": True}, None),
+        (
+            Reply(404, {"error": "no such object"}),
+            "refused",
+            {"error": "no such object"},
+            'HTTP 404: {"error":"no such object"}',
+        ),
+        (Reply(503, raw=b"overloaded"), "error", "overloaded", "HTTP 503: overloaded"),
+        (Reply(200, raw=b"not json"), "error", "not json", "not JSON"),
+    ],
+)
 def test_query_classifies_answers_as_the_router_does(
-    api: Client, model_server: Callable[..., ModelServer], reply: Reply, outcome: str,
-    body: object, error: str | None,
-) -> None:  # fmt: skip
+    api: Client,
+    model_server: Callable[..., ModelServer],
+    reply: Reply,
+    outcome: str,
+    body: object,
+    error: str | None,
+) -> None:
     model = model_server(lambda _event, _count: reply)
     node = register(api, model)
     answer = api.post("/api/query", {"node_id": node, "event": {"verb": "v"}}).json()
@@ -88,11 +103,15 @@ def test_query_reaches_only_registered_handlers(
 ) -> None:
     model = model_server()
     node = register(api, model)
-    refused(api.post("/api/query", {"node_id": "no-such-model-0", "event": {"verb": "v"}}), 404,
-            "no-such-model-0")  # fmt: skip
+    refused(
+        api.post("/api/query", {"node_id": "no-such-model-0", "event": {"verb": "v"}}),
+        404,
+        "no-such-model-0",
+    )
     url = f"http://127.0.0.1:{model.port}/predict"
-    refused(api.post("/api/query", {"node_id": node, "url": url, "event": {"verb": "v"}}), 422,
-            "url")  # fmt: skip
+    refused(
+        api.post("/api/query", {"node_id": node, "url": url, "event": {"verb": "v"}}), 422, "url"
+    )
     refused(api.post("/api/query", {"url": url, "event": {"verb": "v"}}), 422, "node_id")
     refused(api.post("/api/query", {"node_id": node, "event": {"actor": 1}}), 422, "verb")
     refused(api.post("/api/query", {"node_id": node, "event": [1]}), 422, "event")

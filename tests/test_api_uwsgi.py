@@ -54,11 +54,26 @@ def uwsgi_model(tmp_path: Path) -> Iterator[int]:
     port, stats = _ports()
     with open(tmp_path / "uwsgi.log", "wb") as log:
         process = subprocess.Popen(
-            [binary, "--http", f"127.0.0.1:{port}", "--wsgi-file", str(APP),
-             "--stats", f"127.0.0.1:{stats}", "--stats-http", "--master", "--processes", "1",
-             "--need-app", "--die-on-term", "--disable-logging"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                binary,
+                "--http",
+                f"127.0.0.1:{port}",
+                "--wsgi-file",
+                str(APP),
+                "--stats",
+                f"127.0.0.1:{stats}",
+                "--stats-http",
+                "--master",
+                "--processes",
+                "1",
+                "--need-app",
+                "--die-on-term",
+                "--disable-logging",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         wait_until(lambda: _answers(f"http://127.0.0.1:{stats}/"), what="uWSGI's stats server")
         yield port
@@ -80,14 +95,19 @@ def test_handlers_show_the_models_own_uwsgi_figures(
     topic = unique("uwsgi")
     create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
     plain = model_server()
-    running = router(make_config(servers, [handler("wsgi", topic, uwsgi_model),
-                                           handler("plain", topic, plain.port)]))  # fmt: skip
+    running = router(
+        make_config(
+            servers, [handler("wsgi", topic, uwsgi_model), handler("plain", topic, plain.port)]
+        )
+    )
     api = Client.of(running)
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [event() for _ in range(5)])
         reader.wait_for(f"{topic}-results", 10)
-    wait_until(lambda: (api.views()["wsgi-127.0.0.1-model-0"]["uwsgi"] or {}).get("requests") == 5,
-               what="uWSGI's request count")  # fmt: skip
+    wait_until(
+        lambda: (api.views()["wsgi-127.0.0.1-model-0"]["uwsgi"] or {}).get("requests") == 5,
+        what="uWSGI's request count",
+    )
     views = api.views()
     figures = views["wsgi-127.0.0.1-model-0"]["uwsgi"]
     assert figures["exceptions"] == 0 and figures["status"] == "idle"
@@ -100,8 +120,9 @@ def test_handlers_show_the_models_own_uwsgi_figures(
 
 def test_stats_are_fetched_once_for_a_few_seconds(uwsgi_model: int) -> None:
     wsgi = Handler(name="wsgi", event="t", endpoint="127.0.0.1", port=uwsgi_model, return_to="r")
-    closed = Handler(name="closed", event="t", endpoint="127.0.0.1", port=free_port(),
-                     return_to="r")  # fmt: skip
+    closed = Handler(
+        name="closed", event="t", endpoint="127.0.0.1", port=free_port(), return_to="r"
+    )
     beyond = Handler(name="high", event="t", endpoint="127.0.0.1", port=65500, return_to="r")
 
     async def twice() -> list[dict[str, Any]]:
@@ -116,12 +137,20 @@ def test_stats_are_fetched_once_for_a_few_seconds(uwsgi_model: int) -> None:
 
 
 def test_summarise_a_stats_document() -> None:
-    document = {"load": 3, "workers": [
-        {"requests": 10, "exceptions": 1, "status": "idle", "last_spawn": 1000, "avg_rt": 5},
-        {"requests": 5, "exceptions": 0, "status": "busy", "last_spawn": 1500, "avg_rt": 7},
-    ]}  # fmt: skip
-    assert summarise(document, 2000.0) == {"requests": 15, "exceptions": 1, "uptime_s": 1000.0,
-                                           "status": "busy", "load": 3}  # fmt: skip
+    document = {
+        "load": 3,
+        "workers": [
+            {"requests": 10, "exceptions": 1, "status": "idle", "last_spawn": 1000, "avg_rt": 5},
+            {"requests": 5, "exceptions": 0, "status": "busy", "last_spawn": 1500, "avg_rt": 7},
+        ],
+    }
+    assert summarise(document, 2000.0) == {
+        "requests": 15,
+        "exceptions": 1,
+        "uptime_s": 1000.0,
+        "status": "busy",
+        "load": 3,
+    }
     assert summarise({"workers": [{"status": "cheap"}]}, 0.0) == {
         "requests": 0,
         "exceptions": 0,
@@ -129,7 +158,12 @@ def test_summarise_a_stats_document() -> None:
         "status": "cheap",
         "load": None,
     }
-    broken: list[Any] = [None, [], {"workers": "x"}, {"workers": [1]},
-                         {"workers": [{"requests": "x"}]}]  # fmt: skip
+    broken: list[Any] = [
+        None,
+        [],
+        {"workers": "x"},
+        {"workers": [1]},
+        {"workers": [{"requests": "x"}]},
+    ]
     for document in broken:
         assert summarise(document, 0.0) is None

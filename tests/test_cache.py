@@ -23,8 +23,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 def lookup(**extra: Any) -> dict[str, Any]:
     """The same request (verb, provider, actor, object) under a fresh event id."""
-    return event(verb="detect", actor="alice", provider={"id": "site-1"},
-                 object={"url": "https://img.example/1.jpg"}, **extra)  # fmt: skip
+    return event(
+        verb="detect",
+        actor="alice",
+        provider={"id": "site-1"},
+        object={"url": "https://img.example/1.jpg"},
+        **extra,
+    )
 
 
 def test_a_hit_publishes_the_stored_answer_without_calling_the_model(
@@ -36,8 +41,13 @@ def test_a_hit_publishes_the_stored_answer_without_calling_the_model(
     topic = unique("cache")
     create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
     model = model_server()
-    router(make_config(servers, [handler("face", topic, model.port, version="3")],
-                       cache={"url": redis_server.url, "ttl_s": 60}))  # fmt: skip
+    router(
+        make_config(
+            servers,
+            [handler("face", topic, model.port, version="3")],
+            cache={"url": redis_server.url, "ttl_s": 60},
+        )
+    )
     first = lookup()
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [first])
@@ -60,8 +70,9 @@ def test_redis_stopped_mid_run_loses_nothing(
     topic = unique("cache")
     create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
     model = model_server()
-    router(make_config(servers, [handler("face", topic, model.port)],
-                       cache={"url": redis_server.url}))  # fmt: skip
+    router(
+        make_config(servers, [handler("face", topic, model.port)], cache={"url": redis_server.url})
+    )
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [event() for _ in range(10)])
         reader.wait_for(f"{topic}-results", 10)

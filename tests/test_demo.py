@@ -38,9 +38,13 @@ def test_demo_routes_serves_the_ui_and_stops_everything_on_ctrl_c(tmp_path: Path
     log = tmp_path / "demo.log"
     env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
-        demo = subprocess.Popen([sys.executable, "-m", "logistik", "demo", "--port",
-                                 str(web_port), "--rate", "30"], cwd=home, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "logistik", "demo", "--port", str(web_port), "--rate", "30"],
+            cwd=home,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until(lambda: "Ctrl-C stops" in log.read_text(), timeout_s=90, what="the banner")
         match = re.search(r"broker (127\.0\.0\.1:\d+)", log.read_text())
@@ -50,8 +54,9 @@ def test_demo_routes_serves_the_ui_and_stops_everything_on_ctrl_c(tmp_path: Path
             answers = reader.wait_for("digits-predictions", 20, timeout_s=60)
         assert {r.headers["logistik.model_type"] for r in answers} <= {"model", "canary"}
         assert all(isinstance(r.json()["label"], int) for r in answers)
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/handlers",
-                                    timeout=10) as response:  # fmt: skip
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{web_port}/api/handlers", timeout=10
+        ) as response:
             handlers = json.loads(response.read())
         assert {h["model_type"] for h in handlers} == {"model", "canary", "decoy"}
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as response:

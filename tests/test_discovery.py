@@ -25,14 +25,21 @@ def topic(servers: str) -> str:
     return name
 
 
-def register(consul: ConsulTarget, name: str, server: ModelServer, service_id: str,
-             **tags: str) -> None:  # fmt: skip
+def register(
+    consul: ConsulTarget, name: str, server: ModelServer, service_id: str, **tags: str
+) -> None:
     """Register a model the way `logistik register` does: tags and a passing TTL check."""
-    answer = consul.put("/v1/agent/service/register", {
-        "Name": name, "ID": service_id, "Address": "127.0.0.1", "Port": server.port,
-        "Tags": ["logistik", *(f"{k}={v}" for k, v in tags.items())],
-        "Check": {"TTL": "60s", "Status": "passing"},
-    })  # fmt: skip
+    answer = consul.put(
+        "/v1/agent/service/register",
+        {
+            "Name": name,
+            "ID": service_id,
+            "Address": "127.0.0.1",
+            "Port": server.port,
+            "Tags": ["logistik", *(f"{k}={v}" for k, v in tags.items())],
+            "Check": {"TTL": "60s", "Status": "passing"},
+        },
+    )
     assert answer.status == 200, answer.text
     consul.track(service_id)
 
@@ -51,8 +58,16 @@ def records(url: str) -> dict[str, HandlerRecord]:
 
 def full_tags(topic: str, node: str, **extra: str) -> dict[str, str]:
     """Tags that leave nothing to /info."""
-    return {"model": "model", "node": node, "hostname": "mk2", "version": "1", "event": topic,
-            "returnto": f"{topic}-results", "path": "/predict", **extra}  # fmt: skip
+    return {
+        "model": "model",
+        "node": node,
+        "hostname": "mk2",
+        "version": "1",
+        "event": topic,
+        "returnto": f"{topic}-results",
+        "path": "/predict",
+        **extra,
+    }
 
 
 def test_new_instances_are_discovered_while_events_flow_and_share_the_load(
@@ -122,12 +137,25 @@ def test_info_fills_what_the_tags_leave_out_and_problems_are_reported(
     router: StartRouter,
 ) -> None:
     name = consul.name("face")
-    info = {"event": topic, "return_to": f"{topic}-results", "path": "/predict",
-            "retries": 1, "timeout": 2.5}  # fmt: skip
+    info = {
+        "event": topic,
+        "return_to": f"{topic}-results",
+        "path": "/predict",
+        "retries": 1,
+        "timeout": 2.5,
+    }
     informed = model_server(info=info)
     silent = model_server()
-    register(consul, name, informed, consul.name("a"), model="model", node="0",
-             hostname="mk2", environment="prod")  # fmt: skip
+    register(
+        consul,
+        name,
+        informed,
+        consul.name("a"),
+        model="model",
+        node="0",
+        hostname="mk2",
+        environment="prod",
+    )
     register(consul, name, silent, consul.name("b"), model="model", node="1")
     url = start(router, servers, consul)
     node_a = f"{name}-mk2-model-0"

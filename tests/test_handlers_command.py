@@ -20,14 +20,15 @@ def cli(tmp_path: Path) -> list[str]:
 
 def run(cli: list[str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run one handlers command."""
-    return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60,
-                          check=False)  # fmt: skip
+    return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_add_list_promote_and_traffic(cli: list[str]) -> None:
     base = ["name=face", "event=detect", "port=5151", "return_to=face-results"]
-    assert run(cli, "add", *base, "endpoint=10.0.0.5", "version=1").stdout == \
-        "added face-10.0.0.5-model-0\n"  # fmt: skip
+    assert (
+        run(cli, "add", *base, "endpoint=10.0.0.5", "version=1").stdout
+        == "added face-10.0.0.5-model-0\n"
+    )
     run(cli, "add", *base, "endpoint=10.0.0.6", "version=2", "model_type=canary")
     assert run(cli, "traffic", "face-10.0.0.6-canary-0", "0.25").returncode == 0
     listed = json.loads(run(cli, "list", "--json").stdout)

@@ -58,18 +58,24 @@ def test_metrics_match_what_the_models_saw(
         reader.wait_for(f"{topic}-results", 30)
     status, text = fetch(running, "/metrics")
     assert status == 200
-    labels = {"node_id": "face-127.0.0.1-model-0", "name": "face", "model_type": "model",
-              "topic": topic}  # fmt: skip
+    labels = {
+        "node_id": "face-127.0.0.1-model-0",
+        "name": "face",
+        "model_type": "model",
+        "topic": topic,
+    }
     assert sample(text, "logistik_handler_requests_total", **labels) == model.count
     assert sample(text, "logistik_handler_answers_total", outcome="ok", **labels) == 30
     errors = sample(text, "logistik_handler_answers_total", outcome="error", **labels)
     assert errors == model.count - 30 > 0
     assert sample(text, "logistik_handler_retries_total", **labels) == errors
     assert sample(text, "logistik_handler_latency_seconds_count", **labels) == model.count
-    assert sample(text, "logistik_handler_latency_seconds_bucket", le="+Inf", **labels) == \
-        model.count  # fmt: skip
-    assert sample(text, "logistik_handler_latency_seconds_bucket", le="0.005", **labels) < \
-        model.count  # every ok answer took at least 10 ms  # fmt: skip
+    assert (
+        sample(text, "logistik_handler_latency_seconds_bucket", le="+Inf", **labels) == model.count
+    )
+    assert (
+        sample(text, "logistik_handler_latency_seconds_bucket", le="0.005", **labels) < model.count
+    )  # every ok answer took at least 10 ms
     assert sample(text, "logistik_topic_events_total", topic=topic) == 30
     assert sample(text, "logistik_topic_published_total", topic=topic) == 30
     assert "process_resident_memory_bytes" in text
@@ -106,8 +112,7 @@ def test_readiness_follows_the_broker_and_check_exits_accordingly(
             f"not ready: broker: cannot reach the Kafka broker at {broker.bootstrap_servers}"
         )
         broker = EmbeddedBroker(port).start()
-        wait_until(lambda: fetch(running, "/readyz")[0] == 200, timeout_s=30,
-                   what="ready again")  # fmt: skip
+        wait_until(lambda: fetch(running, "/readyz")[0] == 200, timeout_s=30, what="ready again")
         assert fetch(running, "/healthz") == (200, '{"status":"ok"}')
     finally:
         broker.stop()
@@ -124,8 +129,13 @@ def test_statsd_gets_a_timing_and_an_outcome_per_call(
     topic = unique("statsd")
     create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
     model = model_server()
-    router(make_config(servers, [handler("face", topic, model.port)],
-                       statsd={"port": receiver.getsockname()[1], "prefix": "lk"}))  # fmt: skip
+    router(
+        make_config(
+            servers,
+            [handler("face", topic, model.port)],
+            statsd={"port": receiver.getsockname()[1], "prefix": "lk"},
+        )
+    )
     produce(servers, topic, [event() for _ in range(3)])
     lines: list[str] = []
     try:
@@ -133,6 +143,7 @@ def test_statsd_gets_a_timing_and_an_outcome_per_call(
             lines += receiver.recv(4096).decode().splitlines()
     finally:
         receiver.close()
-    assert sorted(line.split(":")[0] for line in lines) == ["lk.face.latency"] * 3 + \
-        ["lk.face.ok"] * 3  # fmt: skip
+    assert (
+        sorted(line.split(":")[0] for line in lines) == ["lk.face.latency"] * 3 + ["lk.face.ok"] * 3
+    )
     assert all(line.endswith("|ms") for line in lines if "latency" in line)

@@ -37,10 +37,25 @@ def run_replay(
 ) -> subprocess.CompletedProcess[str]:
     """Run the replay command against the test broker, with a fresh consumer group by default."""
     return subprocess.run(
-        [sys.executable, "-m", "logistik.replay", *args, "--bootstrap-servers", servers,
-         "--group-id", group_id or unique("replay"), "--idle-s", "0.5", "--timeout-s", "40"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "logistik.replay",
+            *args,
+            "--bootstrap-servers",
+            servers,
+            "--group-id",
+            group_id or unique("replay"),
+            "--idle-s",
+            "0.5",
+            "--timeout-s",
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def failing_until(fixed: threading.Event) -> Callable[[dict[str, Any], int], Reply]:
@@ -68,8 +83,10 @@ def test_replay_goes_only_to_the_group_that_failed_and_only_once(
 ) -> None:
     fixed = threading.Event()
     model_a, model_b = model_server(failing_until(fixed)), model_server()
-    handlers = [handler("a", topic, model_a.port, retries=0),
-                handler("b", topic, model_b.port, retries=0)]  # fmt: skip
+    handlers = [
+        handler("a", topic, model_a.port, retries=0),
+        handler("b", topic, model_b.port, retries=0),
+    ]
     group = routed(servers, router, handlers, topic)
     sent = [event(actor=f"actor-{i}") for i in range(3)]
     with TopicReader(servers, topic, f"{topic}-results", f"{topic}-failed") as reader:
@@ -102,8 +119,9 @@ def test_replay_goes_only_to_the_group_that_failed_and_only_once(
         assert record.key == record.json()["actor"]["id"].encode()
 
 
-def check_dry_run(servers: str, topic: str, sent: list[dict[str, Any]],
-                  models: tuple[ModelServer, ...]) -> None:  # fmt: skip
+def check_dry_run(
+    servers: str, topic: str, sent: list[dict[str, Any]], models: tuple[ModelServer, ...]
+) -> None:
     """A dry run lists what it would send, and sends nothing."""
     before, calls = end_offsets(servers, topic), [m.count for m in models]
     dry = run_replay(servers, f"{topic}-failed", "--dry-run")
@@ -161,8 +179,10 @@ def test_filters_and_records_that_are_not_events(
 ) -> None:
     rejecting = model_server(lambda ev, n: Reply(400 if ev["verb"] == "bad" else 500))
     failing = model_server(lambda ev, n: Reply(500))
-    handlers = [handler("a", topic, rejecting.port, retries=0),
-                handler("b", topic, failing.port, retries=0)]  # fmt: skip
+    handlers = [
+        handler("a", topic, rejecting.port, retries=0),
+        handler("b", topic, failing.port, retries=0),
+    ]
     group = routed(servers, router, handlers, topic)
     sent = {"early": event(), "bad": event(verb="bad")}
     with TopicReader(servers, topic, f"{topic}-failed") as reader:
@@ -175,11 +195,15 @@ def test_filters_and_records_that_are_not_events(
         wait_all_committed(servers, group, topic, 4)
         failed = reader.wait_for(f"{topic}-failed", 7)
         assert sorted(r.headers["logistik.reason"] for r in failed) == [
-            "invalid-json", "rejected", *["retries-exhausted"] * 5]  # fmt: skip
+            "invalid-json",
+            "rejected",
+            *["retries-exhausted"] * 5,
+        ]
         runs = [("--reason", "rejected"), ("--since", since), (), ("--include-invalid",)]
         with ThreadPoolExecutor(len(runs)) as pool:
-            dry = list(pool.map(lambda a: run_replay(servers, f"{topic}-failed", "--dry-run", *a),
-                                runs))  # fmt: skip
+            dry = list(
+                pool.map(lambda a: run_replay(servers, f"{topic}-failed", "--dry-run", *a), runs)
+            )
         by_handler = run_replay(servers, f"{topic}-failed", "--handler", NODE_A)
         replayed = wait_replayed(reader, topic, 3)
     assert all(r.returncode == 0 for r in dry), [r.stderr for r in dry]
@@ -193,8 +217,9 @@ def test_filters_and_records_that_are_not_events(
     assert everything[1].startswith("hint: ") and "--include-invalid" in everything[1]
     assert invalid == [prefix.format(7)]
     assert by_handler.returncode == 0, by_handler.stderr
-    assert by_handler.stderr == f"replayed 3 of 7 record(s) from {topic}-failed: " \
-                                "4 skipped by filter\n"  # fmt: skip
+    assert (
+        by_handler.stderr == f"replayed 3 of 7 record(s) from {topic}-failed: 4 skipped by filter\n"
+    )
     assert {r.json()["id"] for r in replayed} == {e["id"] for e in sent.values()}
     assert {r.headers["logistik.replay_groups"] for r in replayed} == {"a"}
 
@@ -213,9 +238,19 @@ def replayed_on(reader: TopicReader, topic: str) -> list[Record]:
 def test_absent_broker_and_absent_topic_are_one_line(servers: str) -> None:
     port = free_port()
     absent = subprocess.run(
-        [sys.executable, "-m", "logistik.replay", "t-failed", "--bootstrap-servers",
-         f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "logistik.replay",
+            "t-failed",
+            "--bootstrap-servers",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert absent.returncode == 1
     assert absent.stdout == ""
     assert absent.stderr.startswith(f"logistik: cannot reach the Kafka broker at 127.0.0.1:{port}")

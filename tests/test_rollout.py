@@ -38,9 +38,12 @@ def test_canary_takes_its_share_and_replay_makes_the_same_choice(
     servers: str, topic: str, model_server: StartModel, router: StartRouter
 ) -> None:
     prod, canary = model_server(), model_server()
-    handlers = [handler("face", topic, prod.port, version="1"),
-                handler("face", topic, canary.port, version="2", node="1",
-                        model_type="canary", traffic=0.2)]  # fmt: skip
+    handlers = [
+        handler("face", topic, prod.port, version="1"),
+        handler(
+            "face", topic, canary.port, version="2", node="1", model_type="canary", traffic=0.2
+        ),
+    ]
     router(make_config(servers, handlers))
     sent = [event() for _ in range(2000)]
     with TopicReader(servers, f"{topic}-results") as reader:
@@ -53,8 +56,9 @@ def test_canary_takes_its_share_and_replay_makes_the_same_choice(
         produce(servers, topic, sent[:300])  # the same events again, as a replay sends them
         again = reader.wait_for(f"{topic}-results", 2300, timeout_s=60)[2000:]
     assert len(again) == 300
-    assert all(chosen[r.headers["logistik.event_id"]] == r.headers["logistik.node_id"]
-               for r in again)  # fmt: skip
+    assert all(
+        chosen[r.headers["logistik.event_id"]] == r.headers["logistik.node_id"] for r in again
+    )
 
 
 def test_decoy_gets_every_event_is_never_published_and_agreement_is_kept(
@@ -66,9 +70,10 @@ def test_decoy_gets_every_event_is_never_published_and_agreement_is_kept(
 
     prod = model_server(lambda ev, _n: Reply(200, {"id": ev["id"], "label": "cat"}))
     shadow = model_server(disagree_on_a_quarter)
-    handlers = [handler("face", topic, prod.port),
-                handler("face", topic, shadow.port, node="9", model_type="decoy",
-                        return_to=None)]  # fmt: skip
+    handlers = [
+        handler("face", topic, prod.port),
+        handler("face", topic, shadow.port, node="9", model_type="decoy", return_to=None),
+    ]
     config = make_config(servers, handlers, discovery={"refresh_s": 0.2})
     running = router(config)
     sent = [event() for _ in range(200)]
@@ -95,9 +100,10 @@ def test_promote_and_live_changes_take_effect_without_restart(
     servers: str, topic: str, model_server: StartModel, router: StartRouter
 ) -> None:
     old, new = model_server(), model_server()
-    handlers = [handler("face", topic, old.port, version="1"),
-                handler("face", topic, new.port, version="2", node="1", model_type="canary",
-                        traffic=0.0)]  # fmt: skip
+    handlers = [
+        handler("face", topic, old.port, version="1"),
+        handler("face", topic, new.port, version="2", node="1", model_type="canary", traffic=0.0),
+    ]
     config = make_config(servers, handlers, discovery={"refresh_s": 0.2})
     router(config)
     url = config["database"]["url"]
@@ -120,11 +126,22 @@ def test_promote_and_live_changes_take_effect_without_restart(
         later = [event() for _ in range(20)]
         later_ids = {e["id"] for e in later}
         produce(servers, topic, later)
-        wait_until(lambda: len([r for r in reader.on(f"{topic}-results")
-                                if r.headers["logistik.event_id"] in later_ids]) == 20,
-                   what="answers to the events sent after the promotion")  # fmt: skip
-        answered_later = [r for r in reader.on(f"{topic}-results")
-                          if r.headers["logistik.event_id"] in later_ids]  # fmt: skip
+        wait_until(
+            lambda: (
+                len(
+                    [
+                        r
+                        for r in reader.on(f"{topic}-results")
+                        if r.headers["logistik.event_id"] in later_ids
+                    ]
+                )
+                == 20
+            ),
+            what="answers to the events sent after the promotion",
+        )
+        answered_later = [
+            r for r in reader.on(f"{topic}-results") if r.headers["logistik.event_id"] in later_ids
+        ]
         assert set(node_ids(answered_later)) == {"face-127.0.0.1-canary-1"}
         with pytest.raises(ActionError, match="last active production instance"):
             on_store(url, lambda s: s.demote("face-127.0.0.1-canary-1"))
@@ -179,8 +196,7 @@ def test_a_new_topic_joins_without_double_routing_events_in_flight(
     other_topic = unique("joining")
     create_topics(servers, other_topic, f"{other_topic}-results", f"{other_topic}-failed")
     other = model_server()
-    config = make_config(servers, [handler("face", topic, slow.port)],
-                         discovery={"refresh_s": 0.2})  # fmt: skip
+    config = make_config(servers, [handler("face", topic, slow.port)], discovery={"refresh_s": 0.2})
     router(config)
     sent = [event() for _ in range(120)]
     with TopicReader(servers, f"{topic}-results", f"{other_topic}-results") as reader:

@@ -20,8 +20,13 @@ TAIL = [sys.executable, "-m", "logistik.tail"]
 
 def run_tail(servers: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the tail command against the test broker and capture what it prints."""
-    return subprocess.run([*TAIL, *args, "--bootstrap-servers", servers],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        [*TAIL, *args, "--bootstrap-servers", servers],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def produce_records(servers: str, topic: str, records: list[dict[str, Any]]) -> None:
@@ -36,18 +41,25 @@ def test_json_lines_with_headers_and_parsed_values(servers: str) -> None:
     topic = unique("tail")
     create_topics(servers, topic)
     first = event(actor="me")
-    produce_records(servers, topic, [
-        {"value": orjson.dumps(first), "key": b"me", "headers": [("logistik.event_id", b"e1")]},
-        {"value": b"\x00raw\xffbytes"},
-        {"value": b"[1, 2]", "headers": [("trace", b"t-1")]},
-        {"value": b'{"not": "printed"}'},
-    ])  # fmt: skip
+    produce_records(
+        servers,
+        topic,
+        [
+            {"value": orjson.dumps(first), "key": b"me", "headers": [("logistik.event_id", b"e1")]},
+            {"value": b"\x00raw\xffbytes"},
+            {"value": b"[1, 2]", "headers": [("trace", b"t-1")]},
+            {"value": b'{"not": "printed"}'},
+        ],
+    )
     result = run_tail(servers, topic, "--from-beginning", "-n", "3", "--json")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [(r["topic"], r["partition"], r["offset"]) for r in lines] == [
-        (topic, 0, 0), (topic, 0, 1), (topic, 0, 2)]  # fmt: skip
+        (topic, 0, 0),
+        (topic, 0, 1),
+        (topic, 0, 2),
+    ]
     assert lines[0]["key"] == "me" and lines[1]["key"] is None
     assert lines[0]["headers"] == {"logistik.event_id": "e1"}
     assert lines[0]["value"] == first and lines[0]["value_format"] == "json"
@@ -60,13 +72,26 @@ def test_pretty_mode_shows_a_failed_records_reason_and_error(servers: str) -> No
     topic = unique("tail")
     create_topics(servers, f"{topic}-failed")
     failed = event(actor="me")
-    record = FailedRecord(topic, 0, 7, orjson.dumps(failed), Reason.RETRIES_EXHAUSTED,
-                          "HTTP 500: model broken", failed["id"], "face",
-                          ("face-h1-model-0",), 3)  # fmt: skip
-    produce_records(servers, f"{topic}-failed", [
-        {"value": record.value, "headers": record.headers()},
-        {"value": b"\x01 not json", "key": b"k"},
-    ])  # fmt: skip
+    record = FailedRecord(
+        topic,
+        0,
+        7,
+        orjson.dumps(failed),
+        Reason.RETRIES_EXHAUSTED,
+        "HTTP 500: model broken",
+        failed["id"],
+        "face",
+        ("face-h1-model-0",),
+        3,
+    )
+    produce_records(
+        servers,
+        f"{topic}-failed",
+        [
+            {"value": record.value, "headers": record.headers()},
+            {"value": b"\x01 not json", "key": b"k"},
+        ],
+    )
     result = run_tail(servers, f"{topic}-failed", "--from-beginning", "-n", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -81,8 +106,11 @@ def test_only_new_records_without_from_beginning_and_ctrl_c_exits_zero(servers: 
     topic = unique("tail")
     create_topics(servers, topic)
     produce_records(servers, topic, [{"value": b'{"old": true}'}])
-    with subprocess.Popen([*TAIL, topic, "--json", "--bootstrap-servers", servers],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as tail:  # fmt: skip
+    with subprocess.Popen(
+        [*TAIL, topic, "--json", "--bootstrap-servers", servers],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as tail:
         assert tail.stdout is not None and tail.stderr is not None
         # The tail starts at the end once it is assigned: send until it prints one.
         line, sent = b"", 0

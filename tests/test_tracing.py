@@ -45,8 +45,7 @@ def test_event_and_call_spans_with_trace_context_to_model_and_kafka(
         return Reply(503) if len(seen) == 1 else echo(ev, count)
 
     model = model_server(traced)
-    router(make_config(servers, [handler("face", topic, model.port)],
-                       tracing={"enabled": True}))  # fmt: skip
+    router(make_config(servers, [handler("face", topic, model.port)], tracing={"enabled": True}))
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [event()])
         [record] = reader.wait_for(f"{topic}-results", 1)

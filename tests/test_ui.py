@@ -74,12 +74,23 @@ def test_models_table_shows_models_and_their_figures(
     create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
     good = model_server()
     bad = model_server(lambda _e, _n: Reply(404, {"error": "no such object"}))
-    running = start(servers, router, [
-        handler("alpha", topic, good.port, version="1.2.0", hostname="gpu-1"),
-        handler("beta", topic, bad.port, hostname="gpu-2"),
-        handler("alpha", topic, good.port, version="1.3.0", hostname="gpu-3", model_type="canary",
-                traffic=0.0),
-    ])  # fmt: skip
+    running = start(
+        servers,
+        router,
+        [
+            handler("alpha", topic, good.port, version="1.2.0", hostname="gpu-1"),
+            handler("beta", topic, bad.port, hostname="gpu-2"),
+            handler(
+                "alpha",
+                topic,
+                good.port,
+                version="1.3.0",
+                hostname="gpu-3",
+                model_type="canary",
+                traffic=0.0,
+            ),
+        ],
+    )
     produce(servers, topic, [event() for _ in range(6)])
     page.goto(web(running))
     alpha = page.locator(row(page, "alpha-gpu-1-model-0"))
@@ -129,11 +140,15 @@ def test_filters_narrow_the_rows(
 ) -> None:
     first, second = unique("ui-a"), unique("ui-b")
     model = model_server()
-    running = start(servers, router, [
-        handler("red", first, model.port, hostname="host-1"),
-        handler("red", first, model.port, hostname="host-2", model_type="decoy"),
-        handler("green", second, model.port, hostname="host-2"),
-    ])  # fmt: skip
+    running = start(
+        servers,
+        router,
+        [
+            handler("red", first, model.port, hostname="host-1"),
+            handler("red", first, model.port, hostname="host-2", model_type="decoy"),
+            handler("green", second, model.port, hostname="host-2"),
+        ],
+    )
     page.goto(web(running))
     rows = page.locator("#models-table tbody tr")
     expect(rows).to_have_count(3)
@@ -163,11 +178,22 @@ def test_promote_after_confirmation_changes_the_state_shown(
 ) -> None:
     topic = unique("ui")
     model = model_server()
-    running = start(servers, router, [
-        handler("gamma", topic, model.port, hostname="old", version="1"),
-        handler("gamma", topic, model.port, hostname="new", version="2", model_type="canary",
-                traffic=0.1),
-    ])  # fmt: skip
+    running = start(
+        servers,
+        router,
+        [
+            handler("gamma", topic, model.port, hostname="old", version="1"),
+            handler(
+                "gamma",
+                topic,
+                model.port,
+                hostname="new",
+                version="2",
+                model_type="canary",
+                traffic=0.1,
+            ),
+        ],
+    )
     page.goto(f"{web(running)}/#/handler/gamma-new-canary-0")
     expect(page.locator(".detail-head")).to_contain_text("canary")
     expect(page.locator(".actions")).to_contain_text("Log in with write access")
@@ -195,8 +221,9 @@ def test_promote_after_confirmation_changes_the_state_shown(
     page.goto(web(running))
     old = page.locator(row(page, "gamma-old-model-0"))
     expect(old.locator('td[data-label="Type"]')).to_have_text("canary0%")
-    expect(page.locator(row(page, "gamma-new-canary-0")).locator('td[data-label="Type"]')
-           ).to_have_text("model")  # fmt: skip
+    expect(
+        page.locator(row(page, "gamma-new-canary-0")).locator('td[data-label="Type"]')
+    ).to_have_text("model")
 
     page.goto(f"{web(running)}/#/handler/gamma-new-canary-0")
     page.get_by_role("button", name="Demote").click()

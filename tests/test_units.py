@@ -185,8 +185,9 @@ def test_canary_takes_its_share_by_a_stable_hash() -> None:
 
 def test_json_log_lines_carry_event_fields_and_repeats_are_held_back() -> None:
     formatter = JsonFormatter()
-    record = logging.LogRecord("logistik.events", logging.INFO, __file__, 1,
-                               "event %s -> %s", ("e1", "n1"), None)  # fmt: skip
+    record = logging.LogRecord(
+        "logistik.events", logging.INFO, __file__, 1, "event %s -> %s", ("e1", "n1"), None
+    )
     record.event_id, record.outcome = "e1", "ok"
     line = json.loads(formatter.format(record))
     assert (line["message"], line["event_id"], line["outcome"], line["level"]) == (
@@ -202,5 +203,6 @@ def test_json_log_lines_carry_event_fields_and_repeats_are_held_back() -> None:
 
     assert [limit.filter(warning()) for _ in range(5)] == [True, True, False, False, False]
     assert limit.filter(logging.LogRecord("x", logging.INFO, __file__, 1, "fine", (), None))
-    assert safe_url("https://hooks.example.com/services/T0/B0/secret") == \
-        "https://hooks.example.com/…"  # fmt: skip
+    assert (
+        safe_url("https://hooks.example.com/services/T0/B0/secret") == "https://hooks.example.com/…"
+    )

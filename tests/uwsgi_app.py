@@ -14,6 +14,7 @@ def application(
     length = int(environ.get("CONTENT_LENGTH") or 0)
     event = json.loads(environ["wsgi.input"].read(length) or b"{}")
     body = json.dumps({"id": event.get("id"), "answer": "uwsgi"}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(body)))])  # fmt: skip
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
     return [body]

@@ -49,8 +49,9 @@ class Alerter:
         self._tasks: set[asyncio.Task[None]] = set()
         self.failing_after = config.failing_after
 
-    def failed(self, topic: str, group_id: str, handlers: list[Handler], event_id: str,
-               error: str) -> None:  # fmt: skip
+    def failed(
+        self, topic: str, group_id: str, handlers: list[Handler], event_id: str, error: str
+    ) -> None:
         """A model failed an event for good (retries exhausted), or (no event id) keeps failing."""
         if not self._config.url:
             return
@@ -98,9 +99,11 @@ class Alerter:
         where = safe_url(self._config.url)
         try:
             async with self._session.post(
-                self._config.url, data=payload, headers={"Content-Type": "application/json"},
+                self._config.url,
+                data=payload,
+                headers={"Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
-            ) as response:  # fmt: skip
+            ) as response:
                 if response.status >= 300:
                     logger.warning("webhook %s answered HTTP %d", where, response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -118,26 +121,49 @@ class Alerter:
 def render(config: WebhookConfig, state: GroupAlert) -> str:
     """The JSON body posted for a state change."""
     critical = state.status == CRITICAL
-    title = (f"logistik: model {state.group_id} on {state.topic} is failing" if critical
-             else f"logistik: model {state.group_id} on {state.topic} recovered")  # fmt: skip
+    title = (
+        f"logistik: model {state.group_id} on {state.topic} is failing"
+        if critical
+        else f"logistik: model {state.group_id} on {state.topic} recovered"
+    )
     last = f"event {state.last_event_id}: " if state.last_event_id else ""
-    lines = [f"{state.failed_events} event(s) failed so far; last error: {last}"
-             f"{state.last_error}"] if critical else ["It answers again."]  # fmt: skip
+    lines = (
+        [f"{state.failed_events} event(s) failed so far; last error: {last}{state.last_error}"]
+        if critical
+        else ["It answers again."]
+    )
     rows = [(h.name, h.node_id, h.endpoint, str(h.port)) for h in state.handlers.values()]
-    table = "\n".join(["| name | node | endpoint | port |", "|---|---|---|---|",
-                       *(f"| {' | '.join(r)} |" for r in rows)]) if rows else ""  # fmt: skip
-    text = "\n".join([f"#### {':red_circle:' if critical else ':white_check_mark:'} {title}",
-                      *lines, "", table]).strip()  # fmt: skip
+    table = (
+        "\n".join(
+            [
+                "| name | node | endpoint | port |",
+                "|---|---|---|---|",
+                *(f"| {' | '.join(r)} |" for r in rows),
+            ]
+        )
+        if rows
+        else ""
+    )
+    text = "\n".join(
+        [f"#### {':red_circle:' if critical else ':white_check_mark:'} {title}", *lines, "", table]
+    ).strip()
     if config.format == "slack":
         # Slack does not draw markdown tables: the handlers go in a code block.
         listing = "\n".join("  ".join(r) for r in rows)
         body = f"*{title}*\n" + "\n".join(lines) + (f"\n```{listing}```" if rows else "")
         return json.dumps({"text": body, "username": "logistik"})
     if config.format == "template" and config.template:
-        values = {"title": title, "status": state.status, "text": text, "table": table,
-                  "group": state.group_id, "topic": state.topic,
-                  "failed_events": state.failed_events, "error": state.last_error,
-                  "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+        values = {
+            "title": title,
+            "status": state.status,
+            "text": text,
+            "table": table,
+            "group": state.group_id,
+            "topic": state.topic,
+            "failed_events": state.failed_events,
+            "error": state.last_error,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         quoted = {k: json.dumps(str(v))[1:-1] for k, v in values.items()}
         return string.Template(config.template).safe_substitute(quoted)
     return json.dumps({"text": text, "username": "logistik"})

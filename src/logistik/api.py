@@ -98,13 +98,16 @@ def handler_view(
         "source": record.source,
         "declared_model_type": record.declared_model_type,
         "problem": record.problem,
-        "decoy": {"compared": record.decoy_compared, "agreed": record.decoy_agreed,
-                  "agreement": record.agreement},
+        "decoy": {
+            "compared": record.decoy_compared,
+            "agreed": record.decoy_agreed,
+            "agreement": record.agreement,
+        },
         "in_flight": instance.in_flight if instance else 0,
         "figures": state.figures.handler(handler.node_id),
         "uwsgi": uwsgi,
         "updated_at": _utc(record.updated_at).isoformat(),
-    }  # fmt: skip
+    }
 
 
 def _utc(moment: datetime) -> datetime:
@@ -122,10 +125,23 @@ def host_views(records: list[HandlerRecord]) -> list[dict[str, Any]]:
         names = Counter(r.handler.hostname for r in group)
         hostname = min(names, key=lambda name: (-names[name], name))
         group.sort(key=lambda r: (r.handler.port, r.node_id))
-        views.append({"hostname": hostname, "endpoint": endpoint, "handlers": [
-            {"node_id": r.node_id, "name": r.handler.name, "model_type": r.handler.model_type.value,
-             "state": r.state, "port": r.handler.port, "version": r.handler.version}
-            for r in group]})  # fmt: skip
+        views.append(
+            {
+                "hostname": hostname,
+                "endpoint": endpoint,
+                "handlers": [
+                    {
+                        "node_id": r.node_id,
+                        "name": r.handler.name,
+                        "model_type": r.handler.model_type.value,
+                        "state": r.state,
+                        "port": r.handler.port,
+                        "version": r.handler.version,
+                    }
+                    for r in group
+                ],
+            }
+        )
     return views
 
 
@@ -135,17 +151,21 @@ def docs_page(schema: dict[str, Any]) -> str:
     for path, operations in sorted(schema.get("paths", {}).items()):
         for method, operation in operations.items():
             text = (operation.get("description") or operation.get("summary") or "").split("\n")[0]
-            items.append(f"<li><code>{html.escape(method.upper())} {html.escape(path)}</code> "
-                         f"{html.escape(text)}</li>")  # fmt: skip
+            items.append(
+                f"<li><code>{html.escape(method.upper())} {html.escape(path)}</code> "
+                f"{html.escape(text)}</li>"
+            )
     title = html.escape(f"{schema['info']['title']} {schema['info']['version']} API")
-    return (f"<!doctype html><html lang=en><meta charset=utf-8><title>{title}</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-            "li{margin:.4em 0}code{font-weight:bold}</style>"
-            f"<h1>{title}</h1><p>The full description: <a href=\"/openapi.json\">openapi.json</a>. "
-            "Reading is open unless <code>web.auth.read</code> is protected; every change needs "
-            "<code>Authorization: Bearer &lt;token&gt;</code>, or a session cookie with its "
-            "<code>X-CSRF-Token</code> header.</p>"
-            f"<ul>{''.join(items)}</ul></html>")  # fmt: skip
+    return (
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{title}</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+        "li{margin:.4em 0}code{font-weight:bold}</style>"
+        f'<h1>{title}</h1><p>The full description: <a href="/openapi.json">openapi.json</a>. '
+        "Reading is open unless <code>web.auth.read</code> is protected; every change needs "
+        "<code>Authorization: Bearer &lt;token&gt;</code>, or a session cookie with its "
+        "<code>X-CSRF-Token</code> header.</p>"
+        f"<ul>{''.join(items)}</ul></html>"
+    )
 
 
 def create_app(state: AppState) -> FastAPI:
@@ -209,8 +229,9 @@ def _headers(app: FastAPI) -> None:
     """API answers are never cached nor sniffed as another type."""
 
     @app.middleware("http")
-    async def no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                       ) -> Response:  # fmt: skip
+    async def no_store(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         response = await call_next(request)
         if request.url.path.startswith(("/api/", "/auth/")):
             response.headers.setdefault("Cache-Control", "no-store")
@@ -317,8 +338,9 @@ def _edit_routes(app: FastAPI, state: AppState, auth: Auth, views: Views) -> Non
         """Change a handler's fields (identity, admin state and node id stay)."""
         unknown = sorted(set(fields) - EDITABLE_FIELDS)
         if unknown or not fields:
-            raise HTTPException(422, f"cannot edit {', '.join(unknown)}" if unknown
-                                else "no field to change")  # fmt: skip
+            raise HTTPException(
+                422, f"cannot edit {', '.join(unknown)}" if unknown else "no field to change"
+            )
         try:
             record = await service.edit(node_id, fields)
         except HandlerNotFoundError:
@@ -355,8 +377,9 @@ def _auth_routes(app: FastAPI, auth: Auth) -> None:
         return auth.view(auth.identify(request))
 
     @app.post("/auth/login")
-    async def login(credentials: LoginRequest, request: Request, response: Response
-                    ) -> dict[str, Any]:  # fmt: skip
+    async def login(
+        credentials: LoginRequest, request: Request, response: Response
+    ) -> dict[str, Any]:
         """Start a UI session with a user and password, or an API token."""
         identity = await auth.login(credentials.user, credentials.password, credentials.token)
         auth.set_session(response, request, identity)
@@ -405,6 +428,10 @@ def _docs_route(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return HTMLResponse(docs_page(app.openapi()), headers={
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-            "X-Content-Type-Options": "nosniff"})  # fmt: skip
+        return HTMLResponse(
+            docs_page(app.openapi()),
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )

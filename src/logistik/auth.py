@@ -183,9 +183,13 @@ class Auth:
         payload = self.signer.unsign("session", value) if value else None
         if payload is None:
             return None
-        identity = Identity(str(payload.get("u", "")), str(payload.get("k", "")),
-                            str(payload.get("c", "")), str(payload.get("i", "")),
-                            str(payload.get("f", "")))  # fmt: skip
+        identity = Identity(
+            str(payload.get("u", "")),
+            str(payload.get("k", "")),
+            str(payload.get("c", "")),
+            str(payload.get("i", "")),
+            str(payload.get("f", "")),
+        )
         if identity.session_id in self._revoked or not self._still_allowed(identity):
             return None
         return identity
@@ -213,8 +217,11 @@ class Auth:
             return None
         identity = self.identify(request)
         if identity is None:
-            raise HTTPException(401, "reading needs authentication (web.auth.read is protected): "
-                                "log in, or send Authorization: Bearer <token>")  # fmt: skip
+            raise HTTPException(
+                401,
+                "reading needs authentication (web.auth.read is protected): "
+                "log in, or send Authorization: Bearer <token>",
+            )
         return identity
 
     async def require_write(self, request: Request) -> Identity:
@@ -223,13 +230,15 @@ class Auth:
             raise HTTPException(403, NO_WRITERS)
         identity = self.identify(request)
         if identity is None:
-            raise HTTPException(401, "authentication required: log in, or send "
-                                "Authorization: Bearer <token>")  # fmt: skip
+            raise HTTPException(
+                401, "authentication required: log in, or send Authorization: Bearer <token>"
+            )
         if identity.via_session:
             given = request.headers.get(CSRF_HEADER, "")
             if not given or not hmac.compare_digest(given.encode(), identity.csrf.encode()):
-                raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header "
-                                    "(take it from GET /auth/session)")  # fmt: skip
+                raise HTTPException(
+                    403, f"missing or wrong {CSRF_HEADER} header (take it from GET /auth/session)"
+                )
         return identity
 
     def view(self, identity: Identity | None) -> dict[str, Any]:
@@ -270,17 +279,33 @@ class Auth:
 
     def new_identity(self, user: str, kind: str, fingerprint: str = "") -> Identity:
         """A fresh session identity with its own id and CSRF token."""
-        return Identity(user, kind, secrets.token_urlsafe(32), secrets.token_urlsafe(16),
-                        fingerprint)  # fmt: skip
+        return Identity(
+            user, kind, secrets.token_urlsafe(32), secrets.token_urlsafe(16), fingerprint
+        )
 
     def set_session(self, response: Response, request: Request, identity: Identity) -> None:
         """Give the browser a signed, HttpOnly, SameSite=Strict session cookie."""
         max_age = self.config.session_max_age_s
-        value = self.signer.sign("session", {"u": identity.user, "k": identity.kind,
-                                             "c": identity.csrf, "i": identity.session_id,
-                                             "f": identity.fingerprint}, max_age)  # fmt: skip
-        response.set_cookie(SESSION_COOKIE, value, max_age=max_age, path="/", httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
+        value = self.signer.sign(
+            "session",
+            {
+                "u": identity.user,
+                "k": identity.kind,
+                "c": identity.csrf,
+                "i": identity.session_id,
+                "f": identity.fingerprint,
+            },
+            max_age,
+        )
+        response.set_cookie(
+            SESSION_COOKIE,
+            value,
+            max_age=max_age,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
 
     def logout(self, request: Request, response: Response) -> None:
         """End the request's session for good and clear its cookie."""
@@ -302,10 +327,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 JWS_ALGORITHMS: dict[str, tuple[str, str, str]] = {
     **{f"RS{n}": ("RSA", f"sha{n}", "") for n in (256, 384, 512)},
     **{f"PS{n}": ("RSA", f"sha{n}", "") for n in (256, 384, 512)},
-    "ES256": ("EC", "sha256", "P-256"), "ES384": ("EC", "sha384", "P-384"),
-    "ES512": ("EC", "sha512", "P-521"), "EdDSA": ("OKP", "", "Ed25519"),
+    "ES256": ("EC", "sha256", "P-256"),
+    "ES384": ("EC", "sha384", "P-384"),
+    "ES512": ("EC", "sha512", "P-521"),
+    "EdDSA": ("OKP", "", "Ed25519"),
     **{f"HS{n}": ("oct", f"sha{n}", "") for n in (256, 384, 512)},
-}  # fmt: skip
+}
 
 
 def secure_url(url: str) -> bool:
@@ -352,21 +379,26 @@ def verify_jws(alg: str, jwk: dict[str, Any], data: bytes, signature: bytes) -> 
     kty, hash_name, curve_name = JWS_ALGORITHMS[alg]
     if jwk.get("kty") != kty or (curve_name and jwk.get("crv") != curve_name):
         return False
-    digest = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
-              "sha512": hashes.SHA512()}.get(hash_name, hashes.SHA256())  # fmt: skip
+    digest = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}.get(
+        hash_name, hashes.SHA256()
+    )
     try:
         if kty == "RSA":
             rsa_key = rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"])).public_key()
-            pad: padding.AsymmetricPadding = padding.PKCS1v15() if alg.startswith("RS") else \
-                padding.PSS(padding.MGF1(digest), padding.PSS.DIGEST_LENGTH)  # fmt: skip
+            pad: padding.AsymmetricPadding = (
+                padding.PKCS1v15()
+                if alg.startswith("RS")
+                else padding.PSS(padding.MGF1(digest), padding.PSS.DIGEST_LENGTH)
+            )
             rsa_key.verify(signature, data, pad, digest)
         elif kty == "EC":
             curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
             size = (curve[curve_name].key_size + 7) // 8
             if len(signature) != 2 * size:
                 return False
-            der = encode_dss_signature(int.from_bytes(signature[:size], "big"),
-                                       int.from_bytes(signature[size:], "big"))  # fmt: skip
+            der = encode_dss_signature(
+                int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+            )
             numbers = ec.EllipticCurvePublicNumbers(
                 _int(jwk["x"]), _int(jwk["y"]), curve[curve_name]
             )
@@ -379,8 +411,9 @@ def verify_jws(alg: str, jwk: dict[str, Any], data: bytes, signature: bytes) -> 
     return True
 
 
-def check_claims(claims: dict[str, Any], issuer: str, client_id: str, nonce: str,
-                 now: float) -> None:  # fmt: skip
+def check_claims(
+    claims: dict[str, Any], issuer: str, client_id: str, nonce: str, now: float
+) -> None:
     """Check an id_token's iss, aud, azp, exp, iat and nonce; ValueError saying what is wrong."""
     if str(claims.get("iss", "")).rstrip("/") != issuer.rstrip("/"):
         raise ValueError("the id_token is from another issuer")
@@ -428,11 +461,15 @@ class OidcLogin:
         meta = await self.metadata()
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         params = {
-            "response_type": "code", "client_id": self.config.client_id,
-            "redirect_uri": self.config.redirect_url, "scope": " ".join(self.config.scopes),
-            "state": state, "nonce": nonce, "code_challenge_method": "S256",
+            "response_type": "code",
+            "client_id": self.config.client_id,
+            "redirect_uri": self.config.redirect_url,
+            "scope": " ".join(self.config.scopes),
+            "state": state,
+            "nonce": nonce,
+            "code_challenge_method": "S256",
             "code_challenge": b64url(hashlib.sha256(verifier.encode()).digest()),
-        }  # fmt: skip
+        }
         endpoint = str(meta["authorization_endpoint"])
         url = f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
         payload = {"s": state, "n": nonce, "v": verifier, "r": safe_next(next_path)}
@@ -440,9 +477,15 @@ class OidcLogin:
 
     def set_pending(self, response: Response, request: Request, value: str) -> None:
         """The cookie that holds a login in progress (Lax: it must come back from the provider)."""
-        response.set_cookie(OIDC_COOKIE, value, max_age=OIDC_LOGIN_MAX_AGE_S, path="/auth/",
-                            httponly=True, samesite="lax",
-                            secure=request.url.scheme == "https")  # fmt: skip
+        response.set_cookie(
+            OIDC_COOKIE,
+            value,
+            max_age=OIDC_LOGIN_MAX_AGE_S,
+            path="/auth/",
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
 
     async def finish(self, params: Mapping[str, str], cookie: str | None) -> tuple[str, str]:
         """The user of a completed login and the local path to go to; HTTP errors otherwise."""
@@ -451,8 +494,11 @@ class OidcLogin:
             raise HTTPException(403, f"the OpenID provider refused the login ({_line(refusal)})")
         pending = self.signer.unsign("oidc", cookie) if cookie else None
         if pending is None:
-            raise HTTPException(400, "no login in progress in this browser (or it expired): "
-                                "start again at /auth/oidc/login")  # fmt: skip
+            raise HTTPException(
+                400,
+                "no login in progress in this browser (or it expired): "
+                "start again at /auth/oidc/login",
+            )
         state, code = params.get("state", ""), params.get("code", "")
         if not hmac.compare_digest(state.encode(), str(pending["s"]).encode()) or not code:
             raise HTTPException(400, "the login's state does not match: start again")
@@ -460,8 +506,9 @@ class OidcLogin:
         tokens = await self._exchange(meta, code, str(pending["v"]))
         claims = await self._verified_claims(meta, tokens.get("id_token"))
         try:
-            check_claims(claims, self.config.issuer, self.config.client_id, str(pending["n"]),
-                         time.time())  # fmt: skip
+            check_claims(
+                claims, self.config.issuer, self.config.client_id, str(pending["n"]), time.time()
+            )
         except ValueError as exc:
             raise HTTPException(400, f"login refused: {exc}") from None
         user = oidc_user(claims, self.config.allowed_users)
@@ -491,8 +538,12 @@ class OidcLogin:
 
     async def _exchange(self, meta: dict[str, Any], code: str, verifier: str) -> dict[str, Any]:
         """Trade the code for tokens at the token endpoint, authenticating this client."""
-        form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                "redirect_uri": self.config.redirect_url}  # fmt: skip
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": self.config.redirect_url,
+        }
         headers = {"Accept": "application/json"}
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         secret = self.config.client_secret
@@ -519,31 +570,47 @@ class OidcLogin:
             expected = hmac.new(key, data, f"sha{alg[2:]}").digest()
             valid = bool(key) and hmac.compare_digest(expected, signature)
         else:
-            valid = await self._verify_with_keys(meta, alg, str(header.get("kid", "")), data,
-                                                 signature)  # fmt: skip
+            valid = await self._verify_with_keys(
+                meta, alg, str(header.get("kid", "")), data, signature
+            )
         if not valid:
             raise HTTPException(400, "login refused: the id_token's signature does not verify")
         return claims
 
-    async def _verify_with_keys(self, meta: dict[str, Any], alg: str, kid: str, data: bytes,
-                                signature: bytes) -> bool:  # fmt: skip
+    async def _verify_with_keys(
+        self, meta: dict[str, Any], alg: str, kid: str, data: bytes, signature: bytes
+    ) -> bool:
         """Verify with the provider's JWKS, reloading it once for a key id not seen yet."""
         if not self._keys or (kid and all(k.get("kid") != kid for k in self._keys)):
             keys = (await self._fetch("GET", str(meta["jwks_uri"]))).get("keys")
             self._keys = [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
-        candidates = [k for k in self._keys if (not kid or k.get("kid") == kid)
-                      and k.get("use", "sig") == "sig"]  # fmt: skip
+        candidates = [
+            k
+            for k in self._keys
+            if (not kid or k.get("kid") == kid) and k.get("use", "sig") == "sig"
+        ]
         return any(verify_jws(alg, key, data, signature) for key in candidates)
 
-    async def _fetch(self, method: str, url: str, form: dict[str, str] | None = None,
-                     headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    async def _fetch(
+        self,
+        method: str,
+        url: str,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """A JSON object from the provider; 502 with one line when it cannot be had."""
         timeout = aiohttp.ClientTimeout(total=OIDC_HTTP_TIMEOUT_S)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                method, url, data=form, allow_redirects=False,
-                headers=headers or {"Accept": "application/json"},
-            ) as response:  # fmt: skip
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(
+                    method,
+                    url,
+                    data=form,
+                    allow_redirects=False,
+                    headers=headers or {"Accept": "application/json"},
+                ) as response,
+            ):
                 status, body = response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise HTTPException(
@@ -555,8 +622,9 @@ class OidcLogin:
             document = None
         if status != 200 or not isinstance(document, dict):
             said = document.get("error", "") if isinstance(document, dict) else ""
-            raise HTTPException(502, f"the OpenID provider answered HTTP {status} "
-                                f"{_line(str(said))}".rstrip())  # fmt: skip
+            raise HTTPException(
+                502, f"the OpenID provider answered HTTP {status} {_line(str(said))}".rstrip()
+            )
         return document
 
 

@@ -93,8 +93,11 @@ class ResponseCache:
 
     def _rest(self, exc: BaseException) -> None:
         if time.monotonic() >= self._resting_until:
-            logger.warning("response cache unavailable (%s); events go to the models for %g s",
-                           exc, self._config.retry_after_s)  # fmt: skip
+            logger.warning(
+                "response cache unavailable (%s); events go to the models for %g s",
+                exc,
+                self._config.retry_after_s,
+            )
         self._resting_until = time.monotonic() + self._config.retry_after_s
 
     async def close(self) -> None:

@@ -30,8 +30,9 @@ def topics_of(handlers: list[Handler]) -> set[str]:
 class Catalog:
     """Reloads handlers from the store into the registry, creating the topics new ones need."""
 
-    def __init__(self, store: Store, registry: Registry, kafka: KafkaConfig,
-                 tally: DecoyTally | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, store: Store, registry: Registry, kafka: KafkaConfig, tally: DecoyTally | None = None
+    ) -> None:
         self._store = store
         self._registry = registry
         self._kafka = kafka
@@ -80,8 +81,9 @@ class Catalog:
         self._topics |= wanted
 
 
-def _log_changes(before: dict[str, Handler], active: dict[str, Handler],
-                 down: dict[str, Handler]) -> None:  # fmt: skip
+def _log_changes(
+    before: dict[str, Handler], active: dict[str, Handler], down: dict[str, Handler]
+) -> None:
     for node_id in sorted(active.keys() - before.keys()):
         handler = active[node_id]
         logger.info(

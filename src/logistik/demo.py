@@ -55,15 +55,18 @@ def train_models() -> tuple[list[DemoModel], list[tuple[list[float], int]]]:
         from sklearn.neighbors import KNeighborsClassifier
         from sklearn.svm import SVC
     except ImportError:
-        raise LogistikError("logistik demo needs scikit-learn: pip install 'logistik[demo]'") \
-            from None  # fmt: skip
+        raise LogistikError(
+            "logistik demo needs scikit-learn: pip install 'logistik[demo]'"
+        ) from None
     digits = load_digits()
     half = len(digits.data) // 2
     train_x, train_y = digits.data[:half], digits.target[:half]
     test_x, test_y = digits.data[half:], digits.target[half:]
-    specs = [("digits-nb", "model", "1.0", GaussianNB(), 0.0),
-             ("digits-svm", "canary", "2.0", SVC(gamma=0.001, probability=True), 0.2),
-             ("digits-knn", "decoy", "0.9", KNeighborsClassifier(3), 0.0)]  # fmt: skip
+    specs = [
+        ("digits-nb", "model", "1.0", GaussianNB(), 0.0),
+        ("digits-svm", "canary", "2.0", SVC(gamma=0.001, probability=True), 0.2),
+        ("digits-knn", "decoy", "0.9", KNeighborsClassifier(3), 0.0),
+    ]
     models = []
     for name, kind, version, estimator, traffic in specs:
         estimator.fit(train_x, train_y)
@@ -106,46 +109,78 @@ async def serve_model(model: DemoModel) -> web.AppRunner:
 
 def demo_config(broker: str, workdir: Path, models: list[DemoModel], web_port: int) -> Config:
     """The config the demo runs logistik with."""
-    handlers = [{"name": m.name, "service_id": m.name, "group_id": "digits", "event": TOPIC,
-                 "endpoint": "127.0.0.1", "hostname": "demo", "port": m.port,
-                 "path": "/predict", "version": m.version, "model_type": m.model_type,
-                 "traffic": m.traffic, "return_to": RESULTS if m.model_type != "decoy" else None}
-                for m in models]  # fmt: skip
-    return Config.model_validate({
-        "kafka": {"bootstrap_servers": broker, "group_id": "logistik-demo",
-                  "session_timeout_ms": 6000, "partitions": 3},
-        "database": {"url": f"sqlite:///{workdir / 'logistik.db'}"},
-        "discovery": {"handlers": handlers, "refresh_s": 1.0},
-        "web": {"port": web_port},
-    })  # fmt: skip
+    handlers = [
+        {
+            "name": m.name,
+            "service_id": m.name,
+            "group_id": "digits",
+            "event": TOPIC,
+            "endpoint": "127.0.0.1",
+            "hostname": "demo",
+            "port": m.port,
+            "path": "/predict",
+            "version": m.version,
+            "model_type": m.model_type,
+            "traffic": m.traffic,
+            "return_to": RESULTS if m.model_type != "decoy" else None,
+        }
+        for m in models
+    ]
+    return Config.model_validate(
+        {
+            "kafka": {
+                "bootstrap_servers": broker,
+                "group_id": "logistik-demo",
+                "session_timeout_ms": 6000,
+                "partitions": 3,
+            },
+            "database": {"url": f"sqlite:///{workdir / 'logistik.db'}"},
+            "discovery": {"handlers": handlers, "refresh_s": 1.0},
+            "web": {"port": web_port},
+        }
+    )
 
 
-async def stream(producer: EventProducer, samples: list[tuple[list[float], int]],
-                 rate: float, stop: asyncio.Event) -> None:  # fmt: skip
+async def stream(
+    producer: EventProducer,
+    samples: list[tuple[list[float], int]],
+    rate: float,
+    stop: asyncio.Event,
+) -> None:
     """Produce digits as events, `rate` per second, until stopped."""
     index = 0
     while not stop.is_set():
         pixels, truth = samples[index % len(samples)]
-        event = {"verb": "classify", "actor": {"id": f"user-{index % 7}"},
-                 "provider": {"id": "demo"},
-                 "object": {"id": f"digit-{index}", "objectType": "image", "content": pixels,
-                            "summary": f"a handwritten {truth}"}}  # fmt: skip
+        event = {
+            "verb": "classify",
+            "actor": {"id": f"user-{index % 7}"},
+            "provider": {"id": "demo"},
+            "object": {
+                "id": f"digit-{index}",
+                "objectType": "image",
+                "content": pixels,
+                "summary": f"a handwritten {truth}",
+            },
+        }
         await producer.send(TOPIC, orjson.dumps(event))
         index += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), random.expovariate(rate))
 
 
-async def run_demo(stop: asyncio.Event, web_port: int, rate: float,
-                   broker: EmbeddedBroker) -> None:  # fmt: skip
+async def run_demo(stop: asyncio.Event, web_port: int, rate: float, broker: EmbeddedBroker) -> None:
     """Train, serve, route and stream until stopped; everything started is stopped again."""
     from logistik.runner import Runner
 
     logging.getLogger(EVENTS_LOGGER).setLevel(logging.WARNING)  # summaries instead
     models, samples = await asyncio.to_thread(train_models)
     for model in models:
-        logger.info("trained %s (%s, accuracy %.1f%% on held-out digits)", model.name,
-                    model.model_type, model.accuracy * 100)  # fmt: skip
+        logger.info(
+            "trained %s (%s, accuracy %.1f%% on held-out digits)",
+            model.name,
+            model.model_type,
+            model.accuracy * 100,
+        )
     servers = [await serve_model(m) for m in models]
     with tempfile.TemporaryDirectory(prefix="logistik-demo-") as workdir:
         config = demo_config(broker.bootstrap_servers, Path(workdir), models, web_port)
@@ -153,9 +188,11 @@ async def run_demo(stop: asyncio.Event, web_port: int, rate: float,
         routing = asyncio.create_task(runner.run(stop), name="router")
         producer = EventProducer(config.kafka)
         producer.start()
-        print(f"logistik demo: web UI on http://127.0.0.1:{web_port}/ ; broker "
-              f"{broker.bootstrap_servers}; answers on topic {RESULTS}. Ctrl-C stops.",
-              flush=True)  # fmt: skip
+        print(
+            f"logistik demo: web UI on http://127.0.0.1:{web_port}/ ; broker "
+            f"{broker.bootstrap_servers}; answers on topic {RESULTS}. Ctrl-C stops.",
+            flush=True,
+        )
         feeder = asyncio.create_task(stream(producer, samples, rate, stop), name="stream")
         summary = asyncio.create_task(_summaries(runner, stop), name="summary")
         try:
@@ -182,17 +219,24 @@ async def _summaries(runner: Any, stop: asyncio.Event) -> None:
 async def summary(store: Any, figures: Any) -> list[str]:
     """One phrase per model: answers, canary share, decoy agreement."""
     records = await store.records()
-    answered = {r.node_id: figures.handlers[r.node_id].answers.get("ok", 0)
-                for r in records if figures and r.node_id in figures.handlers}  # fmt: skip
+    answered = {
+        r.node_id: figures.handlers[r.node_id].answers.get("ok", 0)
+        for r in records
+        if figures and r.node_id in figures.handlers
+    }
     published = sum(n for node, n in answered.items() if "-decoy-" not in node) or 1
     phrases = []
     for record in records:
         handler, count = record.handler, answered.get(record.node_id, 0)
         if handler.model_type.value == "decoy":
             agreement = f"{record.agreement:.0%}" if record.agreement is not None else "-"
-            phrases.append(f"{handler.name} (decoy) agrees with production {agreement} "
-                           f"of {record.decoy_compared}")  # fmt: skip
+            phrases.append(
+                f"{handler.name} (decoy) agrees with production {agreement} "
+                f"of {record.decoy_compared}"
+            )
         else:
-            phrases.append(f"{handler.name} ({handler.model_type.value}) answered {count} "
-                           f"({count / published:.0%})")  # fmt: skip
+            phrases.append(
+                f"{handler.name} ({handler.model_type.value}) answered {count} "
+                f"({count / published:.0%})"
+            )
     return phrases

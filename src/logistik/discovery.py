@@ -28,11 +28,27 @@ from logistik.store import Store
 logger = logging.getLogger(__name__)
 
 SOURCE = "consul"
-TAG_FIELDS = {"model": "model_type", "node": "node", "hostname": "hostname",
-              "version": "version", "event": "event", "path": "path", "returnto": "return_to",
-              "group_id": "group_id", "environment": "environment"}  # fmt: skip
-INFO_FIELDS = ("event", "path", "method", "return_to", "failed_topic", "group_id", "retries",
-               "timeout")  # fmt: skip
+TAG_FIELDS = {
+    "model": "model_type",
+    "node": "node",
+    "hostname": "hostname",
+    "version": "version",
+    "event": "event",
+    "path": "path",
+    "returnto": "return_to",
+    "group_id": "group_id",
+    "environment": "environment",
+}
+INFO_FIELDS = (
+    "event",
+    "path",
+    "method",
+    "return_to",
+    "failed_topic",
+    "group_id",
+    "retries",
+    "timeout",
+)
 INHERITED_FIELDS = ("event", "path", "method")
 BLOCK_WAIT_S = 60.0
 BACKOFF_CAP_S = 30.0
@@ -64,14 +80,20 @@ def instance_of(entry: Mapping[str, Any]) -> Instance:
     """An entry of /v1/health/service/<name> as an Instance."""
     service, node = entry.get("Service") or {}, entry.get("Node") or {}
     checks = entry.get("Checks") or []
-    failing = [f"{c.get('Name') or c.get('CheckID')}: {c.get('Status')}"
-               for c in checks if c.get("Status") != "passing"]  # fmt: skip
+    failing = [
+        f"{c.get('Name') or c.get('CheckID')}: {c.get('Status')}"
+        for c in checks
+        if c.get("Status") != "passing"
+    ]
     return Instance(
-        service=str(service.get("Service", "")), consul_id=str(service.get("ID", "")),
+        service=str(service.get("Service", "")),
+        consul_id=str(service.get("ID", "")),
         address=str(service.get("Address") or node.get("Address") or ""),
-        port=int(service.get("Port") or 0), tags=parse_tags(list(service.get("Tags") or [])),
-        passing=not failing, failing_checks=failing,
-    )  # fmt: skip
+        port=int(service.get("Port") or 0),
+        tags=parse_tags(list(service.get("Tags") or [])),
+        passing=not failing,
+        failing_checks=failing,
+    )
 
 
 class InfoCache:
@@ -88,7 +110,8 @@ class InfoCache:
             return self._answers[instance.consul_id]
         environment = instance.tags.get("environment", "")
         url = f"http://{instance.address}:{instance.port}/info" + (
-            f"/{environment}" if environment else "")  # fmt: skip
+            f"/{environment}" if environment else ""
+        )
         try:
             async with self._session.get(url, timeout=self._timeout) as response:
                 if response.status != 200:
@@ -111,8 +134,13 @@ class InfoCache:
 class ConsulDiscovery:
     """Keeps the store's `consul` handlers in line with Consul; survives Consul going away."""
 
-    def __init__(self, config: ConsulConfig, store: Store, session: aiohttp.ClientSession,
-                 wait_s: float = BLOCK_WAIT_S) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ConsulConfig,
+        store: Store,
+        session: aiohttp.ClientSession,
+        wait_s: float = BLOCK_WAIT_S,
+    ) -> None:
         self._config = config
         self._store = store
         self._info = InfoCache(session)
@@ -135,8 +163,9 @@ class ConsulDiscovery:
 
     async def _watch_catalog(self, client: ConsulClient) -> None:
         index = 0
-        async for answer in self._blocking(lambda i: client.catalog_services(
-                index=i, wait_s=self._wait_s), "the catalog"):  # fmt: skip
+        async for answer in self._blocking(
+            lambda i: client.catalog_services(index=i, wait_s=self._wait_s), "the catalog"
+        ):
             index = next_index(index, answer.index)
             names = {n for n, tags in answer.value.items() if self._config.tag in tags}
             for name in names - self._watchers.keys():
@@ -176,8 +205,11 @@ class ConsulDiscovery:
     def _failing(self, exc: ConsulError, what: str, failures: int) -> None:
         self.error = str(exc)
         if failures == 1:
-            logger.error("discovery: %s (watching %s); routing with the last known handlers, "
-                         "retrying", exc, what)  # fmt: skip
+            logger.error(
+                "discovery: %s (watching %s); routing with the last known handlers, retrying",
+                exc,
+                what,
+            )
 
     def _recovered(self, what: str) -> None:
         self.error = None
@@ -216,14 +248,24 @@ class ConsulDiscovery:
                 handlers.append(handler)
                 if problem:
                     problems[handler.node_id] = problem
-                known.update({k: getattr(handler, k) for k in INHERITED_FIELDS
-                              if k not in known and handler.problem() is None})  # fmt: skip
+                known.update(
+                    {
+                        k: getattr(handler, k)
+                        for k in INHERITED_FIELDS
+                        if k not in known and handler.problem() is None
+                    }
+                )
         return handlers, problems
 
-    async def _handler(self, name: str, instance: Instance, inherited: dict[str, Any],
-                       ) -> tuple[Handler | None, str | None]:  # fmt: skip
-        fields: dict[str, Any] = {TAG_FIELDS[k]: v for k, v in instance.tags.items()
-                                  if k in TAG_FIELDS and v}  # fmt: skip
+    async def _handler(
+        self,
+        name: str,
+        instance: Instance,
+        inherited: dict[str, Any],
+    ) -> tuple[Handler | None, str | None]:
+        fields: dict[str, Any] = {
+            TAG_FIELDS[k]: v for k, v in instance.tags.items() if k in TAG_FIELDS and v
+        }
         problems: list[str] = []
         if "hostname" not in fields:
             problems.append("no hostname= tag")
@@ -236,10 +278,16 @@ class ConsulDiscovery:
             fields.setdefault(key, inherited.get(key))
         if not instance.passing:
             problems.append("checks not passing: " + "; ".join(instance.failing_checks))
-        values = {**{k: v for k, v in fields.items() if v is not None}, "name": name,
-                  "service_id": name, "endpoint": instance.address, "port": instance.port,
-                  "consul_service_id": instance.consul_id, "tags": sorted(instance.tags),
-                  "enabled": instance.passing and not problems}  # fmt: skip
+        values = {
+            **{k: v for k, v in fields.items() if v is not None},
+            "name": name,
+            "service_id": name,
+            "endpoint": instance.address,
+            "port": instance.port,
+            "consul_service_id": instance.consul_id,
+            "tags": sorted(instance.tags),
+            "enabled": instance.passing and not problems,
+        }
         values.setdefault("event", "")
         try:
             handler = Handler.model_validate(values)

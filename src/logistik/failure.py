@@ -62,12 +62,16 @@ class FailedRecord:
         """What the API shows of a failure (not the event itself)."""
         return {
             "at": self.failed_at.isoformat(timespec="milliseconds"),
-            "topic": self.topic, "failed_topic": failed_topic,
+            "topic": self.topic,
+            "failed_topic": failed_topic,
             "source": f"{self.topic}/{self.partition}/{self.offset}",
-            "event_id": self.event_id or None, "group": self.group_id or None,
-            "reason": self.reason, "error": self.error, "nodes": list(self.failed_nodes),
+            "event_id": self.event_id or None,
+            "group": self.group_id or None,
+            "reason": self.reason,
+            "error": self.error,
+            "nodes": list(self.failed_nodes),
             "retries": self.retries,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_headers(cls, value: bytes | None, headers: list[tuple[str, bytes]]) -> FailedRecord:
@@ -99,8 +103,9 @@ REPLAY_GROUPS = HEADER_PREFIX + "replay_groups"
 REPLAYS = HEADER_PREFIX + "replays"
 
 
-def replay_marks(headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, Any],
-                 ) -> tuple[int, frozenset[str] | None]:  # fmt: skip
+def replay_marks(
+    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, Any],
+) -> tuple[int, frozenset[str] | None]:
     """From a record's headers: how often it was replayed, and the groups it is meant for."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     replays, groups = 0, None

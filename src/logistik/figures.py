@@ -15,8 +15,26 @@ KINDS = ("ok", "ignored", "duplicate", "refused", "error", "timeout")
 LATENCY_SAMPLES = 2048  # recent calls kept per handler for percentiles
 MINUTES = 60  # per-minute history kept per handler
 # Latency histogram buckets (seconds), as Prometheus' defaults plus finer low ones.
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
-                     2.5, 5.0, 7.5, 10.0, 30.0, 60.0)  # fmt: skip
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)
 RECENT_FAILURES = 200
 
 
@@ -87,15 +105,23 @@ class HandlerFigures:
             "requests": self.requests,
             "retries": self.retries,
             "answers": {kind: self.answers.get(kind, 0) for kind in KINDS},
-            "latency_ms": {name: None if (v := percentile(ordered, share)) is None else v * 1000
-                           for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+            "latency_ms": {
+                name: None if (v := percentile(ordered, share)) is None else v * 1000
+                for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+            },
             "per_minute_5m": sum(m.calls for m in recent) / 5,
             "last_error": self.last_error or None,
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
-            "minutes": [{"at": m.start * 60, "calls": m.calls, "errors": m.errors,
-                         "latency_ms": m.latency_sum_s / m.calls * 1000 if m.calls else None}
-                        for m in self.minutes],
-        }  # fmt: skip
+            "minutes": [
+                {
+                    "at": m.start * 60,
+                    "calls": m.calls,
+                    "errors": m.errors,
+                    "latency_ms": m.latency_sum_s / m.calls * 1000 if m.calls else None,
+                }
+                for m in self.minutes
+            ],
+        }
 
 
 class Figures:
@@ -128,6 +154,11 @@ class Figures:
     def topics(self) -> dict[str, dict[str, Any]]:
         """Per topic: events in, answers published, records failed by reason."""
         names = set(self.events_in) | set(self.published) | {t for t, _ in self.failed}
-        return {name: {"events_in": self.events_in[name], "published": self.published[name],
-                       "failed": {r: n for (t, r), n in self.failed.items() if t == name}}
-                for name in sorted(names)}  # fmt: skip
+        return {
+            name: {
+                "events_in": self.events_in[name],
+                "published": self.published[name],
+                "failed": {r: n for (t, r), n in self.failed.items() if t == name},
+            }
+            for name in sorted(names)
+        }

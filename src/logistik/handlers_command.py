@@ -19,8 +19,14 @@ from logistik.service import HandlerService, with_service
 from logistik.store import HandlerRecord
 
 T = TypeVar("T")
-STATE_STYLES = {"active": "green", "down": "red", "gone": "dim", "disabled": "yellow",
-                "retired": "dim", "invalid": "red"}  # fmt: skip
+STATE_STYLES = {
+    "active": "green",
+    "down": "red",
+    "gone": "dim",
+    "disabled": "yellow",
+    "retired": "dim",
+    "invalid": "red",
+}
 
 
 def _call(ctx: click.Context, action: Callable[[HandlerService], Awaitable[T]]) -> T:
@@ -50,21 +56,39 @@ def _row(record: HandlerRecord) -> dict[str, Any]:
 
 def _table(records: list[HandlerRecord]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("node id", "topic", "group", "type", "version", "address", "state",
-                   "traffic", "returns to", "agreement"):  # fmt: skip
+    for column in (
+        "node id",
+        "topic",
+        "group",
+        "type",
+        "version",
+        "address",
+        "state",
+        "traffic",
+        "returns to",
+        "agreement",
+    ):
         table.add_column(column, no_wrap=column in ("node id", "address"))
     for record in records:
         handler = record.handler
-        agreement = f"{record.agreement:.1%} of {record.decoy_compared}" \
-            if record.agreement is not None else ""  # fmt: skip
+        agreement = (
+            f"{record.agreement:.1%} of {record.decoy_compared}"
+            if record.agreement is not None
+            else ""
+        )
         state = record.state
         table.add_row(
-            handler.node_id, handler.event, handler.group_id, handler.model_type.value,
-            handler.version or "-", f"{handler.endpoint}:{handler.port}{handler.path}",
+            handler.node_id,
+            handler.event,
+            handler.group_id,
+            handler.model_type.value,
+            handler.version or "-",
+            f"{handler.endpoint}:{handler.port}{handler.path}",
             f"[{STATE_STYLES.get(state, '')}]{state}[/]",
             f"{handler.traffic:g}" if handler.model_type.value == "canary" else "",
-            handler.return_to or "-", agreement,
-        )  # fmt: skip
+            handler.return_to or "-",
+            agreement,
+        )
     return table
 
 
@@ -109,8 +133,14 @@ def handlers(ctx: click.Context, config_file: str | None) -> None:
 @click.option("--state", type=click.Choice(sorted(STATE_STYLES)))
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
-def list_handlers(ctx: click.Context, topic: str | None, model_type: str | None,
-                  host: str | None, state: str | None, as_json: bool) -> None:  # fmt: skip
+def list_handlers(
+    ctx: click.Context,
+    topic: str | None,
+    model_type: str | None,
+    host: str | None,
+    state: str | None,
+    as_json: bool,
+) -> None:
     """List handlers.
 
     \b

@@ -21,8 +21,12 @@ CACHE_S = 1.0
 class Readiness:
     """Checks what the router needs to do its job; results are cached for a second."""
 
-    def __init__(self, kafka: KafkaConfig, store: Store, loop_age_s: Callable[[], float | None],
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        store: Store,
+        loop_age_s: Callable[[], float | None],
+    ) -> None:
         self._kafka = kafka
         self._admin = AdminClient(base_config(kafka.bootstrap_servers))
         self._store = store
@@ -36,8 +40,11 @@ class Readiness:
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < CACHE_S:
                 return self._cached[1]
-            checks = {"broker": await self._broker(), "store": await self._store_check(),
-                      "consuming": self._consuming()}  # fmt: skip
+            checks = {
+                "broker": await self._broker(),
+                "store": await self._store_check(),
+                "consuming": self._consuming(),
+            }
             result = {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
             self._cached = (now, result)
             return result

@@ -218,8 +218,11 @@ class EventConsumer:
             time.sleep(0.01)
         left = self._book.in_progress(keys)
         if left:
-            logger.warning("revoked %s with %d event(s) still in flight: they will be "
-                           "delivered again", _names(partitions), left)  # fmt: skip
+            logger.warning(
+                "revoked %s with %d event(s) still in flight: they will be delivered again",
+                _names(partitions),
+                left,
+            )
         self.commit(self._book.forget(keys), wait=True)
         revoked = set(keys)
         self._assignment = [p for p in self._assignment if (p.topic, p.partition) not in revoked]
@@ -235,8 +238,9 @@ class EventProducer:
     GIL once per report from a busy event loop, which costs far more than the report.
     """
 
-    def __init__(self, kafka: KafkaConfig, busy_poll_s: float = 0.001,
-                 idle_poll_s: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self, kafka: KafkaConfig, busy_poll_s: float = 0.001, idle_poll_s: float = 0.5
+    ) -> None:
         self._producer = Producer(producer_config(kafka))
         self._busy_poll_s = busy_poll_s
         self._idle_poll_s = idle_poll_s
@@ -287,8 +291,9 @@ class EventProducer:
             self._schedule(busy=True)
         await future
 
-    def _delivered(self, future: asyncio.Future[None], topic: str, err: KafkaError | None,
-                   msg: Message) -> None:  # fmt: skip
+    def _delivered(
+        self, future: asyncio.Future[None], topic: str, err: KafkaError | None, msg: Message
+    ) -> None:
         # Called by poll() on the event loop's thread: the future can be settled directly.
         if future.done():
             return

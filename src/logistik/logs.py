@@ -38,8 +38,10 @@ class RateLimit(logging.Filter):
             held = int(window[2]) if window else 0
             self._seen[key] = [now, 1, 0]
             if held:
-                record.msg = f"{record.msg} ({held} similar line(s) held back in the last " \
-                             f"{self._window_s:g} s)"  # fmt: skip
+                record.msg = (
+                    f"{record.msg} ({held} similar line(s) held back in the last "
+                    f"{self._window_s:g} s)"
+                )
             return True
         window[1] += 1
         if window[1] <= self._burst:

@@ -39,12 +39,15 @@ class RouterCollector(Collector):
     def _handler_metrics(
         self,
     ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        requests = CounterMetricFamily("logistik_handler_requests", "Calls to the model.",
-                                       labels=HANDLER_LABELS)  # fmt: skip
-        answers = CounterMetricFamily("logistik_handler_answers", "Answers by outcome.",
-                                      labels=[*HANDLER_LABELS, "outcome"])  # fmt: skip
-        retries = CounterMetricFamily("logistik_handler_retries", "Calls that were retries.",
-                                      labels=HANDLER_LABELS)  # fmt: skip
+        requests = CounterMetricFamily(
+            "logistik_handler_requests", "Calls to the model.", labels=HANDLER_LABELS
+        )
+        answers = CounterMetricFamily(
+            "logistik_handler_answers", "Answers by outcome.", labels=[*HANDLER_LABELS, "outcome"]
+        )
+        retries = CounterMetricFamily(
+            "logistik_handler_retries", "Calls that were retries.", labels=HANDLER_LABELS
+        )
         latency = HistogramMetricFamily(
             "logistik_handler_latency_seconds",
             "Time from request to answer.",
@@ -58,30 +61,38 @@ class RouterCollector(Collector):
                 answers.add_metric([*labels, kind], figures.answers.get(kind, 0))
             cumulative = list(accumulate(figures.bucket_counts))
             buckets = [(f"{b:g}", c) for b, c in zip(LATENCY_BUCKETS_S, cumulative, strict=True)]
-            latency.add_metric(labels, [*buckets, ("+Inf", figures.requests)],
-                               figures.latency_sum_s)  # fmt: skip
-        in_flight = GaugeMetricFamily("logistik_handler_in_flight", "Calls waiting or running.",
-                                      labels=HANDLER_LABELS)  # fmt: skip
+            latency.add_metric(
+                labels, [*buckets, ("+Inf", figures.requests)], figures.latency_sum_s
+            )
+        in_flight = GaugeMetricFamily(
+            "logistik_handler_in_flight", "Calls waiting or running.", labels=HANDLER_LABELS
+        )
         for handler in self._registry.handlers():
             instance = self._registry.instance(handler.node_id)
-            in_flight.add_metric(self._labels(handler.node_id),
-                                 instance.in_flight if instance else 0)  # fmt: skip
+            in_flight.add_metric(
+                self._labels(handler.node_id), instance.in_flight if instance else 0
+            )
         yield from (requests, answers, retries, latency, in_flight)
 
     def _topic_metrics(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         events = CounterMetricFamily("logistik_topic_events", "Records consumed.", labels=["topic"])
-        published = CounterMetricFamily("logistik_topic_published", "Answers published.",
-                                        labels=["topic"])  # fmt: skip
-        failed = CounterMetricFamily("logistik_topic_failed", "Records sent to a failed topic.",
-                                     labels=["topic", "reason"])  # fmt: skip
+        published = CounterMetricFamily(
+            "logistik_topic_published", "Answers published.", labels=["topic"]
+        )
+        failed = CounterMetricFamily(
+            "logistik_topic_failed", "Records sent to a failed topic.", labels=["topic", "reason"]
+        )
         for topic, count in self._figures.events_in.items():
             events.add_metric([topic], count)
         for topic, count in self._figures.published.items():
             published.add_metric([topic], count)
         for (topic, reason), count in self._figures.failed.items():
             failed.add_metric([topic, reason], count)
-        lag = GaugeMetricFamily("logistik_consumer_lag", "Records behind the partition's end.",
-                                labels=["topic", "partition"])  # fmt: skip
+        lag = GaugeMetricFamily(
+            "logistik_consumer_lag",
+            "Records behind the partition's end.",
+            labels=["topic", "partition"],
+        )
         for (topic, partition), behind in sorted(self._lag().items()):
             lag.add_metric([topic, str(partition)], behind)
         yield from (events, published, failed, lag)

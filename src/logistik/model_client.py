@@ -52,8 +52,13 @@ class Answer:
 
 
 _RETRY_4XX = frozenset({408, 425, 429})
-_KINDS = {Outcome.OK: "ok", Outcome.IGNORED: "ignored", Outcome.DUPLICATE: "duplicate",
-          Outcome.REJECTED: "refused", Outcome.RETRY: "error"}  # fmt: skip
+_KINDS = {
+    Outcome.OK: "ok",
+    Outcome.IGNORED: "ignored",
+    Outcome.DUPLICATE: "duplicate",
+    Outcome.REJECTED: "refused",
+    Outcome.RETRY: "error",
+}
 
 
 class ModelClient:
@@ -80,8 +85,9 @@ class ModelClient:
         if self._session is not None:
             await self._session.close()
 
-    async def call(self, handler: Handler, body: bytes, timeout_s: float,
-                   headers: dict[str, str] | None = None) -> Answer:  # fmt: skip
+    async def call(
+        self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> Answer:
         """Send one event to one handler and classify the answer; never raises for model faults."""
         assert self._session is not None, "ModelClient used outside 'async with'"
         timeout = self._timeouts.get(timeout_s)

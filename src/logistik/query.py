@@ -44,33 +44,52 @@ def parse_body(payload: bytes) -> Any:
 
 async def query(handler: Handler, event: Event, timeout_s: float, max_bytes: int) -> dict[str, Any]:
     """Send an event to a handler's own address, method and path; its answer classified."""
-    result: dict[str, Any] = {"node_id": handler.node_id, "url": handler.url, "status": None,
-                              "outcome": "error", "latency_ms": 0.0, "body": None,
-                              "error": None}  # fmt: skip
+    result: dict[str, Any] = {
+        "node_id": handler.node_id,
+        "url": handler.url,
+        "status": None,
+        "outcome": "error",
+        "latency_ms": 0.0,
+        "body": None,
+        "error": None,
+    }
     started = time.perf_counter()
     try:
-        async with aiohttp.ClientSession(
-            headers={"Content-Type": "application/json", "User-Agent": "logistik"},
-            skip_auto_headers=("Accept-Encoding",),
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as session, session.request(
-            handler.method, handler.url, data=encode_event(event), allow_redirects=False
-        ) as response:  # fmt: skip
+        async with (
+            aiohttp.ClientSession(
+                headers={"Content-Type": "application/json", "User-Agent": "logistik"},
+                skip_auto_headers=("Accept-Encoding",),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as session,
+            session.request(
+                handler.method, handler.url, data=encode_event(event), allow_redirects=False
+            ) as response,
+        ):
             result["status"] = response.status
             payload = await read_at_most(response, max_bytes)
             retry_after = response.headers.get("Retry-After")
     except TimeoutError:
         latency = time.perf_counter() - started
-        return {**result, "outcome": "timeout", "latency_ms": latency * 1000,
-                "error": f"timeout after {timeout_s:g} s (web.query_timeout_s)"}  # fmt: skip
+        return {
+            **result,
+            "outcome": "timeout",
+            "latency_ms": latency * 1000,
+            "error": f"timeout after {timeout_s:g} s (web.query_timeout_s)",
+        }
     except aiohttp.ClientError as exc:
         latency = time.perf_counter() - started
         return {**result, "latency_ms": latency * 1000, "error": describe_error(exc)}
     latency = time.perf_counter() - started
     result["latency_ms"] = latency * 1000
     if payload is None:
-        return {**result, "error": f"the answer is larger than {max_bytes} bytes "
-                "(web.query_max_bytes)"}  # fmt: skip
+        return {
+            **result,
+            "error": f"the answer is larger than {max_bytes} bytes (web.query_max_bytes)",
+        }
     answer = classify(result["status"], payload, retry_after, latency)
-    return {**result, "outcome": answer.kind, "body": parse_body(payload),
-            "error": answer.error or None}  # fmt: skip
+    return {
+        **result,
+        "outcome": answer.kind,
+        "body": parse_body(payload),
+        "error": answer.error or None,
+    }

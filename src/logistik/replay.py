@@ -35,11 +35,21 @@ from logistik.kafka import Headers, QuietLog, base_config
 from logistik.tail import client_config, header_pairs, kafka_settings, topic_partitions
 
 # Reasons that say the bytes are not an event: replaying them would only fail again.
-INVALID_REASONS = frozenset({Reason.EMPTY, Reason.NOT_UTF8, Reason.INVALID_JSON,
-                             Reason.NOT_OBJECT, Reason.MISSING_VERB})  # fmt: skip
-ALL_REASONS = (Reason.EMPTY, Reason.NOT_UTF8, Reason.INVALID_JSON, Reason.NOT_OBJECT,
-               Reason.MISSING_VERB, Reason.REJECTED, Reason.RETRIES_EXHAUSTED, Reason.NO_HANDLER,
-               Reason.PUBLISH_FAILED, Reason.INTERNAL)  # fmt: skip
+INVALID_REASONS = frozenset(
+    {Reason.EMPTY, Reason.NOT_UTF8, Reason.INVALID_JSON, Reason.NOT_OBJECT, Reason.MISSING_VERB}
+)
+ALL_REASONS = (
+    Reason.EMPTY,
+    Reason.NOT_UTF8,
+    Reason.INVALID_JSON,
+    Reason.NOT_OBJECT,
+    Reason.MISSING_VERB,
+    Reason.REJECTED,
+    Reason.RETRIES_EXHAUSTED,
+    Reason.NO_HANDLER,
+    Reason.PUBLISH_FAILED,
+    Reason.INTERNAL,
+)
 REPLAYED_FROM = HEADER_PREFIX + "replayed_from"
 FAILED_AT = HEADER_PREFIX + "failed_at"
 SEND, FILTERED, INVALID, NO_SOURCE, GIVEN_UP = (
@@ -69,13 +79,16 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an ISO time (2024-05-01T12:00:00Z) "
-                                 "nor a relative one (30s, 15m, 2h, 1d, 1w)") from None  # fmt: skip
+        raise click.BadParameter(
+            f"{text!r} is neither an ISO time (2024-05-01T12:00:00Z) "
+            "nor a relative one (30s, 15m, 2h, 1d, 1w)"
+        ) from None
     return moment if moment.tzinfo else moment.astimezone()
 
 
-def _moment_option(_ctx: click.Context, _param: click.Parameter,
-                   value: str | None) -> datetime | None:  # fmt: skip
+def _moment_option(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> datetime | None:
     return None if value is None else parse_moment(value)
 
 
@@ -119,8 +132,10 @@ class Selection:
 
 def replay_headers(record: FailedRecord, origin: str, all_handlers: bool) -> Headers:
     """Headers of a replayed event: its replay count, where it came from, the group it is for."""
-    headers: Headers = [(REPLAYS, str(record.replays + 1).encode()),
-                        (REPLAYED_FROM, origin.encode())]  # fmt: skip
+    headers: Headers = [
+        (REPLAYS, str(record.replays + 1).encode()),
+        (REPLAYED_FROM, origin.encode()),
+    ]
     if record.group_id and not all_handlers:
         headers.append((REPLAY_GROUPS, record.group_id.encode()))
     return headers
@@ -169,8 +184,9 @@ class _Partition:
 class Replayer:
     """Reads a failed topic with a consumer group and sends its events back, then commits."""
 
-    def __init__(self, kafka: KafkaConfig, topic: str, group_id: str, selection: Selection,
-                 dry_run: bool) -> None:  # fmt: skip
+    def __init__(
+        self, kafka: KafkaConfig, topic: str, group_id: str, selection: Selection, dry_run: bool
+    ) -> None:
         self.servers, self.topic, self.group_id = kafka.bootstrap_servers, topic, group_id
         self.selection = selection
         self.counts: Counter[str] = Counter()
@@ -185,14 +201,34 @@ class Replayer:
         self._unsettled = 0
         self._errors: list[KafkaError] = []
         self._broken = False  # after a failed send nothing more is committed
-        self._consumer = Consumer(client_config(kafka, **{
-            "group.id": group_id, "enable.auto.commit": False,
-            "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 100, "session.timeout.ms": SESSION_TIMEOUT_MS}))  # fmt: skip
-        self._producer = None if dry_run else Producer({
-            **base_config(kafka.bootstrap_servers), **kafka.producer, "logger": QuietLog(),
-            "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "message.timeout.ms": int(ACK_TIMEOUT_S * 1000)})  # fmt: skip
+        self._consumer = Consumer(
+            client_config(
+                kafka,
+                **{
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 100,
+                    "session.timeout.ms": SESSION_TIMEOUT_MS,
+                },
+            )
+        )
+        self._producer = (
+            None
+            if dry_run
+            else Producer(
+                {
+                    **base_config(kafka.bootstrap_servers),
+                    **kafka.producer,
+                    "logger": QuietLog(),
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    "message.timeout.ms": int(ACK_TIMEOUT_S * 1000),
+                }
+            )
+        )
 
     def close(self) -> None:
         """Leave the group (committing nothing more after a failure)."""
@@ -202,8 +238,12 @@ class Replayer:
     def run(self, timeout_s: float, idle_s: float, progress: ReplayProgress) -> bool:
         """Replay until every assigned partition is read; False when the timeout came first."""
         topic_partitions(self._consumer, self.servers, self.topic)
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        self._consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         deadline = time.monotonic() + timeout_s
         done = False
         try:
@@ -274,9 +314,17 @@ class Replayer:
             return
         where = f"{message.partition()}/{message.offset()}"
         if self._producer is None:
-            self.rows.append((where, record.event_id or "-", record.group_id or "(all)",
-                              record.reason, failed_at.isoformat(timespec="milliseconds"),
-                              str(record.replays), record.topic))  # fmt: skip
+            self.rows.append(
+                (
+                    where,
+                    record.event_id or "-",
+                    record.group_id or "(all)",
+                    record.reason,
+                    failed_at.isoformat(timespec="milliseconds"),
+                    str(record.replays),
+                    record.topic,
+                )
+            )
             return
         origin = f"{self.topic}/{where}"
         self._send(record, replay_headers(record, origin, self.selection.all_handlers))
@@ -285,14 +333,20 @@ class Replayer:
         assert self._producer is not None
         while True:
             try:
-                self._producer.produce(record.topic, record.value, event_key(record.value),
-                                       headers=headers, on_delivery=self._delivered)  # fmt: skip
+                self._producer.produce(
+                    record.topic,
+                    record.value,
+                    event_key(record.value),
+                    headers=headers,
+                    on_delivery=self._delivered,
+                )
                 break
             except BufferError:
                 self._producer.poll(0.1)  # librdkafka's queue is full: wait for acknowledgements
             except KafkaException as exc:
-                raise PublishError(f"cannot write to topic '{record.topic}': "
-                                   f"{exc.args[0].str()}") from None  # fmt: skip
+                raise PublishError(
+                    f"cannot write to topic '{record.topic}': {exc.args[0].str()}"
+                ) from None
         self._producer.poll(0)
         self._unsettled += 1
         if self._unsettled >= COMMIT_EVERY:
@@ -330,15 +384,21 @@ class Replayer:
 
     def _send_failure(self, left: int) -> str:
         if left:
-            return (f"{left} replayed record(s) not acknowledged by {self.servers} within "
-                    f"{ACK_TIMEOUT_S:g} s; the rest of {self.topic} is not committed: "
-                    "run again")  # fmt: skip
-        return (f"{len(self._errors)} replayed record(s) not written: {self._errors[0].str()}; "
-                f"the rest of {self.topic} is not committed: run again")  # fmt: skip
+            return (
+                f"{left} replayed record(s) not acknowledged by {self.servers} within "
+                f"{ACK_TIMEOUT_S:g} s; the rest of {self.topic} is not committed: "
+                "run again"
+            )
+        return (
+            f"{len(self._errors)} replayed record(s) not written: {self._errors[0].str()}; "
+            f"the rest of {self.topic} is not committed: run again"
+        )
 
     def _commit_failure(self, error: str) -> str:
-        return (f"the replayed records were sent, but the position in {self.topic} could not "
-                f"be committed ({error}): a next run sends them again")  # fmt: skip
+        return (
+            f"the replayed records were sent, but the position in {self.topic} could not "
+            f"be committed ({error}): a next run sends them again"
+        )
 
 
 class ReplayProgress:
@@ -347,25 +407,32 @@ class ReplayProgress:
     def __init__(self, topic: str) -> None:
         enabled = sys.stdout.isatty() and sys.stderr.isatty()
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
-            console=Console(stderr=True), disable=not enabled,
-        )  # fmt: skip
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
         self._task = self._progress.add_task(f"replaying {topic}", total=None, counts="")
 
     def __enter__(self) -> ReplayProgress:
         self._progress.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._progress.stop()
 
     def update(self, replayer: Replayer) -> None:
         """Show how far the replay got."""
         c = replayer.counts
-        counts = (f"sent {c[SEND]} · skipped by filter {c[FILTERED]} · skipped invalid "
-                  f"{c[INVALID] + c[NO_SOURCE]} · given up {c[GIVEN_UP]}")  # fmt: skip
+        counts = (
+            f"sent {c[SEND]} · skipped by filter {c[FILTERED]} · skipped invalid "
+            f"{c[INVALID] + c[NO_SOURCE]} · given up {c[GIVEN_UP]}"
+        )
         total = max(replayer.total, replayer.read) or None
         self._progress.update(self._task, completed=replayer.read, total=total, counts=counts)
 
@@ -373,35 +440,59 @@ class ReplayProgress:
 def summary(replayer: Replayer, dry_run: bool) -> list[str]:
     """The one-line summary, and a hint per kind of record left behind."""
     c, selection = replayer.counts, replayer.selection
-    skipped = [(c[FILTERED], "skipped by filter"), (c[INVALID], "skipped as not an event"),
-               (c[NO_SOURCE], "skipped without a source topic"),
-               (c[GIVEN_UP], f"given up after {selection.max_replays} replays")]  # fmt: skip
-    line = (f"{'would replay' if dry_run else 'replayed'} {c[SEND]} of {replayer.read} "
-            f"record(s) from {replayer.topic}")  # fmt: skip
+    skipped = [
+        (c[FILTERED], "skipped by filter"),
+        (c[INVALID], "skipped as not an event"),
+        (c[NO_SOURCE], "skipped without a source topic"),
+        (c[GIVEN_UP], f"given up after {selection.max_replays} replays"),
+    ]
+    line = (
+        f"{'would replay' if dry_run else 'replayed'} {c[SEND]} of {replayer.read} "
+        f"record(s) from {replayer.topic}"
+    )
     details = [f"{count} {what}" for count, what in skipped if count]
     lines = [f"{line}: {', '.join(details)}" if details else line]
     if c[INVALID]:
-        lines.append("hint: records that are not an event would fail again; "
-                     "--include-invalid sends them anyway")  # fmt: skip
+        lines.append(
+            "hint: records that are not an event would fail again; "
+            "--include-invalid sends them anyway"
+        )
     if c[GIVEN_UP]:
-        lines.append(f"hint: {c[GIVEN_UP]} record(s) failed again after "
-                     f"{selection.max_replays} replay(s); fix what fails them, then "
-                     f"--max-replays {selection.max_replays + 1} sends them once more")  # fmt: skip
+        lines.append(
+            f"hint: {c[GIVEN_UP]} record(s) failed again after "
+            f"{selection.max_replays} replay(s); fix what fails them, then "
+            f"--max-replays {selection.max_replays + 1} sends them once more"
+        )
     return lines
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
     """What a dry run would send, as a table on stdout."""
     title = "would be replayed" if rows else "nothing would be replayed"
-    table = Table("partition/offset", "event id", "group", "reason", "failed at", "replays",
-                  "target topic", title=title)  # fmt: skip
+    table = Table(
+        "partition/offset",
+        "event id",
+        "group",
+        "reason",
+        "failed at",
+        "replays",
+        "target topic",
+        title=title,
+    )
     for row in rows:
         table.add_row(*row)
     Console(width=None if sys.stdout.isatty() else 240).print(table)
 
 
-def run_replay(kafka: KafkaConfig, topic: str, group_id: str, selection: Selection,
-               dry_run: bool, timeout_s: float, idle_s: float) -> None:  # fmt: skip
+def run_replay(
+    kafka: KafkaConfig,
+    topic: str,
+    group_id: str,
+    selection: Selection,
+    dry_run: bool,
+    timeout_s: float,
+    idle_s: float,
+) -> None:
     """Replay, print what happened and exit 1 when it could not finish."""
     try:
         replayer = Replayer(kafka, topic, group_id, selection, dry_run)
@@ -423,11 +514,15 @@ def run_replay(kafka: KafkaConfig, topic: str, group_id: str, selection: Selecti
     if replayer.interrupted:
         fail("interrupted; what was replayed is committed: run again for the rest")
     if not replayer.assigned:
-        fail(f"no partition of {topic} was assigned to group {group_id} within {timeout_s:g} s "
-             "(is another replay with the same --group-id running?)")  # fmt: skip
+        fail(
+            f"no partition of {topic} was assigned to group {group_id} within {timeout_s:g} s "
+            "(is another replay with the same --group-id running?)"
+        )
     if not done:
-        fail(f"stopped after {timeout_s:g} s before the end of {topic}; what was replayed is "
-             "committed: run again for the rest")  # fmt: skip
+        fail(
+            f"stopped after {timeout_s:g} s before the end of {topic}; what was replayed is "
+            "committed: run again for the rest"
+        )
 
 
 @click.command()
@@ -510,11 +605,23 @@ def run_replay(kafka: KafkaConfig, topic: str, group_id: str, selection: Selecti
 )
 @click.option("--config", "config_file", metavar="FILE", help="YAML config for the broker.")
 @click.option("--bootstrap-servers", help="Overrides kafka.bootstrap_servers.")
-def replay(topic: str, handlers: tuple[str, ...], groups: tuple[str, ...],
-           reasons: tuple[str, ...], since: datetime | None, until: datetime | None,
-           max_replays: int, include_invalid: bool, all_handlers: bool, dry_run: bool,
-           group_id: str, idle_s: float, timeout_s: float, config_file: str | None,
-           bootstrap_servers: str | None) -> None:  # fmt: skip
+def replay(
+    topic: str,
+    handlers: tuple[str, ...],
+    groups: tuple[str, ...],
+    reasons: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    max_replays: int,
+    include_invalid: bool,
+    all_handlers: bool,
+    dry_run: bool,
+    group_id: str,
+    idle_s: float,
+    timeout_s: float,
+    config_file: str | None,
+    bootstrap_servers: str | None,
+) -> None:
     """Send the events of a failed topic back to their topics, for the groups that failed them.
 
     Each failed record goes back to its source topic (header logistik.topic), keyed by the
@@ -537,8 +644,16 @@ def replay(topic: str, handlers: tuple[str, ...], groups: tuple[str, ...],
       logistik replay events-failed --handler face-10.0.0.5-model-0 --max-replays 5
     """
     kafka = kafka_settings(config_file, bootstrap_servers)
-    selection = Selection(frozenset(handlers), frozenset(groups), frozenset(reasons), since,
-                          until, max_replays, include_invalid, all_handlers)  # fmt: skip
+    selection = Selection(
+        frozenset(handlers),
+        frozenset(groups),
+        frozenset(reasons),
+        since,
+        until,
+        max_replays,
+        include_invalid,
+        all_handlers,
+    )
     run_replay(kafka, topic, group_id, selection, dry_run, timeout_s, idle_s)
 
 

@@ -59,10 +59,18 @@ class Delivery:
     ) -> FailedRecord:
         """The failed-topic record for this delivery."""
         return FailedRecord(
-            self.source.topic, self.source.partition, self.source.offset, self.body, reason,
-            error, event_id(self.event), self.group.group_id, tuple(dict.fromkeys(nodes)),
-            retries, self.source.replays,
-        )  # fmt: skip
+            self.source.topic,
+            self.source.partition,
+            self.source.offset,
+            self.body,
+            reason,
+            error,
+            event_id(self.event),
+            self.group.group_id,
+            tuple(dict.fromkeys(nodes)),
+            retries,
+            self.source.replays,
+        )
 
 
 class Router:
@@ -93,8 +101,9 @@ class Router:
         self.decoys = DecoyTally()
         self.figures = Figures()
 
-    async def handle(self, source: Source, raw: bytes | None,
-                     headers: list[tuple[str, Any]] | None = None) -> None:  # fmt: skip
+    async def handle(
+        self, source: Source, raw: bytes | None, headers: list[tuple[str, Any]] | None = None
+    ) -> None:
         """Route one record; returns when every group is done with it."""
         if not self.tracing.enabled:
             await self._route(source, raw)
@@ -108,8 +117,14 @@ class Router:
             event, body = normalise(raw)
         except InvalidEventError as exc:
             topic = f"{source.topic}-failed"
-            logger.warning("%s/%d/%d is not a valid event (%s): sent to %s", source.topic,
-                           source.partition, source.offset, exc, topic)  # fmt: skip
+            logger.warning(
+                "%s/%d/%d is not a valid event (%s): sent to %s",
+                source.topic,
+                source.partition,
+                source.offset,
+                exc,
+                topic,
+            )
             record = FailedRecord(
                 source.topic,
                 source.partition,
@@ -142,8 +157,11 @@ class Router:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must not stall the partition: record the event
-            logger.exception("internal error routing event %s to %s", event_id(delivery.event),
-                             delivery.group.group_id)  # fmt: skip
+            logger.exception(
+                "internal error routing event %s to %s",
+                event_id(delivery.event),
+                delivery.group.group_id,
+            )
             record = delivery.failed(Reason.INTERNAL, f"internal error: {exc!r}")
             await self.write_failed(f"{delivery.group.topic}-failed", record)
 
@@ -165,8 +183,9 @@ class Router:
         group = delivery.group
         if not group.answerable:
             if group.down:
-                error = f"no instance of group {group.group_id} is up (down: " \
-                        f"{', '.join(group.down)})"  # fmt: skip
+                error = (
+                    f"no instance of group {group.group_id} is up (down: {', '.join(group.down)})"
+                )
                 await self._give_up(delivery, [], Reason.NO_HANDLER, error, 0, group.down)
             return None
         pool = group.answering_pool(delivery.event)
@@ -178,16 +197,24 @@ class Router:
                 return await self._publish_cached(delivery, pool[0], cached)
         return await self._ask(delivery, pool, key)
 
-    async def _publish_cached(self, delivery: Delivery, instance: Instance, body: bytes,
-                              ) -> Answer | None:  # fmt: skip
+    async def _publish_cached(
+        self,
+        delivery: Delivery,
+        instance: Instance,
+        body: bytes,
+    ) -> Answer | None:
         answer = Answer(Outcome.OK, 200, body=body)
         if not await self._publish(delivery, instance, answer, cached=True):
             return None
         self._done(delivery, instance, answer, "published from the cache")
         return answer
 
-    async def _ask(self, delivery: Delivery, pool: list[Instance], key: str | None,
-                   ) -> Answer | None:  # fmt: skip
+    async def _ask(
+        self,
+        delivery: Delivery,
+        pool: list[Instance],
+        key: str | None,
+    ) -> Answer | None:
         """Call the pool until an answer, retrying and failing over; None when it failed."""
         tried: list[str] = []
         retry = 0
@@ -212,8 +239,9 @@ class Router:
                 return None
             if retry >= self._retries(instance):
                 failed = [i for i in pool if i.node_id in tried]
-                await self._give_up(delivery, failed, Reason.RETRIES_EXHAUSTED, answer.error,
-                                    retry, tried)  # fmt: skip
+                await self._give_up(
+                    delivery, failed, Reason.RETRIES_EXHAUSTED, answer.error, retry, tried
+                )
                 return None
             retry += 1
             await asyncio.sleep(self._backoff.delay_s(retry, answer.retry_after_s))
@@ -247,15 +275,20 @@ class Router:
             instance.record_success()
         return answer
 
-    async def _traced_call(self, instance: Instance, body: bytes, timeout_s: float,
-                           retry: bool) -> Answer:  # fmt: skip
+    async def _traced_call(
+        self, instance: Instance, body: bytes, timeout_s: float, retry: bool
+    ) -> Answer:
         """A model call inside its own span, the trace context sent along."""
         handler = instance.handler
         with self.tracing.call(handler.node_id, handler.url) as headers:
             answer = await self._client.call(handler, body, timeout_s, headers)
-            self.tracing.annotate(**{"http.response.status_code": answer.status or 0,
-                                     "logistik.outcome": answer.kind,
-                                     "logistik.retry": retry})  # fmt: skip
+            self.tracing.annotate(
+                **{
+                    "http.response.status_code": answer.status or 0,
+                    "logistik.outcome": answer.kind,
+                    "logistik.retry": retry,
+                }
+            )
         return answer
 
     def _keeps_failing(self, instance: Instance, answer: Answer) -> None:
@@ -264,9 +297,13 @@ class Router:
         if alerter is None or handler.model_type.value not in ("model", "canary"):
             return
         if instance.consecutive_failures == alerter.failing_after:
-            alerter.failed(handler.event, handler.group_id, [handler], "",
-                           f"{instance.consecutive_failures} calls in a row failed; last: "
-                           f"{answer.error}")  # fmt: skip
+            alerter.failed(
+                handler.event,
+                handler.group_id,
+                [handler],
+                "",
+                f"{instance.consecutive_failures} calls in a row failed; last: {answer.error}",
+            )
 
     def _done(self, delivery: Delivery, instance: Instance, answer: Answer, what: str) -> None:
         """Log the outcome of one (event, group) and clear the group's alert."""
@@ -274,12 +311,20 @@ class Router:
             self._alerter.recovered(delivery.group.topic, delivery.group.group_id)
         if events_log.isEnabledFor(logging.INFO):
             ident = event_id(delivery.event)
-            events_log.info("event %s group %s -> %s: %s", ident, delivery.group.group_id,
-                            instance.node_id, what,
-                            extra={"event_id": ident, "topic": delivery.source.topic,
-                                   "group": delivery.group.group_id,
-                                   "node_id": instance.node_id,
-                                   "outcome": answer.kind})  # fmt: skip
+            events_log.info(
+                "event %s group %s -> %s: %s",
+                ident,
+                delivery.group.group_id,
+                instance.node_id,
+                what,
+                extra={
+                    "event_id": ident,
+                    "topic": delivery.source.topic,
+                    "group": delivery.group.group_id,
+                    "node_id": instance.node_id,
+                    "outcome": answer.kind,
+                },
+            )
 
     async def _publish(
         self, delivery: Delivery, instance: Instance, answer: Answer, cached: bool = False
@@ -319,15 +364,31 @@ class Router:
         nodes = [*tried, *(i.node_id for i in instances)]
         topic = instances[0].handler.failed_topic_name if instances else f"{group.topic}-failed"
         ident = event_id(delivery.event)
-        events_log.warning("event %s failed in group %s (%s after %d retries): %s; sent to %s",
-                           ident, group.group_id, reason, retries, error, topic,
-                           extra={"event_id": ident, "topic": delivery.source.topic,
-                                  "group": group.group_id, "outcome": "failed",
-                                  "reason": reason})  # fmt: skip
+        events_log.warning(
+            "event %s failed in group %s (%s after %d retries): %s; sent to %s",
+            ident,
+            group.group_id,
+            reason,
+            retries,
+            error,
+            topic,
+            extra={
+                "event_id": ident,
+                "topic": delivery.source.topic,
+                "group": group.group_id,
+                "outcome": "failed",
+                "reason": reason,
+            },
+        )
         await self.write_failed(topic, delivery.failed(reason, error, nodes, retries))
         if reason == Reason.RETRIES_EXHAUSTED and self._alerter is not None:
-            self._alerter.failed(group.topic, group.group_id, [i.handler for i in instances],
-                                 event_id(delivery.event), error)  # fmt: skip
+            self._alerter.failed(
+                group.topic,
+                group.group_id,
+                [i.handler for i in instances],
+                event_id(delivery.event),
+                error,
+            )
 
     async def write_failed(self, topic: str, record: FailedRecord) -> None:
         """Write to a failed topic, retrying until the broker takes it: never drop the record."""
@@ -340,6 +401,9 @@ class Router:
             except PublishError as exc:
                 retry += 1
                 delay_s = min(FAILED_WRITE_RETRY_CAP_S, 0.5 * 2 ** min(retry, 10))
-                logger.error("%s; retrying in %.1f s (the partition waits, nothing is committed)",
-                             exc, delay_s)  # fmt: skip
+                logger.error(
+                    "%s; retrying in %.1f s (the partition waits, nothing is committed)",
+                    exc,
+                    delay_s,
+                )
                 await asyncio.sleep(delay_s)

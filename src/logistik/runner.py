@@ -129,8 +129,13 @@ class Runner:
         )
         return self._router, session
 
-    def _start_discovery(self, stack: AsyncExitStack, store: Store,
-                         session: aiohttp.ClientSession, stop: asyncio.Event) -> None:  # fmt: skip
+    def _start_discovery(
+        self,
+        stack: AsyncExitStack,
+        store: Store,
+        session: aiohttp.ClientSession,
+        stop: asyncio.Event,
+    ) -> None:
         if self.config.discovery.consul is None:
             return
         self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
@@ -139,8 +144,9 @@ class Runner:
 
     def _start_web(self, stack: AsyncExitStack, sock: socket.socket, store: Store) -> None:
         assert self._router is not None
-        state = AppState(self.config, HandlerService(store), self._router.figures,
-                         self.registry, self.status)  # fmt: skip
+        state = AppState(
+            self.config, HandlerService(store), self._router.figures, self.registry, self.status
+        )
         app = create_app(state)
         readiness = Readiness(self.config.kafka, store, self._loop_age_s)
         collectors = metrics_registry(self._router.figures, self.registry, self._lag)
@@ -174,10 +180,13 @@ class Runner:
             "topics": sorted(self.registry.topics()),
             "in_flight": self.in_flight,
             "max_in_flight": self.config.routing.max_in_flight,
-            "consul": None if discovery is None else {
+            "consul": None
+            if discovery is None
+            else {
                 "url": self.config.discovery.consul.url if self.config.discovery.consul else None,
-                "error": discovery.error},
-        }  # fmt: skip
+                "error": discovery.error,
+            },
+        }
 
     async def _consume(self, consumer: EventConsumer, stop: asyncio.Event) -> None:
         routing = self.config.routing
@@ -242,15 +251,19 @@ class Runner:
         tracker = self.book.tracker(topic, partition)
         tracker.add(offset)
         headers = message.headers()
-        source = Source(topic, partition, offset, *replay_marks(headers)) if headers \
-            else Source(topic, partition, offset)  # fmt: skip
+        source = (
+            Source(topic, partition, offset, *replay_marks(headers))
+            if headers
+            else Source(topic, partition, offset)
+        )
         task = asyncio.create_task(self._handle(tracker, source, message.value(), headers))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
 
-    async def _handle(self, tracker: PartitionTracker, source: Source, raw: bytes | None,
-                      headers: Any = None) -> None:  # fmt: skip
+    async def _handle(
+        self, tracker: PartitionTracker, source: Source, raw: bytes | None, headers: Any = None
+    ) -> None:
         assert self._router is not None
         try:
             await self._router.handle(source, raw, headers)

@@ -124,9 +124,11 @@ class HandlerService:
         # One transaction: a router reloading in between would see both versions in production.
         return await self.store.set_admin_many(
             [(r.node_id, {"admin_model_type": PRODUCTION, "admin_traffic": None}) for r in rising]
-            + [(r.node_id, {"admin_model_type": ModelType.CANARY.value, "admin_traffic": 0.0})
-               for r in falling]
-        )  # fmt: skip
+            + [
+                (r.node_id, {"admin_model_type": ModelType.CANARY.value, "admin_traffic": 0.0})
+                for r in falling
+            ]
+        )
 
     async def demote(self, node_id: str) -> HandlerRecord:
         """Make a production instance a canary with traffic 0 (standby, promotable again)."""

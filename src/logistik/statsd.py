@@ -39,8 +39,9 @@ class Statsd:
         if self._transport is None:
             return
         key = f"{self._config.prefix}.{_UNSAFE.sub('_', name)}"
-        packet = (f"{key}.latency:{answer.latency_s * 1000:.3f}|ms\n"
-                  f"{key}.{answer.kind}:1|c").encode()  # fmt: skip
+        packet = (
+            f"{key}.latency:{answer.latency_s * 1000:.3f}|ms\n{key}.{answer.kind}:1|c"
+        ).encode()
         self._transport.sendto(packet)
 
     def close(self) -> None:

@@ -39,10 +39,29 @@ from logistik.handler import Handler, ModelType
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Fields discovery (or the config) owns; admin fields are never written from discovery.
 DISCOVERED_FIELDS = (
-    "name", "service_id", "group_id", "event", "endpoint", "hostname", "port", "path", "method",
-    "version", "node", "model_type", "enabled", "traffic", "timeout_s", "retries", "return_to",
-    "failed_topic", "environment", "tags", "consul_service_id", "startup",
-)  # fmt: skip
+    "name",
+    "service_id",
+    "group_id",
+    "event",
+    "endpoint",
+    "hostname",
+    "port",
+    "path",
+    "method",
+    "version",
+    "node",
+    "model_type",
+    "enabled",
+    "traffic",
+    "timeout_s",
+    "retries",
+    "return_to",
+    "failed_topic",
+    "environment",
+    "tags",
+    "consul_service_id",
+    "startup",
+)
 
 
 class Base(DeclarativeBase):

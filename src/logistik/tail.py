@@ -47,8 +47,12 @@ def kafka_settings(config_file: str | None, bootstrap_servers: str | None) -> Ka
 
 def client_config(kafka: KafkaConfig, **settings: Any) -> dict[str, Any]:
     """librdkafka settings: the shared ones, the config's consumer extras, then `settings`."""
-    return {**base_config(kafka.bootstrap_servers), **kafka.consumer, "logger": QuietLog(),
-            **settings}  # fmt: skip
+    return {
+        **base_config(kafka.bootstrap_servers),
+        **kafka.consumer,
+        "logger": QuietLog(),
+        **settings,
+    }
 
 
 def topic_partitions(consumer: Consumer, servers: str, topic: str) -> list[int]:
@@ -105,17 +109,25 @@ def parsed_value(value: bytes | None) -> tuple[str, Any]:
 def as_json_line(message: Message) -> bytes:
     """One record as a JSON object on one line."""
     value_format, value = parsed_value(message.value())
-    return orjson.dumps({
-        "topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
-        "timestamp": timestamp_of(message), "key": text_of(message.key()),
-        "headers": headers_of(message), "value": value, "value_format": value_format,
-    })  # fmt: skip
+    return orjson.dumps(
+        {
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "timestamp": timestamp_of(message),
+            "key": text_of(message.key()),
+            "headers": headers_of(message),
+            "value": value,
+            "value_format": value_format,
+        }
+    )
 
 
 def header_lines(headers: dict[str, str]) -> list[Text]:
     """logistik.* headers compactly (a failure's reason and error highlighted), then others."""
-    ours = {k.removeprefix(HEADER_PREFIX): v for k, v in headers.items()
-            if k.startswith(HEADER_PREFIX)}  # fmt: skip
+    ours = {
+        k.removeprefix(HEADER_PREFIX): v for k, v in headers.items() if k.startswith(HEADER_PREFIX)
+    }
     lines = []
     if "reason" in ours or "error" in ours:
         line = Text("failed ", style="bold red")
@@ -154,10 +166,17 @@ def print_pretty(console: Console, message: Message) -> None:
 def start_consumer(kafka: KafkaConfig, topic: str, from_beginning: bool) -> Consumer:
     """A consumer assigned to every partition of the topic, at its beginning or end."""
     try:
-        consumer = Consumer(client_config(
-            kafka, **{"group.id": f"logistik-tail-{uuid.uuid4().hex[:8]}",
-                      "enable.auto.commit": False, "enable.auto.offset.store": False,
-                      "fetch.wait.max.ms": 100}))  # fmt: skip
+        consumer = Consumer(
+            client_config(
+                kafka,
+                **{
+                    "group.id": f"logistik-tail-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "fetch.wait.max.ms": 100,
+                },
+            )
+        )
     except KafkaException as exc:
         raise BrokerError(f"cannot set up the Kafka consumer: {exc.args[0].str()}") from None
     try:
@@ -208,13 +227,23 @@ def report_error(error: KafkaError, reported: set[int]) -> None:
 @click.option(
     "-n", "--count", type=click.IntRange(min=1), metavar="N", help="Stop after N records."
 )
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per line (topic, partition, offset, timestamp, key, "
-                   "headers, value, value_format), for scripts.")  # fmt: skip
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line (topic, partition, offset, timestamp, key, "
+    "headers, value, value_format), for scripts.",
+)
 @click.option("--config", "config_file", metavar="FILE", help="YAML config for the broker.")
 @click.option("--bootstrap-servers", help="Overrides kafka.bootstrap_servers.")
-def tail(topic: str, from_beginning: bool, count: int | None, as_json: bool,
-         config_file: str | None, bootstrap_servers: str | None) -> None:  # fmt: skip
+def tail(
+    topic: str,
+    from_beginning: bool,
+    count: int | None,
+    as_json: bool,
+    config_file: str | None,
+    bootstrap_servers: str | None,
+) -> None:
     """Follow TOPIC and print each record: time, partition/offset, key, headers and value.
 
     Reads every partition without a consumer group: nothing is committed and the routers'

@@ -32,8 +32,9 @@ class Tracing:
     def __init__(self, config: TracingConfig | None) -> None:
         self.enabled = bool(config and config.enabled and HAVE_OTEL)
         if config and config.enabled and not HAVE_OTEL:
-            logger.warning("tracing is on but OpenTelemetry is not installed: "
-                           "pip install 'logistik[tracing]'")  # fmt: skip
+            logger.warning(
+                "tracing is on but OpenTelemetry is not installed: pip install 'logistik[tracing]'"
+            )
         if self.enabled:
             assert config is not None
             if config.exporter == "console":
@@ -41,14 +42,18 @@ class Tracing:
             self._tracer = trace.get_tracer("logistik")
 
     @contextlib.contextmanager
-    def event(self, topic: str, partition: int, offset: int,
-              headers: list[tuple[str, Any]] | None) -> Iterator[None]:  # fmt: skip
+    def event(
+        self, topic: str, partition: int, offset: int, headers: list[tuple[str, Any]] | None
+    ) -> Iterator[None]:
         """A span for one record, continuing a trace its producer started."""
         if not self.enabled:
             yield
             return
-        carrier = {k: (v.decode() if isinstance(v, bytes) else str(v))
-                   for k, v in (headers or []) if k in ("traceparent", "tracestate")}  # fmt: skip
+        carrier = {
+            k: (v.decode() if isinstance(v, bytes) else str(v))
+            for k, v in (headers or [])
+            if k in ("traceparent", "tracestate")
+        }
         parent = extract(carrier) if carrier else None
         attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
@@ -56,9 +61,9 @@ class Tracing:
             "messaging.kafka.partition": partition,
             "messaging.kafka.offset": offset,
         }
-        with self._tracer.start_as_current_span(f"route {topic}", context=parent,
-                                                kind=trace.SpanKind.CONSUMER,
-                                                attributes=attributes):  # fmt: skip
+        with self._tracer.start_as_current_span(
+            f"route {topic}", context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
+        ):
             yield
 
     def annotate(self, **attributes: Any) -> None:
@@ -73,9 +78,10 @@ class Tracing:
             yield {}
             return
         with self._tracer.start_as_current_span(
-            f"call {node_id}", kind=trace.SpanKind.CLIENT,
+            f"call {node_id}",
+            kind=trace.SpanKind.CLIENT,
             attributes={"logistik.node_id": node_id, "url.full": url},
-        ):  # fmt: skip
+        ):
             headers: dict[str, str] = {}
             inject(headers)
             yield headers

@@ -40,15 +40,18 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise WebError(f"web: cannot listen on {host}:{port}: {exc.strerror} "
-                       "(set web.port, or web.enabled: false)") from None  # fmt: skip
+        raise WebError(
+            f"web: cannot listen on {host}:{port}: {exc.strerror} "
+            "(set web.port, or web.enabled: false)"
+        ) from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
 
 
-def add_operations_routes(app: FastAPI, readiness: Readiness,
-                          collectors: CollectorRegistry) -> None:  # fmt: skip
+def add_operations_routes(
+    app: FastAPI, readiness: Readiness, collectors: CollectorRegistry
+) -> None:
     """/readyz for orchestrators and /metrics for Prometheus."""
 
     async def readyz(_request: Request) -> Response:
