@@ -45,8 +45,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from logistik.broker import EmbeddedBroker, free_port
-from logistik.kafka import Headers
+from logistik.kafka.clients import Headers
+from logistik.kafka.embedded import EmbeddedBroker, free_port
 
 SCRIPT = Path(__file__).resolve()
 PHASES = ("direct", "plain", "logistik")

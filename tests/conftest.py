@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from logistik.broker import EmbeddedBroker
-from tests.consul_fixtures import consul  # noqa: F401
-from tests.databases import PostgresServer
-from tests.harness import RouterProcess, RouterThread
-from tests.models import Behaviour, ModelServer, echo
+from logistik.kafka.embedded import EmbeddedBroker
+from tests.support.consul_fixtures import consul  # noqa: F401
+from tests.support.databases import PostgresServer
+from tests.support.harness import RouterProcess, RouterThread
+from tests.support.models import Behaviour, ModelServer, echo
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """`python -m logistik`."""
 
-from logistik.cli import main
+from logistik.commands.cli import main
 
 main()

@@ -19,10 +19,10 @@ _malformed_channels_seen: set[str] = set()
 
 def decode_event(raw: bytes | None) -> Event:
     """Parse a record value into an event, adding `id` and `published` where missing."""
-    return normalise(raw)[0]
+    return decode_record(raw)[0]
 
 
-def normalise(raw: bytes | None) -> tuple[Event, bytes]:
+def decode_record(raw: bytes | None) -> tuple[Event, bytes]:
     """The event in a record, and the bytes to send to models: the record's own when unchanged."""
     if not raw:
         raise InvalidEventError("empty", "the record has no value")

@@ -1,0 +1,1 @@
+"""The `logistik` command line: one module per command."""

@@ -1,0 +1,1 @@
+"""The control plane: the handler store, operator actions, Consul discovery."""

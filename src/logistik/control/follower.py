@@ -1,0 +1,102 @@
+"""Keeps the router's registry in line with the handler store while logistik runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from logistik.config import KafkaConfig
+from logistik.control.store import Store
+from logistik.errors import LogistikError
+from logistik.handler import Handler
+from logistik.kafka.clients import ensure_topics
+from logistik.routing.decoy import DecoyTally
+from logistik.routing.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+def topics_of(handlers: list[Handler]) -> set[str]:
+    """Every topic handlers read or write: their event, return and failed topics."""
+    topics: set[str] = set()
+    for handler in handlers:
+        topics |= {handler.event, handler.failed_topic_name, f"{handler.event}-failed"}
+        if handler.return_to:
+            topics.add(handler.return_to)
+    return topics
+
+
+class StoreFollower:
+    """Reloads handlers from the store into the registry, creating the topics new ones need."""
+
+    def __init__(
+        self, store: Store, registry: Registry, kafka: KafkaConfig, tally: DecoyTally | None = None
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._kafka = kafka
+        self.tally = tally
+        self._seen: tuple[dict[str, Handler], dict[str, Handler]] = ({}, {})
+        self._topics: set[str] = set()
+
+    async def refresh(self) -> bool:
+        """Load the store once; returns whether the routed handlers changed."""
+        if self.tally is not None:
+            await self._store.count_decoy(self.tally.drain())
+        records = await self._store.records()
+        active = {r.node_id: r.handler for r in records if r.state == "active"}
+        down = {r.node_id: r.handler for r in records if r.state == "down"}
+        if (active, down) == self._seen:
+            return False
+        await self._ensure_topics(list(active.values()))
+        _log_changes(self._seen[0], active, down)
+        self._registry.replace(active.values(), down.values())
+        self._seen = (active, down)
+        return True
+
+    async def follow(self, stop: asyncio.Event, refresh_s: float) -> None:
+        """Refresh every `refresh_s` until stopped; a failing store keeps the last handlers."""
+        failing = False
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), refresh_s)
+            try:
+                await self.refresh()
+                if failing:
+                    logger.info("handler store reachable again")
+                failing = False
+            except (LogistikError, OSError) as exc:
+                if not failing:
+                    logger.error("cannot reload handlers (%s); routing with the last known", exc)
+                failing = True
+
+    async def _ensure_topics(self, handlers: list[Handler]) -> None:
+        wanted = topics_of(handlers) - self._topics
+        if not wanted or not self._kafka.create_topics:
+            return
+        created = await asyncio.to_thread(ensure_topics, self._kafka, wanted)
+        for topic in created:
+            logger.info("created topic %s (%d partitions)", topic, self._kafka.partitions)
+        self._topics |= wanted
+
+
+def _log_changes(
+    before: dict[str, Handler], active: dict[str, Handler], down: dict[str, Handler]
+) -> None:
+    for node_id in sorted(active.keys() - before.keys()):
+        handler = active[node_id]
+        logger.info(
+            "routing %s to %s (%s %s of group %s)",
+            handler.event,
+            node_id,
+            handler.model_type.value,
+            handler.version or "-",
+            handler.group_id,
+        )
+    for node_id in sorted(before.keys() - active.keys()):
+        why = "down" if node_id in down else "removed"
+        logger.info("no longer routing to %s (%s)", node_id, why)
+    for node_id in sorted(before.keys() & active.keys()):
+        if before[node_id] != active[node_id]:
+            logger.info("handler %s changed", node_id)

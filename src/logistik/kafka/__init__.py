@@ -1,0 +1,1 @@
+"""Kafka clients (consumer, producer, admin), their settings, and the embedded broker."""

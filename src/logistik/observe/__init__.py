@@ -1,0 +1,1 @@
+"""What logistik tells about itself: figures, metrics, tracing, alerts, logs, health."""

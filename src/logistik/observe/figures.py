@@ -1,0 +1,164 @@
+"""logistik's own figures per handler and per topic, kept in memory for the API and the UI."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from logistik.routing.model_client import Answer
+
+KINDS = ("ok", "ignored", "duplicate", "refused", "error", "timeout")
+LATENCY_SAMPLES = 2048  # recent calls kept per handler for percentiles
+MINUTES = 60  # per-minute history kept per handler
+# Latency histogram buckets (seconds), as Prometheus' defaults plus finer low ones.
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)
+RECENT_FAILURES = 200
+
+
+def percentile(sorted_values: list[float], share: float) -> float | None:
+    """The value below which `share` of the sorted values fall (nearest rank)."""
+    if not sorted_values:
+        return None
+    rank = max(0, min(len(sorted_values) - 1, round(share * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+@dataclass
+class Minute:
+    """Calls of one handler during one minute."""
+
+    start: int  # unix minute
+    calls: int = 0
+    errors: int = 0
+    latency_sum_s: float = 0.0
+
+
+@dataclass
+class HandlerFigures:
+    """What logistik saw of one handler since it first routed to it."""
+
+    node_id: str
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+    requests: int = 0
+    retries: int = 0
+    answers: Counter[str] = field(default_factory=Counter)
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    minutes: deque[Minute] = field(default_factory=lambda: deque(maxlen=MINUTES))
+    last_error: str = ""
+    last_error_at: datetime | None = None
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
+    latency_sum_s: float = 0.0
+
+    def record(self, answer: Answer, retry: bool, now_s: float) -> None:
+        """Count one call and its answer."""
+        self.requests += 1
+        self.latency_sum_s += answer.latency_s
+        index = bisect.bisect_left(LATENCY_BUCKETS_S, answer.latency_s)
+        if index < len(self.bucket_counts):
+            self.bucket_counts[index] += 1
+        self.retries += int(retry)
+        kind = answer.kind
+        self.answers[kind] += 1
+        self.latencies_s.append(answer.latency_s)
+        minute = int(now_s // 60)
+        if not self.minutes or self.minutes[-1].start != minute:
+            self.minutes.append(Minute(minute))
+        current = self.minutes[-1]
+        current.calls += 1
+        current.latency_sum_s += answer.latency_s
+        if kind in ("error", "timeout", "refused"):
+            current.errors += 1
+            self.last_error = answer.error
+            self.last_error_at = datetime.now(UTC)
+
+    def snapshot(self, now_s: float) -> dict[str, Any]:
+        """The figures as plain data."""
+        ordered = sorted(self.latencies_s)
+        recent = [m for m in self.minutes if m.start >= int(now_s // 60) - 4]
+        return {
+            "node_id": self.node_id,
+            "since": self.since.isoformat(),
+            "uptime_s": (datetime.now(UTC) - self.since).total_seconds(),
+            "requests": self.requests,
+            "retries": self.retries,
+            "answers": {kind: self.answers.get(kind, 0) for kind in KINDS},
+            "latency_ms": {
+                name: None if (v := percentile(ordered, share)) is None else v * 1000
+                for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+            },
+            "per_minute_5m": sum(m.calls for m in recent) / 5,
+            "last_error": self.last_error or None,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            "minutes": [
+                {
+                    "at": m.start * 60,
+                    "calls": m.calls,
+                    "errors": m.errors,
+                    "latency_ms": m.latency_sum_s / m.calls * 1000 if m.calls else None,
+                }
+                for m in self.minutes
+            ],
+        }
+
+
+class Figures:
+    """Figures of every handler and topic this process routed to."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, HandlerFigures] = {}
+        self.events_in: Counter[str] = Counter()
+        self.published: Counter[str] = Counter()
+        self.failed: Counter[tuple[str, str]] = Counter()
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
+
+    def failure(self, topic: str, reason: str, details: dict[str, Any]) -> None:
+        """Count a record written to a failed topic and keep it among the recent ones."""
+        self.failed[(topic, reason)] += 1
+        self.recent_failures.appendleft(details)
+
+    def call(self, node_id: str, answer: Answer, retry: bool) -> None:
+        """Count a model call."""
+        figures = self.handlers.get(node_id)
+        if figures is None:
+            figures = self.handlers[node_id] = HandlerFigures(node_id)
+        figures.record(answer, retry, time.time())
+
+    def handler(self, node_id: str) -> dict[str, Any] | None:
+        """One handler's figures, None if it was never called."""
+        figures = self.handlers.get(node_id)
+        return figures.snapshot(time.time()) if figures else None
+
+    def topics(self) -> dict[str, dict[str, Any]]:
+        """Per topic: events in, answers published, records failed by reason."""
+        names = set(self.events_in) | set(self.published) | {t for t, _ in self.failed}
+        return {
+            name: {
+                "events_in": self.events_in[name],
+                "published": self.published[name],
+                "failed": {r: n for (t, r), n in self.failed.items() if t == name},
+            }
+            for name in sorted(names)
+        }

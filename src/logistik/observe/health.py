@@ -1,0 +1,74 @@
+"""Readiness: the broker answers, the store answers, and the consume loop is turning."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from logistik.config import KafkaConfig
+from logistik.control.store import Store
+from logistik.errors import BrokerError, LogistikError
+from logistik.kafka.clients import base_config, list_topics
+
+CHECK_TIMEOUT_S = 2.0
+CACHE_S = 1.0
+
+
+class Readiness:
+    """Checks what the router needs to do its job; results are cached for a second."""
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        store: Store,
+        loop_age_s: Callable[[], float | None],
+    ) -> None:
+        self._kafka = kafka
+        self._admin = AdminClient(base_config(kafka.bootstrap_servers))
+        self._store = store
+        self._loop_age_s = loop_age_s
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def check(self) -> dict[str, Any]:
+        """`{"ready": bool, "checks": {name: {"ok": bool, "detail": str}}}`."""
+        async with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < CACHE_S:
+                return self._cached[1]
+            checks = {
+                "broker": await self._broker(),
+                "store": await self._store_check(),
+                "consuming": self._consuming(),
+            }
+            result = {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+            self._cached = (now, result)
+            return result
+
+    async def _broker(self) -> dict[str, Any]:
+        try:
+            topics = await asyncio.to_thread(
+                list_topics, self._admin, self._kafka.bootstrap_servers, CHECK_TIMEOUT_S
+            )
+        except BrokerError as exc:
+            return {"ok": False, "detail": str(exc)}
+        return {"ok": True, "detail": f"{self._kafka.bootstrap_servers} ({len(topics)} topics)"}
+
+    async def _store_check(self) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(self._store.ping(), CHECK_TIMEOUT_S)
+        except (LogistikError, TimeoutError) as exc:
+            return {"ok": False, "detail": str(exc) or "the store did not answer in time"}
+        return {"ok": True, "detail": "answers"}
+
+    def _consuming(self) -> dict[str, Any]:
+        age_s = self._loop_age_s()
+        if age_s is None:
+            return {"ok": False, "detail": "not started"}
+        if age_s > 10.0:
+            return {"ok": False, "detail": f"the consume loop has not turned for {age_s:.0f} s"}
+        return {"ok": True, "detail": "polling"}

@@ -1,0 +1,107 @@
+"""Prometheus metrics: read at scrape time from the router's figures, registry and consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from itertools import accumulate
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from logistik.observe.figures import KINDS, LATENCY_BUCKETS_S, Figures
+from logistik.routing.registry import Registry
+
+HANDLER_LABELS = ["node_id", "name", "model_type", "topic"]
+Lag = Callable[[], dict[tuple[str, int], int]]
+
+
+class RouterCollector(Collector):
+    """Per handler and per topic figures of one running router, as Prometheus metrics."""
+
+    def __init__(self, figures: Figures, registry: Registry, lag: Lag) -> None:
+        self._figures = figures
+        self._registry = registry
+        self._lag = lag
+
+    def _labels(self, node_id: str) -> list[str]:
+        instance = self._registry.instance(node_id)
+        if instance is None:
+            return [node_id, "", "", ""]
+        handler = instance.handler
+        return [node_id, handler.name, handler.model_type.value, handler.event]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        """Every metric, built from the live figures."""
+        yield from self._handler_metrics()
+        yield from self._topic_metrics()
+
+    def _handler_metrics(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily(
+            "logistik_handler_requests", "Calls to the model.", labels=HANDLER_LABELS
+        )
+        answers = CounterMetricFamily(
+            "logistik_handler_answers", "Answers by outcome.", labels=[*HANDLER_LABELS, "outcome"]
+        )
+        retries = CounterMetricFamily(
+            "logistik_handler_retries", "Calls that were retries.", labels=HANDLER_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "logistik_handler_latency_seconds",
+            "Time from request to answer.",
+            labels=HANDLER_LABELS,
+        )
+        for node_id, figures in list(self._figures.handlers.items()):
+            labels = self._labels(node_id)
+            requests.add_metric(labels, figures.requests)
+            retries.add_metric(labels, figures.retries)
+            for kind in KINDS:
+                answers.add_metric([*labels, kind], figures.answers.get(kind, 0))
+            cumulative = list(accumulate(figures.bucket_counts))
+            buckets = [(f"{b:g}", c) for b, c in zip(LATENCY_BUCKETS_S, cumulative, strict=True)]
+            latency.add_metric(
+                labels, [*buckets, ("+Inf", figures.requests)], figures.latency_sum_s
+            )
+        in_flight = GaugeMetricFamily(
+            "logistik_handler_in_flight", "Calls waiting or running.", labels=HANDLER_LABELS
+        )
+        for handler in self._registry.handlers():
+            instance = self._registry.instance(handler.node_id)
+            in_flight.add_metric(
+                self._labels(handler.node_id), instance.in_flight if instance else 0
+            )
+        yield from (requests, answers, retries, latency, in_flight)
+
+    def _topic_metrics(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        events = CounterMetricFamily("logistik_topic_events", "Records consumed.", labels=["topic"])
+        published = CounterMetricFamily(
+            "logistik_topic_published", "Answers published.", labels=["topic"]
+        )
+        failed = CounterMetricFamily(
+            "logistik_topic_failed", "Records sent to a failed topic.", labels=["topic", "reason"]
+        )
+        for topic, count in self._figures.events_in.items():
+            events.add_metric([topic], count)
+        for topic, count in self._figures.published.items():
+            published.add_metric([topic], count)
+        for (topic, reason), count in self._figures.failed.items():
+            failed.add_metric([topic, reason], count)
+        lag = GaugeMetricFamily(
+            "logistik_consumer_lag",
+            "Records behind the partition's end.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), behind in sorted(self._lag().items()):
+            lag.add_metric([topic, str(partition)], behind)
+        yield from (events, published, failed, lag)
+
+
+def metrics_registry(figures: Figures, registry: Registry, lag: Lag) -> CollectorRegistry:
+    """A registry with the router's metrics and the process' own figures."""
+    collectors = CollectorRegistry()
+    collectors.register(RouterCollector(figures, registry, lag))
+    ProcessCollector(registry=collectors)
+    PlatformCollector(registry=collectors)
+    return collectors

@@ -1,0 +1,183 @@
+"""The live set of handlers, grouped by topic and group, with each instance's load and health."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from logistik.event import Event, channel_groups, event_id
+from logistik.handler import Handler, ModelType
+from logistik.routing.slots import Slots
+
+
+@dataclass(eq=False)
+class LiveHandler:
+    """Runtime state of one handler: calls in flight and recent failures."""
+
+    handler: Handler
+    max_concurrency: int
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    unhealthy_until: float = 0.0
+    slots: Slots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = Slots(self.max_concurrency)
+
+    @property
+    def node_id(self) -> str:
+        """The handler's node id."""
+        return self.handler.node_id
+
+    def healthy(self, now: float) -> bool:
+        """Whether the instance is not in a failure cool-down."""
+        return now >= self.unhealthy_until
+
+    def record_success(self) -> None:
+        """Clear the failure streak."""
+        self.consecutive_failures = 0
+        self.unhealthy_until = 0.0
+
+    def record_failure(self, unhealthy_after: int, cooldown_s: float) -> None:
+        """Count a failure; after a streak the instance is avoided for a cool-down."""
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= unhealthy_after:
+            self.unhealthy_until = time.monotonic() + cooldown_s
+
+
+@dataclass(eq=False)
+class Group:
+    """One model in the user's sense: its production, canary and decoy instances for one topic."""
+
+    group_id: str
+    topic: str
+    production: list[LiveHandler] = field(default_factory=list)
+    canaries: list[LiveHandler] = field(default_factory=list)
+    decoys: list[LiveHandler] = field(default_factory=list)
+    down: list[str] = field(default_factory=list)  # node ids discovery reports not healthy
+    _turn: int = 0
+
+    @property
+    def answerable(self) -> bool:
+        """Whether any instance can answer (production or canary)."""
+        return bool(self.production or self.canaries)
+
+    def answering_pool(self, event: Event) -> list[LiveHandler]:
+        """The instances that may answer this event: a canary for its share, else production."""
+        serving = [c for c in self.canaries if c.handler.traffic > 0]
+        if serving:
+            share = sum(c.handler.traffic for c in serving)
+            if canary_draw(self.group_id, event_id(event)) < share:
+                return serving
+        # Without production (all demoted or down), a standby canary answers rather than no one.
+        return self.production or serving or self.canaries
+
+    def pick(self, pool: list[LiveHandler], tried: Iterable[str] = ()) -> LiveHandler | None:
+        """Choose the healthy, least-loaded instance of the pool, avoiding nodes already tried."""
+        if not pool:
+            return None
+        if len(pool) == 1:
+            return pool[0]
+        now = time.monotonic()
+        tried_set = set(tried)
+        fresh = [i for i in pool if i.node_id not in tried_set] or pool
+        candidates = [i for i in fresh if i.healthy(now)] or fresh
+        self._turn += 1
+        count = len(candidates)
+        # Rotate the start so equal loads take turns instead of always the first instance.
+        start = self._turn % count
+        best = candidates[start]
+        for offset in range(1, count):
+            other = candidates[(start + offset) % count]
+            if other.in_flight < best.in_flight:
+                best = other
+        return best
+
+
+def canary_draw(group_id: str, ident: str) -> float:
+    """A stable number in [0, 1) for an event id, so a replay makes the same canary choice."""
+    digest = hashlib.blake2b(f"{group_id}\0{ident}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class Registry:
+    """The handlers logistik routes to now; `replace` swaps them in keeping instance state."""
+
+    def __init__(self, max_concurrency: int) -> None:
+        self._max_concurrency = max_concurrency
+        self._instances: dict[str, LiveHandler] = {}
+        self._groups: dict[str, list[Group]] = {}
+        self.version = 0
+
+    def replace(self, handlers: Iterable[Handler], down: Iterable[Handler] = ()) -> None:
+        """Make these handlers the live set; instances of unchanged node ids keep their state.
+
+        `down` are handlers discovery reports unhealthy: their groups stay known, so their
+        events go to the failed topic (to be replayed) instead of being skipped.
+        """
+        instances: dict[str, LiveHandler] = {}
+        for handler in handlers:
+            if not handler.active:
+                continue
+            old = self._instances.get(handler.node_id)
+            if old is not None and old.handler == handler:
+                instances[handler.node_id] = old
+            elif old is not None:
+                old.handler = handler
+                instances[handler.node_id] = old
+            else:
+                instances[handler.node_id] = LiveHandler(handler, self._max_concurrency)
+        self._instances = instances
+        self._groups = _group(instances.values(), down)
+        self.version += 1
+
+    def instance(self, node_id: str) -> LiveHandler | None:
+        """The live instance of a node id, if it is routed to."""
+        return self._instances.get(node_id)
+
+    def topics(self) -> set[str]:
+        """Every topic that has at least one active handler."""
+        return set(self._groups)
+
+    def handlers(self) -> list[Handler]:
+        """The active handlers."""
+        return [i.handler for i in self._instances.values()]
+
+    def groups(self, topic: str) -> list[Group]:
+        """Every group subscribed to a topic."""
+        return self._groups.get(topic, [])
+
+    def groups_for(self, topic: str, event: Event) -> list[Group]:
+        """The groups an event goes to: all of its topic's, or those its channel list names."""
+        groups = self._groups.get(topic, [])
+        channels = channel_groups(event)
+        if channels is None:
+            return groups
+        return [g for g in groups if g.group_id in channels]
+
+
+def _group(instances: Iterable[LiveHandler], down: Iterable[Handler]) -> dict[str, list[Group]]:
+    by_key: dict[tuple[str, str], Group] = {}
+    for handler in down:
+        if handler.model_type in (ModelType.MODEL, ModelType.CANARY):
+            key = (handler.event, handler.group_id)
+            by_key.setdefault(key, Group(handler.group_id, handler.event)).down.append(
+                handler.node_id
+            )
+    for instance in sorted(instances, key=lambda i: i.node_id):
+        handler = instance.handler
+        key = (handler.event, handler.group_id)
+        group = by_key.setdefault(key, Group(handler.group_id, handler.event))
+        if handler.model_type == ModelType.CANARY:
+            group.canaries.append(instance)
+        elif handler.model_type == ModelType.DECOY:
+            group.decoys.append(instance)
+        elif handler.model_type == ModelType.MODEL:
+            group.production.append(instance)
+    topics: dict[str, list[Group]] = {}
+    for (topic, _), group in sorted(by_key.items()):
+        if group.answerable or group.decoys or group.down:
+            topics.setdefault(topic, []).append(group)
+    return topics

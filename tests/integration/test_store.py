@@ -1,0 +1,186 @@
+"""The handler store on SQLite and on a real PostgreSQL: migrations, sync, admin state."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from logistik.control.handler_service import HandlerService
+from logistik.control.store import Store, async_url
+from logistik.errors import HandlerNotFoundError, StoreError
+from logistik.handler import Handler
+from logistik.kafka.embedded import free_port
+from tests.support.models import wait_until_async
+
+
+def make(name: str = "face", **fields: Any) -> Handler:
+    """A handler with the required fields filled."""
+    base = {
+        "name": name,
+        "event": "detect",
+        "endpoint": "10.0.0.1",
+        "port": 5000,
+        "return_to": "detect-results",
+    }
+    return Handler.model_validate({**base, **fields})
+
+
+async def test_open_migrates_an_empty_database_to_the_newest_revision(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        assert await store.revision() == "0003"
+        assert await store.records() == []
+        await store.migrate()  # a second open changes nothing
+        assert await store.revision() == "0003"
+    finally:
+        await store.close()
+
+
+async def test_upgrade_keeps_every_row(database_url: str) -> None:
+    engine = create_async_engine(async_url(database_url))
+    store = Store(engine)
+    await store.migrate("0001")
+    now = datetime.now(UTC)
+    async with engine.begin() as connection:
+        for i in range(3):
+            await connection.execute(
+                text(
+                    "INSERT INTO handlers (node_id, name, service_id, group_id, event, endpoint, "
+                    "hostname, port, path, method, version, node, model_type, enabled, traffic, "
+                    "environment, tags, consul_service_id, retired, disabled_by_admin, source, "
+                    "created_at, updated_at) VALUES (:node_id, 'face', 'face', 'face', 'detect', "
+                    "'h', 'h', 5000, '/', 'POST', 'v1', :node, 'model', true, 0, '', '[]', '', "
+                    ":retired, false, 'consul', :now, :now)"
+                ),
+                {"node_id": f"face-h-model-{i}", "node": str(i), "retired": i == 1, "now": now},
+            )
+    await store.migrate()
+    try:
+        records = await store.records()
+        assert [r.node_id for r in records] == [f"face-h-model-{i}" for i in range(3)]
+        assert [r.handler.retired for r in records] == [False, True, False]
+        assert {(r.decoy_compared, r.decoy_agreed) for r in records} == {(0, 0)}
+    finally:
+        await store.close()
+
+
+async def test_sync_adds_updates_and_marks_missing_handlers_down(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        a, b = make(node="1"), make(node="2")
+        assert await store.sync([a, b], "consul") == 2
+        assert await store.sync([a, b], "consul") == 0
+        await store.sync([a.model_copy(update={"version": "2"})], "consul")
+        by_id = {r.node_id: r for r in await store.records()}
+        assert by_id[a.node_id].handler.version == "2"
+        assert by_id[b.node_id].state == "gone"
+        assert by_id[b.node_id].handler.active is False
+        await store.sync([a, b], "consul")
+        assert (await store.get(b.node_id)).state == "active"
+        await store.sync(
+            [a.model_copy(update={"enabled": False})],
+            "consul",
+            problems={a.node_id: "health check critical"},
+        )
+        down = await store.get(a.node_id)
+        assert (down.state, down.problem) == ("down", "health check critical")
+        await store.sync([], "static")  # another source never touches consul's handlers
+        assert (await store.get(b.node_id)).state == "gone"
+        static = make("face", node="9")
+        await store.sync([static], "static")
+        await store.sync([], "static", delete_missing=True)
+        with pytest.raises(HandlerNotFoundError):
+            await store.get(static.node_id)
+    finally:
+        await store.close()
+
+
+async def test_admin_state_survives_rediscovery(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        canary = make("face", node="1", model_type="canary", traffic=0.1)
+        old = make("face", node="2")
+        await store.sync([canary, old], "consul")
+        await store.set_admin(canary.node_id, admin_model_type="model", admin_traffic=0.5)
+        await store.set_admin(old.node_id, retired=True, disabled_by_admin=True)
+        await store.sync([canary, old], "consul")  # discovery still says canary, enabled
+        promoted = await store.get(canary.node_id)
+        assert promoted.handler.model_type == "model"
+        assert promoted.declared_model_type == "canary"
+        assert promoted.handler.traffic == 0.5
+        assert promoted.node_id == canary.node_id  # identity does not change on promote
+        retired = await store.get(old.node_id)
+        assert retired.state == "retired" and not retired.handler.active
+    finally:
+        await store.close()
+
+
+async def test_promotion_is_seen_whole_by_a_router_reloading_meanwhile(database_url: str) -> None:
+    store = await Store.open(database_url)
+    reader = await Store.open(database_url)  # as another router process would read
+    try:
+        old = make("face", version="1")
+        new = make("face", version="2", node="1", model_type="canary", traffic=0.0)
+        await store.sync([old, new], "static")
+        states: list[frozenset[str]] = []
+        done = asyncio.Event()
+
+        async def reload() -> None:
+            while not done.is_set():
+                records = await reader.records()
+                production = (r.node_id for r in records if r.handler.model_type == "model")
+                states.append(frozenset(production))
+
+        reloading = asyncio.create_task(reload())
+        await wait_until_async(lambda: len(states) >= 3)
+        await HandlerService(store).promote(new.node_id)
+        seen = len(states)
+        await wait_until_async(lambda: len(states) >= seen + 3)
+        done.set()
+        await reloading
+        assert set(states) == {frozenset({old.node_id}), frozenset({new.node_id})}
+        # All or nothing: one unknown handler leaves the others as they were.
+        with pytest.raises(HandlerNotFoundError):
+            await store.set_admin_many(
+                [(old.node_id, {"retired": True}), ("face-nowhere-model-9", {"retired": True})]
+            )
+        assert not (await store.get(old.node_id)).handler.retired
+    finally:
+        await reader.close()
+        await store.close()
+
+
+async def test_add_edit_delete_and_decoy_counts(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        handler = make("shadow", model_type="decoy", return_to=None)
+        await store.add(handler)
+        with pytest.raises(StoreError, match="already exists"):
+            await store.add(handler)
+        edited = await store.edit(handler.node_id, {"timeout": 2.5, "version": "9"})
+        assert (edited.handler.timeout_s, edited.handler.version) == (2.5, "9")
+        await store.count_decoy({handler.node_id: (10, 7)})
+        await store.count_decoy({handler.node_id: (10, 9)})
+        record = await store.get(handler.node_id)
+        assert (record.decoy_compared, record.decoy_agreed, record.agreement) == (20, 16, 0.8)
+        await store.delete(handler.node_id)
+        with pytest.raises(HandlerNotFoundError, match=f"no handler {handler.node_id}"):
+            await store.get(handler.node_id)
+    finally:
+        await store.close()
+
+
+async def test_unreachable_database_is_one_line() -> None:
+    port = free_port()
+    with pytest.raises(StoreError) as caught:
+        await Store.open(f"postgresql://logistik:secret@127.0.0.1:{port}/logistik")
+    message = str(caught.value)
+    assert message.startswith(
+        f"cannot open the store at postgresql://logistik:***@127.0.0.1:{port}/logistik: "
+    )
+    assert "secret" not in message and "\n" not in message

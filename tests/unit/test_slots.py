@@ -1,0 +1,72 @@
+"""The per-model call gate: order, limit, and no slot lost to a cancelled wait."""
+
+from __future__ import annotations
+
+import asyncio
+
+from logistik.routing.slots import Slots
+from tests.support.models import wait_until_async
+
+
+async def _hold(slots: Slots, name: str, entered: list[str], leave: asyncio.Event) -> None:
+    async with slots:
+        entered.append(name)
+        await leave.wait()
+
+
+async def test_at_most_size_holders_enter_in_arrival_order() -> None:
+    slots = Slots(2)
+    entered: list[str] = []
+    gates = {name: asyncio.Event() for name in "abcde"}
+    tasks = [asyncio.create_task(_hold(slots, n, entered, g)) for n, g in gates.items()]
+    await wait_until_async(lambda: len(entered) == 2 and slots.waiting == 3)
+    assert entered == ["a", "b"]
+    gates["b"].set()
+    await wait_until_async(lambda: len(entered) == 3)
+    gates["a"].set()
+    await wait_until_async(lambda: len(entered) == 4)
+    assert entered == ["a", "b", "c", "d"]
+    for gate in gates.values():
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert entered == ["a", "b", "c", "d", "e"]
+    assert slots.waiting == 0
+
+
+async def test_a_cancelled_wait_neither_enters_nor_loses_the_slot() -> None:
+    slots = Slots(1)
+    entered: list[str] = []
+    gates = {name: asyncio.Event() for name in "abc"}
+    holder = asyncio.create_task(_hold(slots, "a", entered, gates["a"]))
+    await wait_until_async(lambda: entered == ["a"])
+    cancelled = asyncio.create_task(_hold(slots, "b", entered, gates["b"]))
+    last = asyncio.create_task(_hold(slots, "c", entered, gates["c"]))
+    await wait_until_async(lambda: slots.waiting == 2)
+    cancelled.cancel()
+    gates["a"].set()
+    await holder
+    await wait_until_async(lambda: entered == ["a", "c"])
+    gates["c"].set()
+    await last
+    assert cancelled.cancelled()
+    async with slots:  # the slot came back: a new caller enters at once
+        pass
+
+
+async def test_a_slot_handed_to_a_wait_cancelled_before_it_ran_is_passed_on() -> None:
+    slots = Slots(1)
+    entered: list[str] = []
+    gates = {name: asyncio.Event() for name in "bc"}
+    await slots.__aenter__()  # this test holds the only slot
+    handed = asyncio.create_task(_hold(slots, "b", entered, gates["b"]))
+    last = asyncio.create_task(_hold(slots, "c", entered, gates["c"]))
+    await wait_until_async(lambda: slots.waiting == 2)
+    # Leaving hands the slot to "b" without yielding; "b" is cancelled before it resumes.
+    await slots.__aexit__(None, None, None)
+    handed.cancel()
+    await wait_until_async(lambda: entered == ["c"])
+    gates["c"].set()
+    await last
+    assert handed.cancelled()
+    async with slots:
+        pass
