@@ -10,7 +10,8 @@ LogistikError
  ├── ActionError          a rollout action that makes no sense for this handler
  ├── DiscoveryError       Consul or a model's /info could not be read
  │    └── ConsulError     Consul could not be reached or refused a request (logistik.consul)
- └── EmbeddedBrokerError  the embedded Tansu broker could not be started
+ ├── EmbeddedBrokerError  the embedded Tansu broker could not be started
+ └── BackgroundTaskError  a task the process depends on ended; the process stops
 """
 
 from __future__ import annotations
@@ -58,3 +59,18 @@ class ActionError(LogistikError):
 
 class DiscoveryError(LogistikError):
     """Consul or a model's /info could not be read."""
+
+
+class BackgroundTaskError(LogistikError):
+    """A task the process depends on (consume loop, store follower, discovery, web) ended."""
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Text on one line, cut to `limit` characters: for logs and answers a person reads."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """An exception in one line: its message, or its type when it has none."""
+    return one_line(str(exc) or type(exc).__name__, limit)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from logistik.errors import InvalidEventError
+from logistik.protocol import Reason
 
 Event = dict[str, Any]
 
@@ -25,19 +26,19 @@ def decode_event(raw: bytes | None) -> Event:
 def decode_record(raw: bytes | None) -> tuple[Event, bytes]:
     """The event in a record, and the bytes to send to models: the record's own when unchanged."""
     if not raw:
-        raise InvalidEventError("empty", "the record has no value")
+        raise InvalidEventError(Reason.EMPTY, "the record has no value")
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        reason = "not-utf8" if "utf-8" in str(exc).lower() else "invalid-json"
+        reason = Reason.NOT_UTF8 if "utf-8" in str(exc).lower() else Reason.INVALID_JSON
         raise InvalidEventError(reason, f"the record is not JSON: {exc}") from None
     if not isinstance(event, dict):
         raise InvalidEventError(
-            "not-object", f"the record is JSON but not an object (got {type(event).__name__})"
+            Reason.NOT_OBJECT, f"the record is JSON but not an object (got {type(event).__name__})"
         )
     verb = event.get("verb")
     if not isinstance(verb, str) or not verb:
-        raise InvalidEventError("missing-verb", "the event has no 'verb'")
+        raise InvalidEventError(Reason.MISSING_VERB, "the event has no 'verb'")
     changed = False
     if not event.get("id"):
         event["id"] = str(uuid.uuid4())

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from logistik.protocol import failed_topic
+
 
 class ModelType(StrEnum):
     """The role of a handler inside its group."""
@@ -107,7 +109,7 @@ class Handler(BaseModel):
     @property
     def failed_topic_name(self) -> str:
         """Where events this handler could not handle go."""
-        return self.failed_topic or f"{self.event}-failed"
+        return self.failed_topic or failed_topic(self.event)
 
     @property
     def active(self) -> bool:

@@ -1,28 +1,140 @@
-"""Records written to a failed topic: the event as received, and why it failed, in headers."""
+"""logistik's wire protocol: header names, failed-topic names, failure reasons, failed records.
+
+Everything logistik writes to Kafka beside an answer's body, and everything it reads back from a
+record's headers, is named here, so producers, the router, replay and tail agree on it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
+from logistik.errors import InvalidEventError
+
 HEADER_PREFIX = "logistik."
+FAILED_SUFFIX = "-failed"
+MAX_GROUPS_HEADER_BYTES = 64 * 1024  # a replay for more groups than this is not a replay
+
+HeaderValue = str | bytes | None
+HeaderList = Sequence[tuple[str, HeaderValue]]
 
 
-class Reason:
-    """Machine-readable reasons a record lands on a failed topic."""
+class Header:
+    """Names of the Kafka headers logistik writes and reads."""
+
+    # On every published answer.
+    EVENT_ID = HEADER_PREFIX + "event_id"
+    NODE_ID = HEADER_PREFIX + "node_id"
+    VERSION = HEADER_PREFIX + "version"
+    MODEL_TYPE = HEADER_PREFIX + "model_type"
+    CACHE = HEADER_PREFIX + "cache"  # "hit" when the answer came from the response cache
+    # On every failed record (with EVENT_ID).
+    REASON = HEADER_PREFIX + "reason"
+    ERROR = HEADER_PREFIX + "error"
+    TOPIC = HEADER_PREFIX + "topic"
+    SOURCE = HEADER_PREFIX + "source"  # topic/partition/offset of the original record
+    GROUP = HEADER_PREFIX + "group"
+    FAILED_NODES = HEADER_PREFIX + "failed_nodes"
+    RETRIES = HEADER_PREFIX + "retries"
+    FAILED_AT = HEADER_PREFIX + "failed_at"
+    # On replayed events (REPLAYS also on failed records: how often the event was replayed).
+    REPLAYS = HEADER_PREFIX + "replays"
+    REPLAY_GROUPS = HEADER_PREFIX + "replay_groups"
+    REPLAYED_FROM = HEADER_PREFIX + "replayed_from"
+
+
+class Reason(StrEnum):
+    """Why a record is on a failed topic (the `logistik.reason` header)."""
 
     EMPTY = "empty"
     NOT_UTF8 = "not-utf8"
     INVALID_JSON = "invalid-json"
     NOT_OBJECT = "not-object"
     MISSING_VERB = "missing-verb"
+    INVALID_HEADER = "invalid-header"
     REJECTED = "rejected"
     RETRIES_EXHAUSTED = "retries-exhausted"
     NO_HANDLER = "no-handler"
     PUBLISH_FAILED = "publish-failed"
     INTERNAL = "internal-error"
+
+    @property
+    def undecodable(self) -> bool:
+        """Whether the record itself cannot be routed, so sending it again would fail again."""
+        return self in _UNDECODABLE
+
+
+_UNDECODABLE = frozenset(
+    {
+        Reason.EMPTY,
+        Reason.NOT_UTF8,
+        Reason.INVALID_JSON,
+        Reason.NOT_OBJECT,
+        Reason.MISSING_VERB,
+        Reason.INVALID_HEADER,
+    }
+)
+
+
+def failed_topic(topic: str) -> str:
+    """The failed topic of a topic, unless a handler names its own."""
+    return topic + FAILED_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayMarks:
+    """What a replayed record's headers say: how often it was replayed, and for which groups."""
+
+    replays: int = 0
+    only_groups: frozenset[str] | None = None
+
+
+NO_MARKS = ReplayMarks()
+
+
+def replay_marks(headers: HeaderList | Mapping[str, Any] | None) -> ReplayMarks:
+    """Read a record's replay headers; InvalidEventError when they are not what replay writes.
+
+    Headers are producer input like the value: anything may be in them.
+    """
+    if not headers:
+        return NO_MARKS
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    replays, groups = 0, None
+    for name, value in pairs:
+        if name == Header.REPLAYS:
+            text = _header_text(name, value)
+            if not (text.isascii() and text.isdigit() and len(text) <= 9):
+                raise InvalidEventError(
+                    Reason.INVALID_HEADER, f"header {name} is not a replay count: {text[:40]!r}"
+                )
+            replays = int(text)
+        elif name == Header.REPLAY_GROUPS:
+            text = _header_text(name, value)
+            if len(text) > MAX_GROUPS_HEADER_BYTES:
+                raise InvalidEventError(
+                    Reason.INVALID_HEADER, f"header {name} is longer than {MAX_GROUPS_HEADER_BYTES}"
+                )
+            groups = frozenset(g for g in text.split(",") if g)
+    if replays == 0 and groups is None:
+        return NO_MARKS
+    return ReplayMarks(replays, groups)
+
+
+def _header_text(name: str, value: HeaderValue) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEventError(
+            Reason.INVALID_HEADER, f"header {name} is not UTF-8: {value[:40]!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -32,7 +144,7 @@ class FailedRecord:
     topic: str  # where the event came from
     partition: int
     offset: int
-    value: bytes | None  # the normalised event, or the raw bytes when it could not be decoded
+    value: bytes | None  # the event as logistik sent it, or the raw bytes when not an event
     reason: str
     error: str
     event_id: str = ""
@@ -42,21 +154,26 @@ class FailedRecord:
     replays: int = 0
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def headers(self) -> list[tuple[str, str | bytes | None]]:
+    @property
+    def source(self) -> str:
+        """Where the original record is: topic/partition/offset."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+    def headers(self) -> list[tuple[str, HeaderValue]]:
         """Kafka headers that say why and where the record failed."""
         fields = {
-            "reason": self.reason,
-            "error": self.error,
-            "topic": self.topic,
-            "source": f"{self.topic}/{self.partition}/{self.offset}",
-            "event_id": self.event_id,
-            "group": self.group_id,
-            "failed_nodes": ",".join(self.failed_nodes),
-            "retries": str(self.retries),
-            "replays": str(self.replays),
-            "failed_at": self.failed_at.isoformat(timespec="milliseconds"),
+            Header.REASON: self.reason,
+            Header.ERROR: self.error,
+            Header.TOPIC: self.topic,
+            Header.SOURCE: self.source,
+            Header.EVENT_ID: self.event_id,
+            Header.GROUP: self.group_id,
+            Header.FAILED_NODES: ",".join(self.failed_nodes),
+            Header.RETRIES: str(self.retries),
+            Header.REPLAYS: str(self.replays),
+            Header.FAILED_AT: self.failed_at.isoformat(timespec="milliseconds"),
         }
-        return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items() if v]
+        return [(k, v.encode()) for k, v in fields.items() if v]
 
     def summary(self, failed_topic: str) -> dict[str, Any]:
         """What the API shows of a failure (not the event itself)."""
@@ -64,7 +181,7 @@ class FailedRecord:
             "at": self.failed_at.isoformat(timespec="milliseconds"),
             "topic": self.topic,
             "failed_topic": failed_topic,
-            "source": f"{self.topic}/{self.partition}/{self.offset}",
+            "source": self.source,
             "event_id": self.event_id or None,
             "group": self.group_id or None,
             "reason": self.reason,
@@ -75,7 +192,7 @@ class FailedRecord:
 
     @classmethod
     def from_headers(cls, value: bytes | None, headers: list[tuple[str, bytes]]) -> FailedRecord:
-        """Read a record of a failed topic back."""
+        """Read a record of a failed topic back; ValueError when its headers are malformed."""
         found = {
             k.removeprefix(HEADER_PREFIX): v.decode("utf-8", "replace")
             for k, v in headers
@@ -97,23 +214,3 @@ class FailedRecord:
             replays=int(found.get("replays", "0")),
             failed_at=datetime.fromisoformat(failed_at) if failed_at else datetime.now(UTC),
         )
-
-
-REPLAY_GROUPS = HEADER_PREFIX + "replay_groups"
-REPLAYS = HEADER_PREFIX + "replays"
-
-
-def replay_marks(
-    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, Any],
-) -> tuple[int, frozenset[str] | None]:
-    """From a record's headers: how often it was replayed, and the groups it is meant for."""
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    replays, groups = 0, None
-    for name, value in pairs:
-        if name == REPLAYS and value:
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            replays = int(text) if text.isdigit() else 0
-        elif name == REPLAY_GROUPS and value is not None:
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            groups = frozenset(g for g in text.split(",") if g)
-    return replays, groups

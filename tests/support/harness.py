@@ -18,7 +18,7 @@ import yaml
 from logistik.config import Config
 from logistik.control.handler_service import HandlerService, with_service
 from logistik.kafka.embedded import free_port
-from logistik.routing.runner import Runner
+from logistik.process import Runner
 from tests.support.kafkatools import unique
 
 T = TypeVar("T")

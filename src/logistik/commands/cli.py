@@ -82,11 +82,10 @@ async def _run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    from logistik.routing.runner import (
-        Runner,
-    )  # the router's imports are not needed by other commands
+    # The router's imports are not needed by other commands.
+    from logistik.process import Runner, tune_gc
 
-    await Runner(config, tune_gc=True).run(stop)
+    await Runner(config, after_start=tune_gc).run(stop)
 
 
 @main.command()

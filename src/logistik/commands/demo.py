@@ -170,7 +170,7 @@ async def stream(
 
 async def run_demo(stop: asyncio.Event, web_port: int, rate: float, broker: EmbeddedBroker) -> None:
     """Train, serve, route and stream until stopped; everything started is stopped again."""
-    from logistik.routing.runner import Runner
+    from logistik.process import Runner
 
     logging.getLogger(EVENTS_LOGGER).setLevel(logging.WARNING)  # summaries instead
     models, samples = await asyncio.to_thread(train_models)
@@ -213,7 +213,7 @@ async def _summaries(runner: Any, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), SUMMARY_EVERY_S)
         if runner.store is None:
             continue
-        print("demo: " + "; ".join(await summary(runner.store, runner.figures())), flush=True)
+        print("demo: " + "; ".join(await summary(runner.store, runner.figures)), flush=True)
 
 
 async def summary(store: Any, figures: Any) -> list[str]:

@@ -32,26 +32,9 @@ from logistik.config import KafkaConfig
 from logistik.errors import BrokerError, LogistikError, PublishError
 from logistik.event import actor_key
 from logistik.kafka.clients import Headers, QuietLog, base_config
-from logistik.protocol import HEADER_PREFIX, REPLAY_GROUPS, REPLAYS, FailedRecord, Reason
+from logistik.protocol import FailedRecord, Header, Reason
 
-# Reasons that say the bytes are not an event: replaying them would only fail again.
-INVALID_REASONS = frozenset(
-    {Reason.EMPTY, Reason.NOT_UTF8, Reason.INVALID_JSON, Reason.NOT_OBJECT, Reason.MISSING_VERB}
-)
-ALL_REASONS = (
-    Reason.EMPTY,
-    Reason.NOT_UTF8,
-    Reason.INVALID_JSON,
-    Reason.NOT_OBJECT,
-    Reason.MISSING_VERB,
-    Reason.REJECTED,
-    Reason.RETRIES_EXHAUSTED,
-    Reason.NO_HANDLER,
-    Reason.PUBLISH_FAILED,
-    Reason.INTERNAL,
-)
-REPLAYED_FROM = HEADER_PREFIX + "replayed_from"
-FAILED_AT = HEADER_PREFIX + "failed_at"
+UNDECODABLE = frozenset(reason.value for reason in Reason if reason.undecodable)
 SEND, FILTERED, INVALID, NO_SOURCE, GIVEN_UP = (
     "send",
     "filtered",
@@ -121,7 +104,7 @@ class Selection:
         """SEND, or why the record is not sent."""
         if not self.matches(record, failed_at):
             return FILTERED
-        if record.reason in INVALID_REASONS and not self.include_invalid:
+        if record.reason in UNDECODABLE and not self.include_invalid:
             return INVALID
         if not record.topic:
             return NO_SOURCE
@@ -133,11 +116,11 @@ class Selection:
 def replay_headers(record: FailedRecord, origin: str, all_handlers: bool) -> Headers:
     """Headers of a replayed event: its replay count, where it came from, the group it is for."""
     headers: Headers = [
-        (REPLAYS, str(record.replays + 1).encode()),
-        (REPLAYED_FROM, origin.encode()),
+        (Header.REPLAYS, str(record.replays + 1).encode()),
+        (Header.REPLAYED_FROM, origin.encode()),
     ]
     if record.group_id and not all_handlers:
-        headers.append((REPLAY_GROUPS, record.group_id.encode()))
+        headers.append((Header.REPLAY_GROUPS, record.group_id.encode()))
     return headers
 
 
@@ -165,7 +148,7 @@ def read_failed(message: Message) -> tuple[FailedRecord | None, datetime]:
         record = FailedRecord.from_headers(message.value(), headers)
     except ValueError:
         return None, message_time(message)
-    if not any(k == FAILED_AT for k, _ in headers):
+    if not any(k == Header.FAILED_AT for k, _ in headers):
         return record, message_time(message)
     at = record.failed_at
     return record, at if at.tzinfo else at.replace(tzinfo=UTC)
@@ -545,7 +528,7 @@ def run_replay(
     "--reason",
     "reasons",
     multiple=True,
-    type=click.Choice(ALL_REASONS),
+    type=click.Choice([reason.value for reason in Reason]),
     metavar="REASON",
     help="Only records that failed for this reason (retries-exhausted, rejected, no-handler, "
     "...). Repeatable.",

@@ -8,9 +8,10 @@ import logging
 
 from logistik.config import KafkaConfig
 from logistik.control.store import Store
-from logistik.errors import LogistikError
+from logistik.errors import describe
 from logistik.handler import Handler
 from logistik.kafka.clients import ensure_topics
+from logistik.protocol import failed_topic
 from logistik.routing.decoy import DecoyTally
 from logistik.routing.registry import Registry
 
@@ -21,7 +22,7 @@ def topics_of(handlers: list[Handler]) -> set[str]:
     """Every topic handlers read or write: their event, return and failed topics."""
     topics: set[str] = set()
     for handler in handlers:
-        topics |= {handler.event, handler.failed_topic_name, f"{handler.event}-failed"}
+        topics |= {handler.event, handler.failed_topic_name, failed_topic(handler.event)}
         if handler.return_to:
             topics.add(handler.return_to)
     return topics
@@ -39,6 +40,7 @@ class StoreFollower:
         self.tally = tally
         self._seen: tuple[dict[str, Handler], dict[str, Handler]] = ({}, {})
         self._topics: set[str] = set()
+        self.error: str | None = None  # why the last refresh failed, None when it worked
 
     async def refresh(self) -> bool:
         """Load the store once; returns whether the routed handlers changed."""
@@ -56,20 +58,35 @@ class StoreFollower:
         return True
 
     async def follow(self, stop: asyncio.Event, refresh_s: float) -> None:
-        """Refresh every `refresh_s` until stopped; a failing store keeps the last handlers."""
-        failing = False
+        """Refresh every `refresh_s` until stopped; a failing store keeps the last handlers.
+
+        Never ends before `stop`: whatever a refresh raises (a driver's own errors after a
+        database outage included) is reported once, and the next refresh tries again.
+        """
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), refresh_s)
-            try:
-                await self.refresh()
-                if failing:
-                    logger.info("handler store reachable again")
-                failing = False
-            except (LogistikError, OSError) as exc:
-                if not failing:
-                    logger.error("cannot reload handlers (%s); routing with the last known", exc)
-                failing = True
+            if stop.is_set():
+                return
+            await self._refresh_reporting()
+
+    async def _refresh_reporting(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:
+            if self.error is None:
+                logger.error(
+                    "cannot reload handlers (%s); routing with the last known", describe(exc)
+                )
+            self.error = describe(exc)
+            return
+        if self.error is not None:
+            logger.info("handler store reachable again")
+        self.error = None
+
+    async def final_refresh(self) -> None:
+        """One last refresh at exit (it writes the decoy counts); a failure is only logged."""
+        await self._refresh_reporting()
 
     async def _ensure_topics(self, handlers: list[Handler]) -> None:
         wanted = topics_of(handlers) - self._topics

@@ -26,11 +26,13 @@ class Readiness:
         kafka: KafkaConfig,
         store: Store,
         loop_age_s: Callable[[], float | None],
+        tasks: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self._kafka = kafka
         self._admin = AdminClient(base_config(kafka.bootstrap_servers))
         self._store = store
         self._loop_age_s = loop_age_s
+        self._tasks = tasks
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
@@ -45,6 +47,8 @@ class Readiness:
                 "store": await self._store_check(),
                 "consuming": self._consuming(),
             }
+            if self._tasks is not None:
+                checks.update(self._tasks())
             result = {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
             self._cached = (now, result)
             return result

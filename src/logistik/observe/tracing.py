@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from logistik.config import TracingConfig
@@ -43,16 +43,17 @@ class Tracing:
 
     @contextlib.contextmanager
     def event(
-        self, topic: str, partition: int, offset: int, headers: list[tuple[str, Any]] | None
+        self, topic: str, partition: int, offset: int, headers: Sequence[tuple[str, Any]] | None
     ) -> Iterator[None]:
         """A span for one record, continuing a trace its producer started."""
         if not self.enabled:
             yield
             return
         carrier = {
-            k: (v.decode() if isinstance(v, bytes) else str(v))
+            # Producer input: undecodable bytes must not stop the event, only its trace link.
+            k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
             for k, v in (headers or [])
-            if k in ("traceparent", "tracestate")
+            if k in ("traceparent", "tracestate") and v is not None
         }
         parent = extract(carrier) if carrier else None
         attributes: dict[str, str | int] = {

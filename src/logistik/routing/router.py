@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from logistik.config import RoutingConfig
 from logistik.errors import InvalidEventError, PublishError
@@ -17,7 +16,7 @@ from logistik.observe.figures import Figures
 from logistik.observe.logs import EVENTS_LOGGER
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
-from logistik.protocol import FailedRecord, Reason
+from logistik.protocol import FailedRecord, Header, HeaderList, Reason, failed_topic, replay_marks
 from logistik.routing.backoff import Backoff
 from logistik.routing.cache import ResponseCache
 from logistik.routing.decoy import DecoyTally, agrees
@@ -86,6 +85,8 @@ class Router:
         cache: ResponseCache | None = None,
         tracing: Tracing | None = None,
         statsd: Statsd | None = None,
+        figures: Figures | None = None,
+        decoys: DecoyTally | None = None,
     ) -> None:
         self._registry = registry
         self._client = client
@@ -98,25 +99,28 @@ class Router:
         self._backoff = Backoff(
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
-        self.decoys = DecoyTally()
-        self.figures = Figures()
+        self.decoys = decoys or DecoyTally()
+        self.figures = figures or Figures()
 
     async def handle(
-        self, source: Source, raw: bytes | None, headers: list[tuple[str, Any]] | None = None
+        self, source: Source, raw: bytes | None, headers: HeaderList | None = None
     ) -> None:
         """Route one record; returns when every group is done with it."""
         if not self.tracing.enabled:
-            await self._route(source, raw)
+            await self._route(source, raw, headers)
             return
         with self.tracing.event(source.topic, source.partition, source.offset, headers):
-            await self._route(source, raw)
+            await self._route(source, raw, headers)
 
-    async def _route(self, source: Source, raw: bytes | None) -> None:
+    async def _route(self, source: Source, raw: bytes | None, headers: HeaderList | None) -> None:
         self.figures.events_in[source.topic] += 1
         try:
+            if headers:
+                marks = replay_marks(headers)
+                source.replays, source.only_groups = marks.replays, marks.only_groups
             event, body = decode_record(raw)
         except InvalidEventError as exc:
-            topic = f"{source.topic}-failed"
+            topic = failed_topic(source.topic)
             logger.warning(
                 "%s/%d/%d is not a valid event (%s): sent to %s",
                 source.topic,
@@ -163,7 +167,7 @@ class Router:
                 delivery.group.group_id,
             )
             record = delivery.failed(Reason.INTERNAL, f"internal error: {exc!r}")
-            await self.write_failed(f"{delivery.group.topic}-failed", record)
+            await self.write_failed(failed_topic(delivery.group.topic), record)
 
     async def _shadowed(self, delivery: Delivery) -> None:
         """Answer as usual while every decoy gets the event too; compare, never publish."""
@@ -333,13 +337,13 @@ class Router:
         handler = instance.handler
         assert handler.return_to is not None  # only routable handlers answer
         headers: Headers = [
-            ("logistik.event_id", event_id(delivery.event).encode()),
-            ("logistik.node_id", handler.node_id.encode()),
-            ("logistik.version", handler.version.encode()),
-            ("logistik.model_type", handler.model_type.value.encode()),
+            (Header.EVENT_ID, event_id(delivery.event).encode()),
+            (Header.NODE_ID, handler.node_id.encode()),
+            (Header.VERSION, handler.version.encode()),
+            (Header.MODEL_TYPE, handler.model_type.value.encode()),
         ]
         if cached:
-            headers.append(("logistik.cache", b"hit"))
+            headers.append((Header.CACHE, b"hit"))
         if self.tracing.enabled:
             headers.extend(self.tracing.kafka_headers())
         key = actor_key(delivery.event)
@@ -362,7 +366,7 @@ class Router:
     ) -> None:
         group = delivery.group
         nodes = [*tried, *(i.node_id for i in instances)]
-        topic = instances[0].handler.failed_topic_name if instances else f"{group.topic}-failed"
+        topic = instances[0].handler.failed_topic_name if instances else failed_topic(group.topic)
         ident = event_id(delivery.event)
         events_log.warning(
             "event %s failed in group %s (%s after %d retries): %s; sent to %s",

@@ -1,0 +1,210 @@
+"""The wiring of one `logistik run` process: builds every part, hands each its collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+
+from logistik.config import Config
+from logistik.control.discovery import ConsulDiscovery
+from logistik.control.follower import StoreFollower
+from logistik.control.handler_service import HandlerService
+from logistik.control.store import Store
+from logistik.errors import BackgroundTaskError
+from logistik.kafka.clients import EventConsumer, EventProducer
+from logistik.observe.alerts import Alerter
+from logistik.observe.figures import Figures
+from logistik.observe.health import Readiness
+from logistik.observe.metrics import metrics_registry
+from logistik.observe.statsd import Statsd
+from logistik.observe.tracing import Tracing
+from logistik.process.supervisor import Supervisor
+from logistik.routing.cache import ResponseCache
+from logistik.routing.consume_loop import ConsumeLoop
+from logistik.routing.decoy import DecoyTally
+from logistik.routing.model_client import ModelClient
+from logistik.routing.offsets import OffsetBook
+from logistik.routing.registry import Registry
+from logistik.routing.router import Router
+from logistik.web.app import AppState, create_app
+from logistik.web.server import add_operations_routes, bind, serve
+
+logger = logging.getLogger(__name__)
+
+CONSUME = "consume loop"
+FOLLOWER = "store follower"
+DISCOVERY = "consul discovery"
+WEB = "web server"
+FLUSH_TIMEOUT_S = 10.0
+
+
+class Runner:
+    """Runs one logistik process: router, control plane and web, until stopped or broken."""
+
+    def __init__(self, config: Config, after_start: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self._after_start = after_start  # e.g. tuning the GC once start-up objects exist
+        self.registry = Registry(config.routing.max_concurrency_per_handler)
+        self.figures = Figures()
+        self.decoys = DecoyTally()
+        self.ready = asyncio.Event()  # set once the consume loop has polled
+        self.store: Store | None = None
+        self.discovery: ConsulDiscovery | None = None
+        self.loop: ConsumeLoop | None = None
+        self._consumer: EventConsumer | None = None
+        self._supervisor: Supervisor | None = None
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most events the consume loop had in flight at once."""
+        return 0 if self.loop is None else self.loop.peak_in_flight
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Route until `stop` is set, then drain, commit and close; raise if a part broke."""
+        web = self.config.web
+        sock = bind(web.host, web.port) if web.enabled else None  # a taken port fails first
+        halt = asyncio.Event()
+        supervisor = self._supervisor = Supervisor(halt)
+        async with AsyncExitStack() as stack:
+            if sock is not None:
+                stack.callback(sock.close)
+            store = self.store = await Store.open(self.config.database.url)
+            stack.push_async_callback(store.close)
+            await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
+            follower = StoreFollower(store, self.registry, self.config.kafka, self.decoys)
+            await follower.refresh()
+            if not self.registry.topics():
+                logger.warning("no enabled handler yet: nothing to consume until one is added")
+            router, session = await self._router(stack)
+            if self.config.discovery.consul is not None:
+                self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
+                supervisor.start(DISCOVERY, self.discovery.run(halt))
+            supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
+            if sock is not None:
+                self._web(stack, sock, store, supervisor)
+            loop = self._consume_loop(stack, router)
+            if self._after_start is not None:
+                self._after_start()
+            supervisor.start(CONSUME, loop.run(halt))
+            relay = asyncio.create_task(_relay(stop, halt), name="stop relay")
+            try:
+                await halt.wait()
+            finally:
+                relay.cancel()
+                halt.set()
+                await supervisor.join(CONSUME)
+                await loop.drain(self.config.routing.shutdown_grace_s)
+                await supervisor.cancel(FOLLOWER, DISCOVERY)
+                await follower.final_refresh()  # writes the last decoy counts
+        if supervisor.failure is not None:
+            raise BackgroundTaskError(supervisor.failure)
+
+    async def _router(self, stack: AsyncExitStack) -> tuple[Router, aiohttp.ClientSession]:
+        """The producer, the model client, alerts and the router; closed by the stack."""
+        config = self.config
+        producer = EventProducer(config.kafka)
+        producer.start()
+        stack.callback(producer.close)
+        stack.push_async_callback(_flush, producer)
+        client = await stack.enter_async_context(ModelClient())
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        alerter = Alerter(config.webhook, session)
+        stack.push_async_callback(alerter.drain)
+        cache = None
+        if config.cache is not None:
+            cache = ResponseCache(config.cache)
+            stack.push_async_callback(cache.close)
+        statsd = None
+        if config.statsd is not None:
+            statsd = Statsd(config.statsd)
+            await statsd.start()
+            stack.callback(statsd.close)
+        router = Router(
+            self.registry,
+            client,
+            producer,
+            config.routing,
+            alerter,
+            cache,
+            Tracing(config.tracing),
+            statsd,
+            figures=self.figures,
+            decoys=self.decoys,
+        )
+        return router, session
+
+    def _consume_loop(self, stack: AsyncExitStack, router: Router) -> ConsumeLoop:
+        book = OffsetBook()
+        # A revoked partition waits this long for its events in flight before moving on.
+        drain_s = min(30.0, self.config.routing.shutdown_grace_s)
+        consumer = self._consumer = EventConsumer(self.config.kafka, book, drain_s)
+        stack.callback(consumer.shutdown)
+        self.loop = ConsumeLoop(
+            consumer,
+            book,
+            router,
+            self.registry,
+            self.config.kafka,
+            self.config.routing,
+            self.ready,
+        )
+        return self.loop
+
+    def _web(
+        self, stack: AsyncExitStack, sock: socket.socket, store: Store, supervisor: Supervisor
+    ) -> None:
+        state = AppState(
+            self.config, HandlerService(store), self.figures, self.registry, self.status
+        )
+        app = create_app(state)
+        readiness = Readiness(self.config.kafka, store, self._loop_age_s, supervisor.status)
+        collectors = metrics_registry(self.figures, self.registry, self._lag)
+        add_operations_routes(app, readiness, collectors)
+        web_stop = asyncio.Event()
+        supervisor.start(WEB, serve(app, sock, web_stop))
+
+        async def stop_web() -> None:
+            web_stop.set()
+            await supervisor.join(WEB)
+
+        stack.push_async_callback(stop_web)
+
+    def _loop_age_s(self) -> float | None:
+        return None if self.loop is None else self.loop.age_s()
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        return {} if self._consumer is None else self._consumer.lag
+
+    def status(self) -> dict[str, Any]:
+        """The process's live status, for the API."""
+        discovery, consul = self.discovery, self.config.discovery.consul
+        tasks = {} if self._supervisor is None else self._supervisor.status()
+        return {
+            "consuming": self.ready.is_set() and tasks.get(CONSUME, {}).get("ok", False),
+            "group_id": self.config.kafka.group_id,
+            "topics": sorted(self.registry.topics()),
+            "in_flight": 0 if self.loop is None else self.loop.in_flight,
+            "max_in_flight": self.config.routing.max_in_flight,
+            "tasks": tasks,
+            "consul": None
+            if discovery is None or consul is None
+            else {"url": consul.url, "error": discovery.error},
+        }
+
+
+async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    """Halt the process when it is asked to stop."""
+    await stop.wait()
+    halt.set()
+
+
+async def _flush(producer: EventProducer) -> None:
+    left = await producer.flush(FLUSH_TIMEOUT_S)
+    if left:
+        logger.error("%d record(s) were not delivered before exit", left)

@@ -1,0 +1,187 @@
+"""The consume loop: polls records, hands each to the router, commits only what is done."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import cast
+
+from confluent_kafka import KafkaError, Message
+
+from logistik.config import KafkaConfig, RoutingConfig
+from logistik.kafka.clients import EventConsumer
+from logistik.protocol import HeaderList
+from logistik.routing.backpressure import Backpressure
+from logistik.routing.offsets import OffsetBook, PartitionTracker
+from logistik.routing.registry import Registry
+from logistik.routing.router import Router, Source
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+POLL_TIMEOUT_S = 0.1
+FULL_WAKE_S = 0.5  # a full loop still turns this often: commits, stop, pause
+
+
+class ConsumeLoop:
+    """Consumes every topic that has a handler and routes each record as a task of its own."""
+
+    def __init__(
+        self,
+        consumer: EventConsumer,
+        book: OffsetBook,
+        router: Router,
+        registry: Registry,
+        kafka: KafkaConfig,
+        routing: RoutingConfig,
+        ready: asyncio.Event | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._book = book
+        self._router = router
+        self._registry = registry
+        self._kafka = kafka
+        self._routing = routing
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unknown_topics: set[str] = set()
+        self._last_turn: float | None = None
+        self.backpressure = Backpressure(routing.max_in_flight)
+        self.peak_in_flight = 0
+        self.ready = ready or asyncio.Event()  # set once the first poll returned
+
+    @property
+    def in_flight(self) -> int:
+        """Records handed to the router and not finished."""
+        return len(self._tasks)
+
+    def age_s(self) -> float | None:
+        """Seconds since the loop last turned, None before it started."""
+        return None if self._last_turn is None else time.monotonic() - self._last_turn
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll, dispatch and commit until `stop` is set."""
+        consumer, backpressure = self._consumer, self.backpressure
+        commit_interval_s = self._kafka.commit_interval_ms / 1000
+        subscribed: set[str] = set()
+        last_commit = 0.0
+        while not stop.is_set():
+            now = self._last_turn = time.monotonic()
+            subscribed = await self._subscribe(subscribed)
+            commit = now - last_commit >= commit_interval_s
+            if commit:
+                last_commit = now
+            room = backpressure.room(self.in_flight)
+            if room == 0:
+                if backpressure.full(now):
+                    await consumer.run(consumer.pause)
+                if backpressure.paused:
+                    # Polls go on while paused so the consumer stays in its group.
+                    batch = await consumer.run(partial(consumer.poll_batch, 1, 0.0, commit))
+                    self._dispatch_all(batch)
+                elif commit:
+                    await consumer.run(partial(consumer.commit, self._book.to_commit()))
+                await backpressure.wait(stop, FULL_WAKE_S)
+                continue
+            if backpressure.resumed():
+                await consumer.run(consumer.resume)
+            take = min(MAX_BATCH, room)
+            batch = await consumer.run(partial(consumer.poll_batch, take, POLL_TIMEOUT_S, commit))
+            self.ready.set()
+            self._dispatch_all(batch)
+
+    async def _subscribe(self, subscribed: set[str]) -> set[str]:
+        """Follow the registry's topics; returns the topics now subscribed."""
+        topics = self._registry.topics()
+        if topics == subscribed or not topics:
+            return subscribed
+        consumer = self._consumer
+        await consumer.run(partial(consumer.subscribe, sorted(topics)))
+        logger.info("consuming %s as group %s", ", ".join(sorted(topics)), self._kafka.group_id)
+        return topics
+
+    def _dispatch_all(self, batch: list[Message]) -> None:
+        for message in batch:
+            self._dispatch(message)
+
+    def _dispatch(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            self._report(message, error)
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        tracker = self._book.tracker(topic, partition)
+        tracker.add(offset)
+        source = Source(topic, partition, offset)
+        # librdkafka gives a consumed record's headers as a list of pairs.
+        headers = cast(HeaderList | None, message.headers())
+        task = asyncio.create_task(self._handle(tracker, source, message.value(), headers))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
+
+    async def _handle(
+        self,
+        tracker: PartitionTracker,
+        source: Source,
+        raw: bytes | None,
+        headers: HeaderList | None,
+    ) -> None:
+        try:
+            await self._router.handle(source, raw, headers)
+        except asyncio.CancelledError:
+            raise  # not finished: the offset stays uncommitted and the event is redelivered
+        except Exception:
+            logger.critical(
+                "unexpected error on %s/%d/%d; its partition stops committing until "
+                "restart so the event is not lost",
+                source.topic,
+                source.partition,
+                source.offset,
+                exc_info=True,
+            )
+            return
+        tracker.finish(source.offset)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.backpressure.finished(len(self._tasks))
+
+    def _report(self, message: Message, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            topic = message.topic() or error.str()
+            if topic not in self._unknown_topics:
+                self._unknown_topics.add(topic)
+                logger.warning("topic %s does not exist yet; waiting for it", topic)
+            return
+        logger.error("Kafka: %s", error.str())
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait up to `grace_s` for events in flight, commit what is done, leave the group."""
+        consumer = self._consumer
+        if self._tasks:
+            logger.info(
+                "stopping: waiting up to %g s for %d event(s) in flight", grace_s, len(self._tasks)
+            )
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            if pending:
+                logger.warning(
+                    "stopping: %d event(s) still in flight after %g s stay "
+                    "uncommitted and will be redelivered",
+                    len(pending),
+                    grace_s,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        if await consumer.run(consumer.close):
+            logger.info("stopped: offsets of finished events committed")
+        else:
+            logger.warning(
+                "stopped: the last commit failed; events since the previous commit "
+                "will be delivered again"
+            )
