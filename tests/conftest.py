@@ -14,6 +14,8 @@ from tests.support.databases import PostgresServer
 from tests.support.harness import RouterProcess, RouterThread
 from tests.support.models import Behaviour, ModelServer, echo
 
+pytest_plugins = ["tests.support.markers"]
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:

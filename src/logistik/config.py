@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import yaml
@@ -177,6 +179,17 @@ class Config(_Section):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+
+
+def require_extra(module: str, extra: str, section: str) -> ModuleType:
+    """Import what an optional part needs; a ConfigError naming the extra when it is absent."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"{section}: needs the '{extra}' extra, which is not installed "
+            f"(pip install 'logistik[{extra}]')"
+        ) from None
 
 
 def expand_env(value: Any, env: Mapping[str, str], where: str = "") -> Any:

@@ -9,14 +9,15 @@ from email.utils import format_datetime
 
 import pytest
 
+from logistik.answer import Outcome
 from logistik.config import parse_config
 from logistik.errors import ConfigError, InvalidEventError
 from logistik.event import actor_key, channel_groups, decode_event
 from logistik.handler import Handler
+from logistik.kafka.offsets import OffsetBook
 from logistik.observe.logs import JsonFormatter, RateLimit, safe_url
 from logistik.routing.backoff import Backoff, parse_retry_after
-from logistik.routing.model_client import Outcome, classify
-from logistik.routing.offsets import OffsetBook
+from logistik.routing.model_client import classify
 from logistik.routing.registry import Registry, canary_draw
 
 

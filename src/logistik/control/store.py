@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from logistik.config import describe_validation
+from logistik.config import describe_validation, require_extra
 from logistik.errors import HandlerNotFoundError, StoreError
 from logistik.handler import Handler, ModelType
 
@@ -213,6 +213,8 @@ class Store:
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect and upgrade the schema; a database that cannot be reached is a StoreError."""
+        if async_url(url).startswith("postgresql+asyncpg"):
+            require_extra("asyncpg", "postgres", "database.url")
         engine = create_async_engine(async_url(url))
         store = cls(engine)
         try:

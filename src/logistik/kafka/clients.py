@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from logistik.config import KafkaConfig
 from logistik.errors import BrokerError, PublishError
-from logistik.routing.offsets import OffsetBook, TopicPartitionKey
+from logistik.kafka.offsets import OffsetBook, TopicPartitionKey
 
 logger = logging.getLogger(__name__)
 _TIMINGS = re.compile(r"\(after \d+ms[^)]*\)|\d+ms")

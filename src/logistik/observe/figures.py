@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from logistik.routing.model_client import Answer
+from logistik.answer import Answer
 
 KINDS = ("ok", "ignored", "duplicate", "refused", "error", "timeout")
 LATENCY_SAMPLES = 2048  # recent calls kept per handler for percentiles

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import re
 
+from logistik.answer import Answer
 from logistik.config import StatsdConfig
-from logistik.routing.model_client import Answer
 
 logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")

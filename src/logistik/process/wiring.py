@@ -18,6 +18,7 @@ from logistik.control.handler_service import HandlerService
 from logistik.control.store import Store
 from logistik.errors import BackgroundTaskError
 from logistik.kafka.clients import EventConsumer, EventProducer
+from logistik.kafka.offsets import OffsetBook
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.health import Readiness
@@ -29,7 +30,6 @@ from logistik.routing.cache import ResponseCache
 from logistik.routing.consume_loop import ConsumeLoop
 from logistik.routing.decoy import DecoyTally
 from logistik.routing.model_client import ModelClient
-from logistik.routing.offsets import OffsetBook
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router
 from logistik.web.app import AppState, create_app

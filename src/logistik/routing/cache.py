@@ -11,14 +11,16 @@ import asyncio
 import hashlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from logistik.config import CacheConfig
+from logistik.config import CacheConfig, require_extra
 from logistik.event import Event
 from logistik.handler import Handler
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +52,12 @@ class ResponseCache:
 
     def __init__(self, config: CacheConfig) -> None:
         self._config = config
-        self._redis: Redis = Redis.from_url(
+        redis = require_extra("redis.asyncio", "cache", "cache")
+        self._redis: Redis = redis.Redis.from_url(
             config.url, socket_timeout=config.timeout_s, socket_connect_timeout=config.timeout_s
         )
+        # Every failure of Redis means "no cache": its own errors and the OS's.
+        self._failures: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._resting_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.hits = 0
@@ -68,7 +73,7 @@ class ResponseCache:
             return None
         try:
             value = await self._redis.get(key)
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             self._rest(exc)
             return None
         if value is None:
@@ -88,7 +93,7 @@ class ResponseCache:
     async def _put(self, key: str, answer: bytes) -> None:
         try:
             await self._redis.set(key, answer, ex=self._config.ttl_s)
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             self._rest(exc)
 
     def _rest(self, exc: BaseException) -> None:

@@ -12,9 +12,9 @@ from confluent_kafka import KafkaError, Message
 
 from logistik.config import KafkaConfig, RoutingConfig
 from logistik.kafka.clients import EventConsumer
+from logistik.kafka.offsets import OffsetBook, PartitionTracker
 from logistik.protocol import HeaderList
 from logistik.routing.backpressure import Backpressure
-from logistik.routing.offsets import OffsetBook, PartitionTracker
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from logistik.routing.model_client import Answer, Outcome
+from logistik.answer import Answer, Outcome
 
 
 def agrees(production: Answer, decoy: Answer) -> bool:

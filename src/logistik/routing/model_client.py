@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from enum import StrEnum
 
 import aiohttp
 import orjson
 from yarl import URL
 
+from logistik.answer import Answer, Outcome
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
 
@@ -21,44 +20,7 @@ MODEL_HEADERS = {
 }
 
 
-class Outcome(StrEnum):
-    """What a model's answer means for the event."""
-
-    OK = "ok"  # publish the body
-    IGNORED = "ignored"  # 204: the model chose to ignore the event
-    DUPLICATE = "duplicate"  # 422: the model already handled this event
-    REJECTED = "rejected"  # 400, 404, other 4xx: permanent, no retry
-    RETRY = "retry"  # 429, 5xx, timeout, refused, bad JSON: try again later
-
-
-@dataclass(slots=True)
-class Answer:
-    """A classified model answer."""
-
-    outcome: Outcome
-    status: int | None
-    body: bytes = b""
-    error: str = ""
-    retry_after_s: float | None = None
-    latency_s: float = 0.0
-    timed_out: bool = False
-
-    @property
-    def kind(self) -> str:
-        """The answer's class in figures: ok, ignored, duplicate, refused, error or timeout."""
-        if self.timed_out:
-            return "timeout"
-        return _KINDS[self.outcome]
-
-
 _RETRY_4XX = frozenset({408, 425, 429})
-_KINDS = {
-    Outcome.OK: "ok",
-    Outcome.IGNORED: "ignored",
-    Outcome.DUPLICATE: "duplicate",
-    Outcome.REJECTED: "refused",
-    Outcome.RETRY: "error",
-}
 
 
 class ModelClient:

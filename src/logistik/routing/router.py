@@ -6,11 +6,14 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
+from logistik.answer import Answer, Outcome
 from logistik.config import RoutingConfig
 from logistik.errors import InvalidEventError, PublishError
 from logistik.event import Event, actor_key, decode_record, event_id
-from logistik.kafka.clients import EventProducer, Headers
+from logistik.handler import Handler
+from logistik.kafka.clients import Headers
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.logs import EVENTS_LOGGER
@@ -20,13 +23,36 @@ from logistik.protocol import FailedRecord, Header, HeaderList, Reason, failed_t
 from logistik.routing.backoff import Backoff
 from logistik.routing.cache import ResponseCache
 from logistik.routing.decoy import DecoyTally, agrees
-from logistik.routing.model_client import Answer, ModelClient, Outcome
 from logistik.routing.registry import Group, LiveHandler, Registry
 
 logger = logging.getLogger(__name__)
 events_log = logging.getLogger(EVENTS_LOGGER)
 
 FAILED_WRITE_RETRY_CAP_S = 30.0
+
+
+class ModelCaller(Protocol):
+    """Calls one model with one event and classifies its answer (ModelClient, or a test's fake)."""
+
+    async def call(
+        self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> Answer:
+        """Send the event; never raises for the model's faults."""
+        ...
+
+
+class RecordSender(Protocol):
+    """Writes one record to a topic (EventProducer, or a test's fake)."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Resolve once the broker has the record; PublishError when it refuses it."""
+        ...
 
 
 @dataclass(slots=True)
@@ -78,8 +104,8 @@ class Router:
     def __init__(
         self,
         registry: Registry,
-        client: ModelClient,
-        producer: EventProducer,
+        client: ModelCaller,
+        producer: RecordSender,
         routing: RoutingConfig,
         alerter: Alerter | None = None,
         cache: ResponseCache | None = None,

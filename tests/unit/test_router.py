@@ -1,0 +1,239 @@
+"""The router alone: a scripted model caller and an in-memory topic writer stand in for I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from logistik.answer import Answer, Outcome
+from logistik.config import RoutingConfig
+from logistik.errors import PublishError
+from logistik.handler import Handler
+from logistik.protocol import Header, HeaderValue, Reason
+from logistik.routing.registry import Registry
+from logistik.routing.router import Router, Source
+
+Script = Callable[[Handler, bytes], Answer]
+
+
+@dataclass
+class ScriptedModels:
+    """Answers each call as its script says, and remembers every call."""
+
+    script: Script
+    calls: list[tuple[str, bytes]] = field(default_factory=list)
+
+    async def call(
+        self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> Answer:
+        self.calls.append((handler.node_id, body))
+        return self.script(handler, body)
+
+    def nodes(self) -> list[str]:
+        return [node for node, _ in self.calls]
+
+
+@dataclass
+class Written:
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: dict[str, str]
+
+
+@dataclass
+class MemoryTopics:
+    """Keeps every record written; refuses the topics in `refused` as a broker would."""
+
+    refused: set[str] = field(default_factory=set)
+    records: list[Written] = field(default_factory=list)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, HeaderValue]] | None = None,
+    ) -> None:
+        if topic in self.refused:
+            raise PublishError(f"cannot write to topic '{topic}': refused")
+        pairs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in headers or [] if v}
+        self.records.append(Written(topic, value, key, pairs))
+
+    def on(self, topic: str) -> list[Written]:
+        return [r for r in self.records if r.topic == topic]
+
+
+def ok(body: dict[str, Any]) -> Answer:
+    return Answer(Outcome.OK, 200, body=orjson.dumps(body))
+
+
+def handler(name: str, **fields: Any) -> Handler:
+    values: dict[str, Any] = {
+        "name": name,
+        "event": "detect",
+        "endpoint": "127.0.0.1",
+        "port": 5151,
+        "return_to": f"{name}-results",
+        **fields,
+    }
+    return Handler.model_validate(values)
+
+
+def router_for(
+    handlers: list[Handler], script: Script, topics: MemoryTopics | None = None, retries: int = 2
+) -> tuple[Router, ScriptedModels, MemoryTopics]:
+    registry = Registry(max_concurrency=4)
+    registry.replace(handlers)
+    models, written = ScriptedModels(script), topics or MemoryTopics()
+    routing = RoutingConfig(retries=retries, backoff_base_s=0, backoff_cap_s=0)
+    return Router(registry, models, written, routing), models, written
+
+
+def event(**fields: Any) -> bytes:
+    return orjson.dumps({"id": "e1", "verb": "detect", "published": "now", **fields})
+
+
+SOURCE = ("detect", 0, 7)
+
+
+async def test_an_answer_is_published_keyed_by_actor_with_its_headers() -> None:
+    router, models, topics = router_for(
+        [handler("face", version="1.2")], lambda h, b: ok({"seen": h.name})
+    )
+    await router.handle(Source(*SOURCE), event(actor={"id": "alice"}))
+    [answer] = topics.records
+    assert (answer.topic, answer.value, answer.key) == (
+        "face-results",
+        b'{"seen":"face"}',
+        b"alice",
+    )
+    assert answer.headers == {
+        Header.EVENT_ID: "e1",
+        Header.NODE_ID: "face-127.0.0.1-model-0",
+        Header.VERSION: "1.2",
+        Header.MODEL_TYPE: "model",
+    }
+    assert models.nodes() == ["face-127.0.0.1-model-0"]
+
+
+async def test_every_group_of_the_topic_answers_once() -> None:
+    router, models, topics = router_for(
+        [handler("face"), handler("age"), handler("age", node="1")],
+        lambda h, b: ok({"by": h.node_id}),
+    )
+    await router.handle(Source(*SOURCE), event())
+    assert sorted(r.topic for r in topics.records) == ["age-results", "face-results"]
+    assert len(models.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", Reason.EMPTY),
+        (b"{not json", Reason.INVALID_JSON),
+        (b"\xff\xfe", Reason.NOT_UTF8),
+        (b"[1, 2]", Reason.NOT_OBJECT),
+        (b'{"id": "x"}', Reason.MISSING_VERB),
+    ],
+)
+async def test_a_record_that_is_not_an_event_goes_to_the_failed_topic(
+    raw: bytes, reason: Reason
+) -> None:
+    router, models, topics = router_for([handler("face")], lambda h, b: ok({}))
+    await router.handle(Source(*SOURCE), raw)
+    [failed] = topics.records
+    assert (failed.topic, failed.value, failed.headers[Header.REASON]) == (
+        "detect-failed",
+        raw,
+        reason,
+    )
+    assert failed.headers[Header.SOURCE] == "detect/0/7"
+    assert models.calls == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(Header.REPLAYS, b"\xff\xfe")],
+        [(Header.REPLAYS, "²".encode())],
+        [(Header.REPLAYS, b"-1")],
+        [(Header.REPLAY_GROUPS, b"\xff")],
+    ],
+)
+async def test_unreadable_replay_headers_send_the_record_to_the_failed_topic(
+    headers: list[tuple[str, HeaderValue]],
+) -> None:
+    router, models, topics = router_for([handler("face")], lambda h, b: ok({}))
+    await router.handle(Source(*SOURCE), event(), headers)
+    [failed] = topics.records
+    assert (failed.topic, failed.headers[Header.REASON]) == ("detect-failed", "invalid-header")
+    assert failed.headers[Header.ERROR].startswith("header logistik.replay")
+    assert models.calls == []
+
+
+async def test_a_replayed_event_goes_only_to_the_groups_named() -> None:
+    router, models, topics = router_for(
+        [handler("face"), handler("age")], lambda h, b: ok({"by": h.name})
+    )
+    headers: list[tuple[str, HeaderValue]] = [
+        (Header.REPLAYS, b"2"),
+        (Header.REPLAY_GROUPS, b"age"),
+    ]
+    await router.handle(Source(*SOURCE), event(), headers)
+    assert [r.topic for r in topics.records] == ["age-results"]
+    assert models.nodes() == ["age-127.0.0.1-model-0"]
+
+
+async def test_retries_then_the_failed_topic_with_every_node_tried() -> None:
+    failing = Answer(Outcome.RETRY, 503, error="HTTP 503")
+    router, models, topics = router_for(
+        [handler("face"), handler("face", node="1")], lambda h, b: failing, retries=2
+    )
+    await router.handle(Source(*SOURCE), event())
+    [failed] = topics.records
+    assert failed.topic == "detect-failed"
+    assert failed.headers[Header.REASON] == "retries-exhausted"
+    assert failed.headers[Header.RETRIES] == "2"
+    assert failed.headers[Header.GROUP] == "face"
+    assert set(failed.headers[Header.FAILED_NODES].split(",")) == {
+        "face-127.0.0.1-model-0",
+        "face-127.0.0.1-model-1",
+    }
+    assert len(models.calls) == 3
+
+
+async def test_a_rejected_event_is_not_retried() -> None:
+    router, models, topics = router_for(
+        [handler("face")], lambda h, b: Answer(Outcome.REJECTED, 400, error="HTTP 400")
+    )
+    await router.handle(Source(*SOURCE), event())
+    [failed] = topics.records
+    assert (failed.headers[Header.REASON], failed.headers[Header.RETRIES]) == ("rejected", "0")
+    assert len(models.calls) == 1
+
+
+async def test_an_answer_the_broker_refuses_goes_to_the_failed_topic() -> None:
+    router, _, topics = router_for(
+        [handler("face")], lambda h, b: ok({}), MemoryTopics(refused={"face-results"})
+    )
+    await router.handle(Source(*SOURCE), event())
+    [failed] = topics.records
+    assert (failed.topic, failed.headers[Header.REASON]) == ("detect-failed", "publish-failed")
+
+
+async def test_decoys_are_called_and_compared_but_never_published() -> None:
+    def script(h: Handler, body: bytes) -> Answer:
+        return ok({"digit": 3 if h.name == "shadow" else 7})
+
+    production = handler("digits")
+    decoy = handler("shadow", group_id="digits", model_type="decoy", return_to=None)
+    router, models, topics = router_for([production, decoy], script)
+    await router.handle(Source(*SOURCE), event())
+    assert [r.topic for r in topics.records] == ["digits-results"]
+    assert sorted(models.nodes()) == ["digits-127.0.0.1-model-0", "shadow-127.0.0.1-decoy-0"]
+    assert router.decoys.drain() == {"shadow-127.0.0.1-decoy-0": (1, 0)}
