@@ -51,7 +51,7 @@ sys.exit(5)
 
 SEED_SCRIPT = """\
 #!/bin/bash
-"$PYTHON" -m logistik.register -v \\
+"$PYTHON" -m logistik register -v \\
   --id $(uuidgen | cut -c 1-8) \\
   --address 10.60.1.125 \\
   --consul-agent=$CONSUL_AGENT \\
