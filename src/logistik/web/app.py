@@ -29,6 +29,7 @@ from logistik.routing.registry import Registry
 from logistik.web.auth import OIDC_COOKIE, Auth, OidcLogin
 from logistik.web.pages import mount_ui
 from logistik.web.query import as_routed, query
+from logistik.web.text import one_line
 from logistik.web.uwsgi import UwsgiStats
 
 EDITABLE_FIELDS = frozenset(DISCOVERED_FIELDS) | {"timeout"}
@@ -77,11 +78,6 @@ class LoginRequest(_Body):
         if self.token is None and (self.user is None or self.password is None):
             raise ValueError("give user and password, or token")
         return self
-
-
-def one_line(text: str) -> str:
-    """A message as one line."""
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def handler_view(
