@@ -33,8 +33,9 @@ from logistik.routing.model_client import ModelClient
 from logistik.routing.offsets import OffsetBook, PartitionTracker
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
-from logistik.web.app import AppState, create_app
+from logistik.web.app import create_app
 from logistik.web.server import add_operations_routes, bind, serve
+from logistik.web.state import AppState
 
 logger = logging.getLogger(__name__)
 
