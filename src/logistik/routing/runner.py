@@ -33,9 +33,7 @@ from logistik.routing.model_client import ModelClient
 from logistik.routing.offsets import OffsetBook, PartitionTracker
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
-from logistik.web.app import create_app
-from logistik.web.server import add_operations_routes, bind, serve
-from logistik.web.state import AppState
+from logistik.web import AppState, add_operations_routes, bind, create_app, serve
 
 logger = logging.getLogger(__name__)
 

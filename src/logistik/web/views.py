@@ -1,4 +1,4 @@
-"""Handlers as the API shows them, one by one and grouped by host."""
+"""Handlers as the API and the command line show them, and handlers grouped by host."""
 
 from __future__ import annotations
 
@@ -14,27 +14,38 @@ from logistik.web.uwsgi import UwsgiStats
 Views = Callable[[list[HandlerRecord]], Awaitable[list[dict[str, Any]]]]
 
 
-def handler_view(
-    record: HandlerRecord, state: AppState, uwsgi: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """A handler as the API shows it: fields, state, in-flight calls, figures, uWSGI stats."""
+def record_fields(record: HandlerRecord, *, with_url: bool = False) -> dict[str, Any]:
+    """A stored handler's fields (timeout in seconds), its URL if asked, state and origin."""
     handler = record.handler
-    instance = state.registry.instance(handler.node_id)
-    return {
+    fields = {
         **handler.model_dump(mode="json", exclude={"timeout_s"}),
         "timeout": handler.timeout_s,
-        "url": handler.url,
+    }
+    if with_url:
+        fields["url"] = handler.url
+    return {
+        **fields,
         "state": record.state,
         "source": record.source,
         "declared_model_type": record.declared_model_type,
         "problem": record.problem,
+    }
+
+
+def handler_view(
+    record: HandlerRecord, state: AppState, uwsgi: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A handler as the API shows it: fields, state, in-flight calls, figures, uWSGI stats."""
+    instance = state.registry.instance(record.node_id)
+    return {
+        **record_fields(record, with_url=True),
         "decoy": {
             "compared": record.decoy_compared,
             "agreed": record.decoy_agreed,
             "agreement": record.agreement,
         },
         "in_flight": instance.in_flight if instance else 0,
-        "figures": state.figures.handler(handler.node_id),
+        "figures": state.figures.handler(record.node_id),
         "uwsgi": uwsgi,
         "updated_at": _utc(record.updated_at).isoformat(),
     }
