@@ -63,6 +63,22 @@ EXPORTS = {
         "setup_logging",
     ],
     "logistik.process": ["Runner", "Supervisor", "tune_gc"],
+    "logistik.web": [
+        "AppState",
+        "Auth",
+        "WebError",
+        "add_operations_routes",
+        "as_routed",
+        "bind",
+        "create_app",
+        "handler_view",
+        "hash_password",
+        "host_views",
+        "mount_ui",
+        "record_fields",
+        "serve",
+        "verify_password",
+    ],
 }
 
 # What each layer may not import. The core (routing, kafka, control, observe and the top-level

@@ -17,6 +17,7 @@ from logistik.commands.console import EXIT_CONFIG, fail, required_config
 from logistik.control.handler_service import HandlerService, with_service
 from logistik.control.store import HandlerRecord
 from logistik.errors import LogistikError
+from logistik.web import record_fields
 
 T = TypeVar("T")
 STATE_STYLES = {
@@ -40,14 +41,9 @@ def _call(ctx: click.Context, action: Callable[[HandlerService], Awaitable[T]]) 
 
 
 def _row(record: HandlerRecord) -> dict[str, Any]:
-    handler = record.handler
+    """A handler as `show` and `list --json` print it: decoy counts flat, the time as stored."""
     return {
-        **handler.model_dump(mode="json", exclude={"timeout_s"}),
-        "timeout": handler.timeout_s,
-        "state": record.state,
-        "source": record.source,
-        "declared_model_type": record.declared_model_type,
-        "problem": record.problem,
+        **record_fields(record),
         "decoy_compared": record.decoy_compared,
         "decoy_agreed": record.decoy_agreed,
         "updated_at": record.updated_at.isoformat(),

@@ -32,8 +32,7 @@ from logistik.routing.decoy import DecoyTally
 from logistik.routing.model_client import ModelClient
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router
-from logistik.web.app import AppState, create_app
-from logistik.web.server import add_operations_routes, bind, serve
+from logistik.web import AppState, add_operations_routes, bind, create_app, serve
 
 logger = logging.getLogger(__name__)
 

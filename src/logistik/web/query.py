@@ -12,8 +12,6 @@ from logistik.event import Event, decode_event, encode_event
 from logistik.handler import Handler
 from logistik.routing.model_client import classify, describe_error
 
-MAX_ERROR_TEXT = 300
-
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """A response's whole body, None when it is longer than `limit` bytes."""
