@@ -160,8 +160,15 @@ class RoutingConfig(_Section):
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_cap_s: float = Field(default=30.0, ge=0)
     retry_after_cap_s: float = Field(default=300.0, ge=0)
+    # Failed calls in a row that open an instance's circuit, and how long it then gets no
+    # calls (doubling at each failed probe, up to circuit_open_max_s).
     unhealthy_after_failures: int = Field(default=3, ge=1)
     unhealthy_cooldown_s: float = Field(default=10.0, ge=0)
+    circuit_open_max_s: float = Field(default=120.0, ge=0)
+    # A call that would wait longer than this for one of the instance's free slots goes to the
+    # retry topic instead, so a slow model cannot hold the events of other models.
+    max_queue_wait_s: float = Field(default=1.0, gt=0)
+    max_waiting_retries: int = Field(default=2_000, ge=1)  # retry records held until due
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
 

@@ -16,6 +16,7 @@ from logistik.errors import InvalidEventError
 
 HEADER_PREFIX = "logistik."
 FAILED_SUFFIX = "-failed"
+RETRY_SUFFIX = "-retry"
 MAX_GROUPS_HEADER_BYTES = 64 * 1024  # a replay for more groups than this is not a replay
 
 HeaderValue = str | bytes | None
@@ -44,6 +45,10 @@ class Header:
     REPLAYS = HEADER_PREFIX + "replays"
     REPLAY_GROUPS = HEADER_PREFIX + "replay_groups"
     REPLAYED_FROM = HEADER_PREFIX + "replayed_from"
+    # On records of a retry topic (with SOURCE, TOPIC, FAILED_NODES, ERROR and REPLAYS).
+    RETRY_GROUP = HEADER_PREFIX + "retry_group"  # the one group the event waits for
+    ATTEMPT = HEADER_PREFIX + "attempt"  # calls made so far
+    DUE_AT = HEADER_PREFIX + "due_at"  # when to call again, in milliseconds since the epoch
 
 
 class Reason(StrEnum):
@@ -82,6 +87,76 @@ _UNDECODABLE = frozenset(
 def failed_topic(topic: str) -> str:
     """The failed topic of a topic, unless a handler names its own."""
     return topic + FAILED_SUFFIX
+
+
+def retry_topic(topic: str) -> str:
+    """Where (event, group) pairs of a topic wait for their next call."""
+    return topic + RETRY_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class RetryMarks:
+    """What a retry topic's record says: which group, which attempt, when, and where from."""
+
+    group_id: str
+    attempt: int
+    due_at_ms: int
+    topic: str
+    partition: int
+    offset: int
+    failed_nodes: tuple[str, ...] = ()
+    error: str = ""
+    replays: int = 0
+
+    def headers(self) -> list[tuple[str, HeaderValue]]:
+        """The record's headers."""
+        fields = {
+            Header.RETRY_GROUP: self.group_id,
+            Header.ATTEMPT: str(self.attempt),
+            Header.DUE_AT: str(self.due_at_ms),
+            Header.TOPIC: self.topic,
+            Header.SOURCE: f"{self.topic}/{self.partition}/{self.offset}",
+            Header.FAILED_NODES: ",".join(self.failed_nodes),
+            Header.ERROR: self.error,
+            Header.REPLAYS: str(self.replays),
+        }
+        return [(k, v.encode()) for k, v in fields.items() if v]
+
+
+def retry_marks(headers: HeaderList | None) -> RetryMarks:
+    """Read a retry record's headers; InvalidEventError when they are not what logistik wrote."""
+    found = {name: value for name, value in headers or () if name.startswith(HEADER_PREFIX)}
+
+    def text(name: str) -> str:
+        return _header_text(name, found.get(name))
+
+    def number(name: str) -> int:
+        value = text(name)
+        if not (value.isascii() and value.isdigit() and len(value) <= 18):
+            raise InvalidEventError(
+                Reason.INVALID_HEADER, f"header {name} is not a number: {value[:40]!r}"
+            )
+        return int(value)
+
+    group = text(Header.RETRY_GROUP)
+    topic, _, where = text(Header.SOURCE).partition("/")
+    partition, _, offset = where.partition("/")
+    if not group or not topic or not partition.isdigit() or not offset.isdigit():
+        raise InvalidEventError(
+            Reason.INVALID_HEADER, "a retry record without its group or source headers"
+        )
+    replays = text(Header.REPLAYS)
+    return RetryMarks(
+        group_id=group,
+        attempt=number(Header.ATTEMPT),
+        due_at_ms=number(Header.DUE_AT),
+        topic=topic,
+        partition=int(partition),
+        offset=int(offset),
+        failed_nodes=tuple(n for n in text(Header.FAILED_NODES).split(",") if n),
+        error=text(Header.ERROR),
+        replays=int(replays) if replays.isascii() and replays.isdigit() else 0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

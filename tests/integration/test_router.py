@@ -63,9 +63,10 @@ def run_one(
 ) -> dict[str, Any]:
     """Start a router, produce events, wait until logistik committed all; returns the config."""
     config = make_config(servers, handlers, **sections)
-    router(config)
+    running = router(config)
     produce(servers, topic, events)
     wait_all_committed(servers, config["kafka"]["group_id"], topic, len(events))
+    wait_until(running.settled, 30, "retries to be handled")
     return config
 
 

@@ -110,6 +110,18 @@ class RouterThread:
         self._started.set()
         await task
 
+    def settled(self) -> bool:
+        """Whether nothing is in flight and every retry written was taken back and handled."""
+        runner = self.runner
+        if runner is None or runner.loop is None:
+            return False
+        figures = runner.figures
+        return (
+            runner.loop.in_flight == 0
+            and runner.loop.waiting_retries == 0
+            and sum(figures.deferred.values()) == sum(figures.retried.values())
+        )
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop routing gracefully and wait for the thread to end."""
         if self._stop is not None and self._thread.is_alive():

@@ -189,22 +189,125 @@ async def test_a_replayed_event_goes_only_to_the_groups_named() -> None:
     assert models.nodes() == ["age-127.0.0.1-model-0"]
 
 
+async def pass_retries(router: Router, topics: MemoryTopics) -> int:
+    """Take every record of a retry topic back into the router, as the consume loop does."""
+    taken = 0
+    while retries := [r for r in topics.records if r.topic.endswith("-retry")]:
+        for record in retries:
+            topics.records.remove(record)
+            headers = [(k, v.encode()) for k, v in record.headers.items()]
+            assert await router.retry(Source(record.topic, 0, taken), record.value, headers)
+            taken += 1
+    return taken
+
+
+async def test_a_failed_call_waits_on_the_retry_topic_not_in_the_event() -> None:
+    failing = Answer(Outcome.RETRY, 503, error="HTTP 503")
+    router, models, topics = router_for([handler("face")], lambda h, b: failing, retries=2)
+    await router.handle(Source(*SOURCE), event(actor={"id": "alice"}))
+    [waiting] = topics.records
+    assert (waiting.topic, waiting.key) == ("detect-retry", b"alice")
+    assert {k: v for k, v in waiting.headers.items() if k != Header.DUE_AT} == {
+        Header.RETRY_GROUP: "face",
+        Header.ATTEMPT: "1",
+        Header.TOPIC: "detect",
+        Header.SOURCE: "detect/0/7",
+        Header.FAILED_NODES: "face-127.0.0.1-model-0",
+        Header.ERROR: "HTTP 503",
+        Header.REPLAYS: "0",
+    }
+    assert len(models.calls) == 1
+
+
 async def test_retries_then_the_failed_topic_with_every_node_tried() -> None:
     failing = Answer(Outcome.RETRY, 503, error="HTTP 503")
     router, models, topics = router_for(
         [handler("face"), handler("face", node="1")], lambda h, b: failing, retries=2
     )
     await router.handle(Source(*SOURCE), event())
+    assert await pass_retries(router, topics) == 2
     [failed] = topics.records
     assert failed.topic == "detect-failed"
     assert failed.headers[Header.REASON] == "retries-exhausted"
     assert failed.headers[Header.RETRIES] == "2"
     assert failed.headers[Header.GROUP] == "face"
+    assert failed.headers[Header.SOURCE] == "detect/0/7"
     assert set(failed.headers[Header.FAILED_NODES].split(",")) == {
         "face-127.0.0.1-model-0",
         "face-127.0.0.1-model-1",
     }
     assert len(models.calls) == 3
+
+
+async def test_a_retry_goes_to_another_replica_and_is_published() -> None:
+    def script(h: Handler, body: bytes) -> Answer:
+        if h.node == "0":
+            return Answer(Outcome.RETRY, 503, error="HTTP 503")
+        return ok({"by": h.node_id})
+
+    router, _models, topics = router_for([handler("face"), handler("face", node="1")], script)
+    for offset in range(4):
+        await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
+    await pass_retries(router, topics)
+    assert sorted(r.topic for r in topics.records) == ["face-results"] * 4
+    assert {r.headers[Header.NODE_ID] for r in topics.records} == {"face-127.0.0.1-model-1"}
+
+
+async def test_a_circuit_opens_after_failures_in_a_row_and_calls_stop() -> None:
+    failing = Answer(Outcome.RETRY, 503, error="HTTP 503")
+    router, models, topics = router_for([handler("face")], lambda h, b: failing, retries=5)
+    for offset in range(6):
+        await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
+    # unhealthy_after_failures (3) calls, then the open circuit sends events straight on.
+    assert len(models.calls) == 3
+    waiting = [r for r in topics.records if r.topic == "detect-retry"]
+    assert len(waiting) == 6
+    assert waiting[-1].headers[Header.ERROR].startswith("circuit open for every instance")
+    live = router._registry.instance("face-127.0.0.1-model-0")
+    assert live is not None and live.circuit == "open" and live.last_error == "HTTP 503"
+
+
+async def test_a_half_open_circuit_closes_on_a_good_probe() -> None:
+    answers = iter([Answer(Outcome.RETRY, 503, error="HTTP 503")] * 3 + [ok({"fine": True})] * 9)
+    router, _models, topics = router_for([handler("face")], lambda h, b: next(answers))
+    for offset in range(3):
+        await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
+    live = router._registry.instance("face-127.0.0.1-model-0")
+    assert live is not None and live.circuit == "open"
+    live.open_until = 0.0  # the cool-down is over
+    await router.handle(Source("detect", 0, 3), event(id="e3"))
+    assert live.circuit == "closed"
+    assert [r.topic for r in topics.records].count("face-results") == 1
+
+
+async def test_unreadable_retry_headers_go_to_the_failed_topic() -> None:
+    router, models, topics = router_for([handler("face")], lambda h, b: ok({}))
+    headers: list[tuple[str, HeaderValue]] = [(Header.RETRY_GROUP, b"face"), (Header.ATTEMPT, b"x")]
+    assert await router.retry(Source("detect-retry", 0, 3), event(), headers)
+    [failed] = topics.records
+    assert (failed.topic, failed.headers[Header.REASON]) == ("detect-failed", "invalid-header")
+    assert models.calls == []
+
+
+async def test_a_retry_for_a_group_that_is_gone_is_failed_with_the_reason() -> None:
+    failing = Answer(Outcome.RETRY, 503, error="HTTP 503")
+    router, _models, topics = router_for([handler("face")], lambda h, b: failing)
+    await router.handle(Source(*SOURCE), event())
+    router._registry.replace([handler("other")])
+    await pass_retries(router, topics)
+    [failed] = topics.records
+    assert failed.headers[Header.REASON] == "no-handler"
+    assert failed.headers[Header.ERROR] == "group face no longer handles topic detect"
+
+
+async def test_a_channel_naming_no_group_is_failed_not_dropped() -> None:
+    router, models, topics = router_for([handler("face")], lambda h, b: ok({}))
+    target = {"objectType": "channel", "content": '["nobody"]'}
+    await router.handle(Source(*SOURCE), event(target=target))
+    [failed] = topics.records
+    assert failed.headers[Header.REASON] == "no-handler"
+    assert "nobody" in failed.headers[Header.ERROR]
+    assert models.calls == []
 
 
 async def test_a_rejected_event_is_not_retried() -> None:

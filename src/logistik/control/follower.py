@@ -11,7 +11,7 @@ from logistik.control.store import Store
 from logistik.errors import describe
 from logistik.handler import Handler
 from logistik.kafka.clients import ensure_topics
-from logistik.protocol import failed_topic
+from logistik.protocol import failed_topic, retry_topic
 from logistik.routing.decoy import DecoyTally
 from logistik.routing.registry import Registry
 
@@ -19,10 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 def topics_of(handlers: list[Handler]) -> set[str]:
-    """Every topic handlers read or write: their event, return and failed topics."""
+    """Every topic handlers read or write: their event, retry, return and failed topics."""
     topics: set[str] = set()
     for handler in handlers:
-        topics |= {handler.event, handler.failed_topic_name, failed_topic(handler.event)}
+        topics |= {
+            handler.event,
+            retry_topic(handler.event),
+            handler.failed_topic_name,
+            failed_topic(handler.event),
+        }
         if handler.return_to:
             topics.add(handler.return_to)
     return topics

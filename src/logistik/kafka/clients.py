@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from logistik.config import KafkaConfig
 from logistik.errors import BrokerError, PublishError
 from logistik.kafka.offsets import OffsetBook, TopicPartitionKey
+from logistik.protocol import RETRY_SUFFIX
 
 logger = logging.getLogger(__name__)
 _TIMINGS = re.compile(r"\(after \d+ms[^)]*\)|\d+ms")
@@ -108,6 +109,7 @@ class EventConsumer:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
+        self._paused_topics: set[str] = set()  # paused on their own, e.g. retry topics
 
     async def run(self, call: Callable[[], Any]) -> Any:
         """Run a consumer call on the consumer thread."""
@@ -184,10 +186,25 @@ class EventConsumer:
         self._paused = True
 
     def resume(self) -> None:
-        """Fetch again (consumer thread)."""
-        if self._paused and self._assignment:
-            self._consumer.resume(self._assignment)
+        """Fetch again (consumer thread), except topics paused on their own."""
+        resumed = [p for p in self._assignment if p.topic not in self._paused_topics]
+        if self._paused and resumed:
+            self._consumer.resume(resumed)
         self._paused = False
+
+    def pause_topics(self, topics: set[str]) -> None:
+        """Stop fetching the assigned partitions of these topics (consumer thread)."""
+        self._paused_topics |= topics
+        partitions = [p for p in self._assignment if p.topic in topics]
+        if partitions:
+            self._consumer.pause(partitions)
+
+    def resume_topics(self, topics: set[str]) -> None:
+        """Fetch these topics again, unless the whole consumer is paused (consumer thread)."""
+        self._paused_topics -= topics
+        partitions = [p for p in self._assignment if p.topic in topics]
+        if partitions and not self._paused:
+            self._consumer.resume(partitions)
 
     def close(self) -> bool:
         """Commit what is done and leave the group (consumer thread); False if the commit failed."""
@@ -204,22 +221,27 @@ class EventConsumer:
         # Cooperative rebalancing hands over only the added partitions.
         self._assignment.extend(partitions)
         logger.info("assigned %s", _names(partitions))
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        paused = [p for p in partitions if self._paused or p.topic in self._paused_topics]
+        if paused:
+            consumer.pause(paused)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
         if not keys:
             return
         # Let events in flight finish before another consumer (or this one, after a
-        # re-subscription) takes the partition over, so they are not routed twice.
+        # re-subscription) takes the partition over, so they are not routed twice. Records of
+        # retry topics may wait long for their due time: they are given up at once instead
+        # (the router checks its partition is still held before calling).
+        waited = [k for k in keys if not k[0].endswith(RETRY_SUFFIX)]
         deadline = time.monotonic() + self._drain_s
-        while self._book.in_progress(keys) and time.monotonic() < deadline:
+        while self._book.in_progress(waited) and time.monotonic() < deadline:
             time.sleep(0.01)
-        left = self._book.in_progress(keys)
+        left = self._book.in_progress(waited)
         if left:
             logger.warning(
-                "revoked %s with %d event(s) still in flight: they will be delivered again",
+                "revoked %s while %d record(s) were not yet committed (at least one still in "
+                "flight; finished ones wait behind it): they will be delivered again",
                 _names(partitions),
                 left,
             )

@@ -131,6 +131,8 @@ class Figures:
         self.handlers: dict[str, HandlerFigures] = {}
         self.events_in: Counter[str] = Counter()
         self.published: Counter[str] = Counter()
+        self.deferred: Counter[str] = Counter()  # (event, group) pairs sent to the retry topic
+        self.retried: Counter[str] = Counter()  # retry records taken back and handled
         self.failed: Counter[tuple[str, str]] = Counter()
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
 
@@ -154,10 +156,13 @@ class Figures:
     def topics(self) -> dict[str, dict[str, Any]]:
         """Per topic: events in, answers published, records failed by reason."""
         names = set(self.events_in) | set(self.published) | {t for t, _ in self.failed}
+        names |= set(self.deferred) | set(self.retried)
         return {
             name: {
                 "events_in": self.events_in[name],
                 "published": self.published[name],
+                "deferred": self.deferred[name],
+                "retried": self.retried[name],
                 "failed": {r: n for (t, r), n in self.failed.items() if t == name},
             }
             for name in sorted(names)

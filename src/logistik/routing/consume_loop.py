@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, Message
 from logistik.config import KafkaConfig, RoutingConfig
 from logistik.kafka.clients import EventConsumer
 from logistik.kafka.offsets import OffsetBook, PartitionTracker
-from logistik.protocol import HeaderList
+from logistik.protocol import HeaderList, retry_topic
 from logistik.routing.backpressure import Backpressure
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
@@ -45,16 +45,28 @@ class ConsumeLoop:
         self._kafka = kafka
         self._routing = routing
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retry_tasks: set[asyncio.Task[None]] = set()
+        self._retry_topics: set[str] = set()
+        self._retries_paused = False
+        self._stopping = asyncio.Event()
         self._unknown_topics: set[str] = set()
         self._last_turn: float | None = None
         self.backpressure = Backpressure(routing.max_in_flight)
+        # Retry records wait for their due time in a budget of their own, so that a flood of
+        # retries never takes the room of first attempts.
+        self.retry_budget = routing.max_waiting_retries
         self.peak_in_flight = 0
         self.ready = ready or asyncio.Event()  # set once the first poll returned
 
     @property
     def in_flight(self) -> int:
-        """Records handed to the router and not finished."""
+        """Records handed to the router and not finished (retry records not counted)."""
         return len(self._tasks)
+
+    @property
+    def waiting_retries(self) -> int:
+        """Retry records taken and not finished: waiting for their due time, or being called."""
+        return len(self._retry_tasks)
 
     def age_s(self) -> float | None:
         """Seconds since the loop last turned, None before it started."""
@@ -69,6 +81,7 @@ class ConsumeLoop:
         while not stop.is_set():
             now = self._last_turn = time.monotonic()
             subscribed = await self._subscribe(subscribed)
+            await self._pace_retries()
             commit = now - last_commit >= commit_interval_s
             if commit:
                 last_commit = now
@@ -92,14 +105,25 @@ class ConsumeLoop:
             self._dispatch_all(batch)
 
     async def _subscribe(self, subscribed: set[str]) -> set[str]:
-        """Follow the registry's topics; returns the topics now subscribed."""
+        """Follow the registry's topics and their retry topics; returns the topics subscribed."""
         topics = self._registry.topics()
         if topics == subscribed or not topics:
             return subscribed
+        self._retry_topics = {retry_topic(t) for t in topics}
         consumer = self._consumer
-        await consumer.run(partial(consumer.subscribe, sorted(topics)))
+        await consumer.run(partial(consumer.subscribe, sorted(topics | self._retry_topics)))
         logger.info("consuming %s as group %s", ", ".join(sorted(topics)), self._kafka.group_id)
         return topics
+
+    async def _pace_retries(self) -> None:
+        """Pause the retry topics while their budget is full; resume at three quarters."""
+        waiting, consumer = len(self._retry_tasks), self._consumer
+        if not self._retries_paused and waiting >= self.retry_budget:
+            self._retries_paused = True
+            await consumer.run(partial(consumer.pause_topics, set(self._retry_topics)))
+        elif self._retries_paused and waiting <= self.retry_budget * 3 // 4:
+            self._retries_paused = False
+            await consumer.run(partial(consumer.resume_topics, set(self._retry_topics)))
 
     def _dispatch_all(self, batch: list[Message]) -> None:
         for message in batch:
@@ -117,6 +141,11 @@ class ConsumeLoop:
         source = Source(topic, partition, offset)
         # librdkafka gives a consumed record's headers as a list of pairs.
         headers = cast(HeaderList | None, message.headers())
+        if topic in self._retry_topics:
+            retry = asyncio.create_task(self._retry(tracker, source, message.value(), headers))
+            self._retry_tasks.add(retry)
+            retry.add_done_callback(self._retry_tasks.discard)
+            return
         task = asyncio.create_task(self._handle(tracker, source, message.value(), headers))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
@@ -145,6 +174,34 @@ class ConsumeLoop:
             return
         tracker.finish(source.offset)
 
+    async def _retry(
+        self,
+        tracker: PartitionTracker,
+        position: Source,
+        raw: bytes | None,
+        headers: HeaderList | None,
+    ) -> None:
+        def held() -> bool:
+            # False once the partition went to another consumer, which takes the record again.
+            return not tracker.closed
+
+        try:
+            done = await self._router.retry(position, raw, headers, self._stopping, held)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.critical(
+                "unexpected error on %s/%d/%d; its partition stops committing until "
+                "restart so the event is not lost",
+                position.topic,
+                position.partition,
+                position.offset,
+                exc_info=True,
+            )
+            return
+        if done:
+            tracker.finish(position.offset)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self.backpressure.finished(len(self._tasks))
@@ -163,6 +220,9 @@ class ConsumeLoop:
     async def drain(self, grace_s: float) -> None:
         """Wait up to `grace_s` for events in flight, commit what is done, leave the group."""
         consumer = self._consumer
+        self._stopping.set()  # retry records waiting for their due time are taken again later
+        if self._retry_tasks:
+            await asyncio.wait(set(self._retry_tasks), timeout=grace_s)
         if self._tasks:
             logger.info(
                 "stopping: waiting up to %g s for %d event(s) in flight", grace_s, len(self._tasks)

@@ -6,21 +6,40 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from logistik.event import Event, channel_groups, event_id
 from logistik.handler import Handler, ModelType
 from logistik.routing.slots import Slots
 
 
+class Circuit(StrEnum):
+    """Whether a model instance is called: closed (yes), open (no), half-open (one probe)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
 @dataclass(eq=False)
 class LiveHandler:
-    """Runtime state of one handler: calls in flight and recent failures."""
+    """Runtime state of one handler: calls in flight, latency, and its circuit breaker.
+
+    After `open_after` failed calls in a row (errors, timeouts, 5xx) the circuit opens: the
+    instance gets no calls for a cool-down that doubles at each failed probe, up to a cap;
+    then one call probes it (half-open), and a success closes the circuit again.
+    """
 
     handler: Handler
     max_concurrency: int
     in_flight: int = 0
     consecutive_failures: int = 0
-    unhealthy_until: float = 0.0
+    circuit: Circuit = Circuit.CLOSED
+    circuit_since: float = 0.0  # wall-clock time of the last change, for people to read
+    open_until: float = 0.0  # monotonic time the next probe is allowed
+    cooldown_s: float = 0.0
+    last_error: str = ""
+    latency_s: float = 0.0  # smoothed latency of recent calls
     slots: Slots = field(init=False)
 
     def __post_init__(self) -> None:
@@ -31,20 +50,59 @@ class LiveHandler:
         """The handler's node id."""
         return self.handler.node_id
 
-    def healthy(self, now: float) -> bool:
-        """Whether the instance is not in a failure cool-down."""
-        return now >= self.unhealthy_until
+    def callable(self, now: float) -> bool:
+        """Whether a call may go to this instance now (an open circuit past its cool-down may)."""
+        if self.circuit is Circuit.CLOSED:
+            return True
+        return self.circuit is Circuit.OPEN and now >= self.open_until
 
-    def record_success(self) -> None:
-        """Clear the failure streak."""
+    def queue_wait_s(self) -> float:
+        """About how long a new call would wait for a free slot, from recent latency."""
+        return self.slots.waiting * self.latency_s / self.max_concurrency
+
+    def record_latency(self, latency_s: float) -> None:
+        """Fold one call's latency into the smoothed figure."""
+        self.latency_s = (
+            latency_s if self.latency_s == 0.0 else 0.8 * self.latency_s + 0.2 * latency_s
+        )
+
+    def record_success(self) -> Circuit | None:
+        """Clear the failure streak; returns the old state when this closed the circuit."""
         self.consecutive_failures = 0
-        self.unhealthy_until = 0.0
+        if self.circuit is Circuit.CLOSED:
+            return None
+        old = self.circuit
+        self.circuit, self.circuit_since, self.cooldown_s = Circuit.CLOSED, time.time(), 0.0
+        return old
 
-    def record_failure(self, unhealthy_after: int, cooldown_s: float) -> None:
-        """Count a failure; after a streak the instance is avoided for a cool-down."""
+    def record_failure(
+        self, error: str, open_after: int, cooldown_s: float, cooldown_cap_s: float
+    ) -> bool:
+        """Count a failed call; returns True when this opened the circuit."""
         self.consecutive_failures += 1
-        if self.consecutive_failures >= unhealthy_after:
-            self.unhealthy_until = time.monotonic() + cooldown_s
+        self.last_error = error
+        probing = self.circuit is not Circuit.CLOSED
+        if not probing and self.consecutive_failures < open_after:
+            return False
+        self.cooldown_s = (
+            min(cooldown_cap_s, max(cooldown_s, self.cooldown_s * 2)) if probing else cooldown_s
+        )
+        self.open_until = time.monotonic() + self.cooldown_s
+        opened = self.circuit is Circuit.CLOSED
+        self.circuit, self.circuit_since = (
+            Circuit.OPEN,
+            time.time() if opened else self.circuit_since,
+        )
+        return opened
+
+    def start_probe(self) -> None:
+        """Let one call through an open circuit whose cool-down passed."""
+        self.circuit = Circuit.HALF_OPEN
+
+    def end_probe(self) -> None:
+        """A probe that made no call: the circuit stays open, ready for the next probe."""
+        if self.circuit is Circuit.HALF_OPEN:
+            self.circuit = Circuit.OPEN
 
 
 @dataclass(eq=False)
@@ -75,24 +133,28 @@ class Group:
         return self.production or serving or self.canaries
 
     def pick(self, pool: list[LiveHandler], tried: Iterable[str] = ()) -> LiveHandler | None:
-        """Choose the healthy, least-loaded instance of the pool, avoiding nodes already tried."""
-        if not pool:
-            return None
-        if len(pool) == 1:
-            return pool[0]
+        """The least-loaded instance of the pool whose circuit lets a call through, preferring
+        nodes not tried yet; None when every circuit is open."""
         now = time.monotonic()
+        callable_ = [i for i in pool if i.callable(now)]
+        if not callable_:
+            return None
         tried_set = set(tried)
-        fresh = [i for i in pool if i.node_id not in tried_set] or pool
-        candidates = [i for i in fresh if i.healthy(now)] or fresh
-        self._turn += 1
+        candidates = [i for i in callable_ if i.node_id not in tried_set] or callable_
         count = len(candidates)
-        # Rotate the start so equal loads take turns instead of always the first instance.
-        start = self._turn % count
-        best = candidates[start]
-        for offset in range(1, count):
-            other = candidates[(start + offset) % count]
-            if other.in_flight < best.in_flight:
-                best = other
+        if count == 1:
+            best = candidates[0]
+        else:
+            self._turn += 1
+            # Rotate the start so equal loads take turns instead of always the first instance.
+            start = self._turn % count
+            best = candidates[start]
+            for offset in range(1, count):
+                other = candidates[(start + offset) % count]
+                if other.in_flight < best.in_flight:
+                    best = other
+        if best.circuit is not Circuit.CLOSED:
+            best.start_probe()
         return best
 
 
@@ -148,6 +210,10 @@ class Registry:
     def groups(self, topic: str) -> list[Group]:
         """Every group subscribed to a topic."""
         return self._groups.get(topic, [])
+
+    def group(self, topic: str, group_id: str) -> Group | None:
+        """One group of a topic, if it is routed to."""
+        return next((g for g in self._groups.get(topic, []) if g.group_id == group_id), None)
 
     def groups_for(self, topic: str, event: Event) -> list[Group]:
         """The groups an event goes to: all of its topic's, or those its channel list names."""

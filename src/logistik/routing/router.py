@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from logistik.answer import Answer, Outcome
 from logistik.config import RoutingConfig
-from logistik.errors import InvalidEventError, PublishError
-from logistik.event import Event, actor_key, decode_record, event_id
+from logistik.errors import InvalidEventError, PublishError, one_line
+from logistik.event import Event, actor_key, channel_groups, decode_record, event_id
 from logistik.handler import Handler
 from logistik.kafka.clients import Headers
 from logistik.observe.alerts import Alerter
@@ -19,7 +21,18 @@ from logistik.observe.figures import Figures
 from logistik.observe.logs import EVENTS_LOGGER
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
-from logistik.protocol import FailedRecord, Header, HeaderList, Reason, failed_topic, replay_marks
+from logistik.protocol import (
+    RETRY_SUFFIX,
+    FailedRecord,
+    Header,
+    HeaderList,
+    Reason,
+    RetryMarks,
+    failed_topic,
+    replay_marks,
+    retry_marks,
+    retry_topic,
+)
 from logistik.routing.backoff import Backoff
 from logistik.routing.cache import ResponseCache
 from logistik.routing.decoy import DecoyTally, agrees
@@ -74,6 +87,8 @@ class Delivery:
     source: Source
     event: Event
     body: bytes
+    attempt: int = 0  # calls already made for this (event, group), on earlier passes
+    failed_nodes: tuple[str, ...] = ()  # instances that failed it on earlier passes
 
     def failed(
         self,
@@ -125,6 +140,7 @@ class Router:
         self._backoff = Backoff(
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
+        self._max_retry_wait_s = max(routing.backoff_cap_s, routing.retry_after_cap_s)
         self.decoys = decoys or DecoyTally()
         self.figures = figures or Figures()
 
@@ -170,18 +186,106 @@ class Router:
         if source.only_groups is not None:
             groups = [g for g in groups if g.group_id in source.only_groups]
         if not groups:
-            logger.debug("event %s of %s matches no group", event_id(event), source.topic)
+            await self._unrouted(source, event, body)
             return
         if len(groups) == 1:
             await self._deliver(Delivery(groups[0], source, event, body))
         else:
             await asyncio.gather(*(self._deliver(Delivery(g, source, event, body)) for g in groups))
 
+    async def _unrouted(self, source: Source, event: Event, body: bytes) -> None:
+        """An event whose channel list or replay names no group of its topic: failed, said so."""
+        named = source.only_groups
+        if named is None:
+            named = channel_groups(event)
+            if named is None:
+                return  # no group reads this topic (any more): nothing is expected of it
+        error = (
+            f"names group(s) {', '.join(sorted(named)) or '-'} that do not handle topic "
+            f"{source.topic}"
+        )
+        record = FailedRecord(
+            source.topic,
+            source.partition,
+            source.offset,
+            body,
+            Reason.NO_HANDLER,
+            f"the event {error}",
+            event_id(event),
+            replays=source.replays,
+        )
+        logger.warning(
+            "event %s %s: sent to %s", event_id(event), error, failed_topic(source.topic)
+        )
+        await self.write_failed(failed_topic(source.topic), record)
+
+    async def retry(
+        self,
+        position: Source,
+        raw: bytes | None,
+        headers: HeaderList | None,
+        stopping: asyncio.Event | None = None,
+        held: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Handle one record of a retry topic: once it is due, one more call for its group.
+
+        Returns False when the record was left for later: the process is `stopping`, or its
+        partition is no longer `held`; it is then taken again, by this process or another.
+        """
+        try:
+            marks = retry_marks(headers)
+            event, body = decode_record(raw)
+        except InvalidEventError as exc:
+            await self._invalid_retry(position, raw, exc)
+            return True
+        # A due time far off cannot come from logistik's own back-off: it is not waited for.
+        wait_s = min(marks.due_at_ms / 1000 - time.time(), self._max_retry_wait_s)
+        if wait_s > 0:
+            if stopping is None:
+                await asyncio.sleep(wait_s)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), wait_s)
+        if (stopping is not None and stopping.is_set()) or (held is not None and not held()):
+            return False
+        source = Source(marks.topic, marks.partition, marks.offset, marks.replays)
+        group = self._registry.group(marks.topic, marks.group_id)
+        if group is None or not (group.answerable or group.down):
+            gone = Group(marks.group_id, marks.topic)
+            delivery = Delivery(gone, source, event, body, marks.attempt, marks.failed_nodes)
+            error = f"group {marks.group_id} no longer handles topic {marks.topic}"
+            await self._give_up(delivery, [], Reason.NO_HANDLER, error, marks.attempt)
+        else:
+            await self._deliver(
+                Delivery(group, source, event, body, marks.attempt, marks.failed_nodes)
+            )
+        self.figures.retried[marks.topic] += 1
+        return True
+
+    async def _invalid_retry(
+        self, position: Source, raw: bytes | None, exc: InvalidEventError
+    ) -> None:
+        topic = failed_topic(position.topic.removesuffix(RETRY_SUFFIX))
+        logger.warning(
+            "%s/%d/%d is not a retry record logistik wrote (%s): sent to %s",
+            position.topic,
+            position.partition,
+            position.offset,
+            exc,
+            topic,
+        )
+        record = FailedRecord(
+            position.topic, position.partition, position.offset, raw, exc.reason, str(exc)
+        )
+        await self.write_failed(topic, record)
+
     async def _deliver(self, delivery: Delivery) -> None:
         """Get one answer from the group (decoys alongside); never raises."""
         try:
-            if delivery.group.decoys and delivery.source.only_groups is None:
-                await self._shadowed(delivery)  # a replay is for recovery, not for shadows
+            # Shadows compare first answers: a replay or a retry is for recovery only.
+            shadow = delivery.attempt == 0 and delivery.source.only_groups is None
+            if delivery.group.decoys and shadow:
+                await self._shadowed(delivery)
             else:
                 await self._answer(delivery)
         except asyncio.CancelledError:
@@ -197,7 +301,8 @@ class Router:
 
     async def _shadowed(self, delivery: Delivery) -> None:
         """Answer as usual while every decoy gets the event too; compare, never publish."""
-        decoys = delivery.group.decoys
+        now = time.monotonic()
+        decoys = [d for d in delivery.group.decoys if d.callable(now)]
         shadows = asyncio.gather(*(self._call(decoy, delivery.body) for decoy in decoys))
         try:
             answer = await self._answer(delivery)
@@ -216,7 +321,9 @@ class Router:
                 error = (
                     f"no instance of group {group.group_id} is up (down: {', '.join(group.down)})"
                 )
-                await self._give_up(delivery, [], Reason.NO_HANDLER, error, 0, group.down)
+                await self._give_up(
+                    delivery, [], Reason.NO_HANDLER, error, delivery.attempt, group.down
+                )
             return None
         pool = group.answering_pool(delivery.event)
         key = None
@@ -245,65 +352,166 @@ class Router:
         pool: list[LiveHandler],
         key: str | None,
     ) -> Answer | None:
-        """Call the pool until an answer, retrying and failing over; None when it failed."""
-        tried: list[str] = []
-        retry = 0
-        while True:
-            instance = delivery.group.pick(pool, tried)
-            assert instance is not None  # the pool of an answerable group is never empty
-            answer = await self._call(instance, delivery.body, retry > 0)
-            outcome = answer.outcome
-            if outcome is Outcome.OK:
-                if not await self._publish(delivery, instance, answer):
-                    return None
-                if key is not None and self._cache is not None:
-                    self._cache.put(key, answer.body)
-                self._done(delivery, instance, answer, f"published to {instance.handler.return_to}")
-                return answer
-            if outcome is Outcome.IGNORED or outcome is Outcome.DUPLICATE:
-                self._done(delivery, instance, answer, outcome.value)
-                return answer
-            tried.append(instance.node_id)
-            if outcome is Outcome.REJECTED:
-                await self._give_up(delivery, [instance], Reason.REJECTED, answer.error, retry)
+        """One call to the pool; a retryable failure goes to the retry topic. None if not done.
+
+        Only one call happens here, so a failing or slow model holds its event (and with it
+        the commit point of its partition and the other groups' share of the in-flight
+        budget) for at most one call's timeout; further calls wait on the retry topic.
+        """
+        instance = delivery.group.pick(pool, delivery.failed_nodes)
+        if instance is None:
+            answer = Answer(Outcome.RETRY, None, error=_all_open(pool))
+        else:
+            answer = await self._call(instance, delivery.body, delivery.attempt > 0)
+        outcome = answer.outcome
+        if outcome is Outcome.OK:
+            assert instance is not None
+            if not await self._publish(delivery, instance, answer):
                 return None
-            if retry >= self._retries(instance):
-                failed = [i for i in pool if i.node_id in tried]
-                await self._give_up(
-                    delivery, failed, Reason.RETRIES_EXHAUSTED, answer.error, retry, tried
-                )
-                return None
-            retry += 1
-            await asyncio.sleep(self._backoff.delay_s(retry, answer.retry_after_s))
+            if key is not None and self._cache is not None:
+                self._cache.put(key, answer.body)
+            self._done(delivery, instance, answer, f"published to {instance.handler.return_to}")
+            return answer
+        if outcome is Outcome.IGNORED or outcome is Outcome.DUPLICATE:
+            assert instance is not None
+            self._done(delivery, instance, answer, outcome.value)
+            return answer
+        failed = [instance] if instance is not None else []
+        if outcome is Outcome.REJECTED:
+            await self._give_up(
+                delivery,
+                failed,
+                Reason.REJECTED,
+                answer.error,
+                delivery.attempt,
+                delivery.failed_nodes,
+            )
+            return None
+        await self._retry_later(delivery, instance or pool[0], failed, answer)
+        return None
+
+    async def _retry_later(
+        self, delivery: Delivery, handler_of: LiveHandler, failed: list[LiveHandler], answer: Answer
+    ) -> None:
+        """Put the (event, group) on its topic's retry topic, or fail it once retries are spent."""
+        nodes = tuple(dict.fromkeys([*delivery.failed_nodes, *(i.node_id for i in failed)]))
+        if delivery.attempt >= self._retries(handler_of):
+            await self._give_up(
+                delivery,
+                [handler_of],
+                Reason.RETRIES_EXHAUSTED,
+                answer.error,
+                delivery.attempt,
+                nodes,
+            )
+            return
+        attempt = delivery.attempt + 1
+        delay_s = self._backoff.delay_s(attempt, answer.retry_after_s)
+        source, group = delivery.source, delivery.group
+        marks = RetryMarks(
+            group.group_id,
+            attempt,
+            int((time.time() + delay_s) * 1000),
+            source.topic,
+            source.partition,
+            source.offset,
+            nodes,
+            one_line(answer.error, 500),
+            source.replays,
+        )
+        topic = retry_topic(group.topic)
+        try:
+            await self._producer.send(
+                topic, delivery.body, actor_key(delivery.event), marks.headers()
+            )
+        except PublishError as exc:
+            error = f"{answer.error}; the retry topic refused it: {exc}"
+            await self._give_up(
+                delivery, [handler_of], Reason.RETRIES_EXHAUSTED, error, delivery.attempt, nodes
+            )
+            return
+        self.figures.deferred[source.topic] += 1
+        if events_log.isEnabledFor(logging.INFO):
+            ident = event_id(delivery.event)
+            events_log.info(
+                "event %s group %s: %s; retry %d in %.1f s",
+                ident,
+                group.group_id,
+                answer.error,
+                attempt,
+                delay_s,
+                extra={
+                    "event_id": ident,
+                    "topic": source.topic,
+                    "group": group.group_id,
+                    "outcome": "retry",
+                },
+            )
 
     def _retries(self, instance: LiveHandler) -> int:
         retries = instance.handler.retries
         return retries if retries is not None else self._routing.retries
 
     async def _call(self, instance: LiveHandler, body: bytes, retry: bool = False) -> Answer:
+        """One call whose deadline covers the wait for a free slot; the circuit is kept."""
         handler = instance.handler
         timeout_s = handler.timeout_s or self._routing.timeout_s
+        slots = instance.slots
+        if not slots.free and instance.queue_wait_s() > self._routing.max_queue_wait_s:
+            instance.end_probe()
+            return Answer(Outcome.RETRY, None, error=_busy(instance))
         # Counted before waiting for a slot so the load spread sees queued calls too.
         instance.in_flight += 1
+        started = time.monotonic()
         try:
-            async with instance.slots:
+            if not await slots.acquire(timeout_s):
+                instance.end_probe()
+                return Answer(Outcome.RETRY, None, error=_busy(instance), timed_out=True)
+            try:
+                waited_s = time.monotonic() - started
+                # Rounded so that the client keeps few distinct timeout objects.
+                left_s = (
+                    timeout_s if waited_s < 0.001 else max(0.05, round(timeout_s - waited_s, 1))
+                )
                 if self.tracing.enabled:
-                    answer = await self._traced_call(instance, body, timeout_s, retry)
+                    answer = await self._traced_call(instance, body, left_s, retry)
                 else:
-                    answer = await self._client.call(handler, body, timeout_s)
+                    answer = await self._client.call(handler, body, left_s)
+            finally:
+                slots.release()
+        except asyncio.CancelledError:
+            instance.end_probe()
+            raise
         finally:
             instance.in_flight -= 1
         self.figures.call(instance.node_id, answer, retry)
         if self._statsd is not None:
             self._statsd.call(handler.name, answer)
+        instance.record_latency(answer.latency_s)
         if answer.outcome is Outcome.RETRY:
-            instance.record_failure(
-                self._routing.unhealthy_after_failures, self._routing.unhealthy_cooldown_s
-            )
-            self._keeps_failing(instance, answer)
-        else:
-            instance.record_success()
+            self._failed_call(instance, answer)
+        elif instance.record_success() is not None:
+            logger.info("circuit of %s closed: it answers again", instance.node_id)
         return answer
+
+    def _failed_call(self, instance: LiveHandler, answer: Answer) -> None:
+        routing = self._routing
+        opened = instance.record_failure(
+            answer.error,
+            routing.unhealthy_after_failures,
+            routing.unhealthy_cooldown_s,
+            routing.circuit_open_max_s,
+        )
+        if opened:
+            logger.warning(
+                "circuit of %s opened after %d failed calls in a row (last: %s): no calls for "
+                "%g s, then one probe",
+                instance.node_id,
+                instance.consecutive_failures,
+                answer.error,
+                instance.cooldown_s,
+            )
+        self._keeps_failing(instance, answer)
 
     async def _traced_call(
         self, instance: LiveHandler, body: bytes, timeout_s: float, retry: bool
@@ -437,3 +645,16 @@ class Router:
                     delay_s,
                 )
                 await asyncio.sleep(delay_s)
+
+
+def _all_open(pool: list[LiveHandler]) -> str:
+    last = next((i.last_error for i in pool if i.last_error), "")
+    nodes = ", ".join(i.node_id for i in pool)
+    return f"circuit open for every instance ({nodes}); last error: {last or '-'}"
+
+
+def _busy(instance: LiveHandler) -> str:
+    return (
+        f"{instance.node_id} is busy: {instance.slots.waiting} call(s) waiting for its "
+        f"{instance.max_concurrency} slots (about {instance.queue_wait_s():.1f} s)"
+    )

@@ -40,6 +40,27 @@ class Slots:
     async def __aexit__(self, *exc: object) -> None:
         self._release()
 
+    @property
+    def free(self) -> bool:
+        """Whether a caller would get a slot at once."""
+        return self._free > 0 and not self._waiters
+
+    async def acquire(self, timeout_s: float) -> bool:
+        """Take a slot, waiting at most `timeout_s`; False when none came in time."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.__aenter__()
+        except TimeoutError:
+            return False
+        return True
+
+    def release(self) -> None:
+        """Give back a slot taken with `acquire`."""
+        self._release()
+
     def _release(self) -> None:
         waiters = self._waiters
         while waiters:
