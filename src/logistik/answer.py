@@ -27,6 +27,7 @@ class Answer:
     retry_after_s: float | None = None
     latency_s: float = 0.0
     timed_out: bool = False
+    held: bool = False  # no call was made: every instance's circuit is open, or it is busy
 
     @property
     def kind(self) -> str:

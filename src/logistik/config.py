@@ -169,6 +169,9 @@ class RoutingConfig(_Section):
     # retry topic instead, so a slow model cannot hold the events of other models.
     max_queue_wait_s: float = Field(default=1.0, gt=0)
     max_waiting_retries: int = Field(default=2_000, ge=1)  # retry records held until due
+    # An event no instance could take (circuits open, or busy) waits on the retry topic
+    # without using its retries, for at most this long; then it goes to the failed topic.
+    max_hold_s: float = Field(default=600.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
 

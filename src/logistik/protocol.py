@@ -49,6 +49,7 @@ class Header:
     RETRY_GROUP = HEADER_PREFIX + "retry_group"  # the one group the event waits for
     ATTEMPT = HEADER_PREFIX + "attempt"  # calls made so far
     DUE_AT = HEADER_PREFIX + "due_at"  # when to call again, in milliseconds since the epoch
+    WAITING_SINCE = HEADER_PREFIX + "waiting_since"  # first put on the retry topic, in ms
 
 
 class Reason(StrEnum):
@@ -107,10 +108,12 @@ class RetryMarks:
     failed_nodes: tuple[str, ...] = ()
     error: str = ""
     replays: int = 0
+    since_ms: int = 0
 
     def headers(self) -> list[tuple[str, HeaderValue]]:
         """The record's headers."""
         fields = {
+            Header.WAITING_SINCE: str(self.since_ms),
             Header.RETRY_GROUP: self.group_id,
             Header.ATTEMPT: str(self.attempt),
             Header.DUE_AT: str(self.due_at_ms),
@@ -156,6 +159,7 @@ def retry_marks(headers: HeaderList | None) -> RetryMarks:
         failed_nodes=tuple(n for n in text(Header.FAILED_NODES).split(",") if n),
         error=text(Header.ERROR),
         replays=int(replays) if replays.isascii() and replays.isdigit() else 0,
+        since_ms=number(Header.WAITING_SINCE) if Header.WAITING_SINCE in found else 0,
     )
 
 

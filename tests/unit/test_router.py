@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,13 +190,15 @@ async def test_a_replayed_event_goes_only_to_the_groups_named() -> None:
     assert models.nodes() == ["age-127.0.0.1-model-0"]
 
 
-async def pass_retries(router: Router, topics: MemoryTopics) -> int:
-    """Take every record of a retry topic back into the router, as the consume loop does."""
+async def pass_retries(router: Router, topics: MemoryTopics, **changes: str) -> int:
+    """Take every record of a retry topic back into the router, as the consume loop does,
+    each due at once (the back-off is not what these tests look at), headers changed as asked."""
     taken = 0
     while retries := [r for r in topics.records if r.topic.endswith("-retry")]:
         for record in retries:
             topics.records.remove(record)
-            headers = [(k, v.encode()) for k, v in record.headers.items()]
+            fields = {**record.headers, Header.DUE_AT: "0", **changes}
+            headers = [(k, v.encode()) for k, v in fields.items()]
             assert await router.retry(Source(record.topic, 0, taken), record.value, headers)
             taken += 1
     return taken
@@ -207,7 +210,9 @@ async def test_a_failed_call_waits_on_the_retry_topic_not_in_the_event() -> None
     await router.handle(Source(*SOURCE), event(actor={"id": "alice"}))
     [waiting] = topics.records
     assert (waiting.topic, waiting.key) == ("detect-retry", b"alice")
-    assert {k: v for k, v in waiting.headers.items() if k != Header.DUE_AT} == {
+    times = (Header.DUE_AT, Header.WAITING_SINCE)
+    assert abs(int(waiting.headers[Header.WAITING_SINCE]) / 1000 - time.time()) < 60
+    assert {k: v for k, v in waiting.headers.items() if k not in times} == {
         Header.RETRY_GROUP: "face",
         Header.ATTEMPT: "1",
         Header.TOPIC: "detect",
@@ -253,8 +258,11 @@ async def test_a_retry_goes_to_another_replica_and_is_published() -> None:
     assert {r.headers[Header.NODE_ID] for r in topics.records} == {"face-127.0.0.1-model-1"}
 
 
-async def test_a_circuit_opens_after_failures_in_a_row_and_calls_stop() -> None:
-    failing = Answer(Outcome.RETRY, 503, error="HTTP 503")
+NO_ANSWER = Answer(Outcome.RETRY, None, error="timeout after 2 s", timed_out=True)
+
+
+async def test_a_circuit_opens_after_calls_without_an_answer_and_calls_stop() -> None:
+    failing = NO_ANSWER
     router, models, topics = router_for([handler("face")], lambda h, b: failing, retries=5)
     for offset in range(6):
         await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
@@ -264,11 +272,21 @@ async def test_a_circuit_opens_after_failures_in_a_row_and_calls_stop() -> None:
     assert len(waiting) == 6
     assert waiting[-1].headers[Header.ERROR].startswith("circuit open for every instance")
     live = router._registry.instance("face-127.0.0.1-model-0")
-    assert live is not None and live.circuit == "open" and live.last_error == "HTTP 503"
+    assert live is not None and live.circuit == "open" and live.last_error == "timeout after 2 s"
+
+
+async def test_a_model_that_answers_even_5xx_keeps_its_circuit_closed() -> None:
+    failing = Answer(Outcome.RETRY, 503, error="HTTP 503")
+    router, models, _ = router_for([handler("face")], lambda h, b: failing, retries=5)
+    for offset in range(6):
+        await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
+    assert len(models.calls) == 6
+    live = router._registry.instance("face-127.0.0.1-model-0")
+    assert live is not None and live.circuit == "closed" and live.consecutive_failures == 6
 
 
 async def test_a_half_open_circuit_closes_on_a_good_probe() -> None:
-    answers = iter([Answer(Outcome.RETRY, 503, error="HTTP 503")] * 3 + [ok({"fine": True})] * 9)
+    answers = iter([NO_ANSWER] * 3 + [ok({"fine": True})] * 9)
     router, _models, topics = router_for([handler("face")], lambda h, b: next(answers))
     for offset in range(3):
         await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
@@ -340,3 +358,35 @@ async def test_decoys_are_called_and_compared_but_never_published() -> None:
     assert [r.topic for r in topics.records] == ["digits-results"]
     assert sorted(models.nodes()) == ["digits-127.0.0.1-model-0", "shadow-127.0.0.1-decoy-0"]
     assert router.decoys.drain() == {"shadow-127.0.0.1-decoy-0": (1, 0)}
+
+
+async def test_an_open_circuit_holds_events_without_using_their_retries() -> None:
+    answers = iter([NO_ANSWER] * 3 + [ok({"back": 1})] * 9)
+    router, _models, topics = router_for([handler("face")], lambda h, b: next(answers), retries=0)
+    for offset in range(5):
+        await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
+    failed = [r for r in topics.records if r.topic == "detect-failed"]
+    held = [r for r in topics.records if r.topic == "detect-retry"]
+    assert (len(failed), len(held)) == (3, 2)  # retries 0: the failed calls fail at once
+    assert {r.headers[Header.ATTEMPT] for r in held} == {"0"}
+    live = router._registry.instance("face-127.0.0.1-model-0")
+    assert live is not None
+    live.open_until = 0.0  # the cool-down is over: the next pass probes, and is answered
+    await pass_retries(router, topics)
+    assert [r.topic for r in topics.records].count("face-results") == 2
+    assert live.circuit == "closed"
+
+
+async def test_held_events_fail_once_held_too_long() -> None:
+    failing = NO_ANSWER
+    registry = Registry(max_concurrency=4)
+    registry.replace([handler("face")])
+    models, topics = ScriptedModels(lambda h, b: failing), MemoryTopics()
+    routing = RoutingConfig(retries=9, backoff_base_s=0, backoff_cap_s=0, max_hold_s=60)
+    router = Router(registry, models, topics, routing)
+    for offset in range(4):
+        await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
+    await pass_retries(router, topics, **{Header.WAITING_SINCE: "1000"})
+    failed = [r for r in topics.records if r.topic == "detect-failed"]
+    assert len(failed) == 4
+    assert any("no instance could take it for" in r.headers[Header.ERROR] for r in failed)

@@ -156,13 +156,10 @@ class Figures:
     def topics(self) -> dict[str, dict[str, Any]]:
         """Per topic: events in, answers published, records failed by reason."""
         names = set(self.events_in) | set(self.published) | {t for t, _ in self.failed}
-        names |= set(self.deferred) | set(self.retried)
         return {
             name: {
                 "events_in": self.events_in[name],
                 "published": self.published[name],
-                "deferred": self.deferred[name],
-                "retried": self.retried[name],
                 "failed": {r: n for (t, r), n in self.failed.items() if t == name},
             }
             for name in sorted(names)

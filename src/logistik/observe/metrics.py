@@ -72,7 +72,16 @@ class RouterCollector(Collector):
             in_flight.add_metric(
                 self._labels(handler.node_id), instance.in_flight if instance else 0
             )
-        yield from (requests, answers, retries, latency, in_flight)
+        circuit = GaugeMetricFamily(
+            "logistik_handler_circuit_open",
+            "1 while the instance's circuit is open or half-open (it gets no calls but probes).",
+            labels=HANDLER_LABELS,
+        )
+        for handler in self._registry.handlers():
+            instance = self._registry.instance(handler.node_id)
+            is_open = instance is not None and instance.circuit != "closed"
+            circuit.add_metric(self._labels(handler.node_id), 1 if is_open else 0)
+        yield from (requests, answers, retries, latency, in_flight, circuit)
 
     def _topic_metrics(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         events = CounterMetricFamily("logistik_topic_events", "Records consumed.", labels=["topic"])
@@ -88,6 +97,13 @@ class RouterCollector(Collector):
             published.add_metric([topic], count)
         for (topic, reason), count in self._figures.failed.items():
             failed.add_metric([topic, reason], count)
+        deferred = CounterMetricFamily(
+            "logistik_topic_deferred",
+            "(event, group) pairs sent to the topic's retry topic after a failed call.",
+            labels=["topic"],
+        )
+        for topic, count in self._figures.deferred.items():
+            deferred.add_metric([topic], count)
         lag = GaugeMetricFamily(
             "logistik_consumer_lag",
             "Records behind the partition's end.",
@@ -95,7 +111,7 @@ class RouterCollector(Collector):
         )
         for (topic, partition), behind in sorted(self._lag().items()):
             lag.add_metric([topic, str(partition)], behind)
-        yield from (events, published, failed, lag)
+        yield from (events, published, failed, deferred, lag)
 
 
 def metrics_registry(figures: Figures, registry: Registry, lag: Lag) -> CollectorRegistry:

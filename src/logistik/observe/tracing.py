@@ -49,12 +49,7 @@ class Tracing:
         if not self.enabled:
             yield
             return
-        carrier = {
-            # Producer input: undecodable bytes must not stop the event, only its trace link.
-            k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
-            for k, v in (headers or [])
-            if k in ("traceparent", "tracestate") and v is not None
-        }
+        carrier = _carrier(headers)
         parent = extract(carrier) if carrier else None
         attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
@@ -66,6 +61,19 @@ class Tracing:
             f"route {topic}", context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
         ):
             yield
+
+    @contextlib.contextmanager
+    def resume(self, headers: Sequence[tuple[str, Any]] | None) -> Iterator[None]:
+        """Continue, without a span of its own, the trace a retry record carries."""
+        carrier = _carrier(headers) if self.enabled else {}
+        if not carrier:
+            yield
+            return
+        token = otel_context.attach(extract(carrier))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
 
     def annotate(self, **attributes: Any) -> None:
         """Add attributes to the current span."""
@@ -94,6 +102,16 @@ class Tracing:
         carrier: dict[str, str] = {}
         inject(carrier, context=otel_context.get_current())
         return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def _carrier(headers: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
+    """The trace context headers among Kafka headers."""
+    return {
+        # Producer input: undecodable bytes must not stop the event, only its trace link.
+        k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+        for k, v in (headers or [])
+        if k in ("traceparent", "tracestate") and v is not None
+    }
 
 
 def _install_console_exporter(service_name: str) -> None:

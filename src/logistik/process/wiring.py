@@ -190,6 +190,11 @@ class Runner:
             "topics": sorted(self.registry.topics()),
             "in_flight": 0 if self.loop is None else self.loop.in_flight,
             "max_in_flight": self.config.routing.max_in_flight,
+            "retries": {
+                "waiting": 0 if self.loop is None else self.loop.waiting_retries,
+                "deferred": dict(self.figures.deferred),
+                "taken_back": dict(self.figures.retried),
+            },
             "tasks": tasks,
             "consul": None
             if discovery is None or consul is None

@@ -25,7 +25,8 @@ class Circuit(StrEnum):
 class LiveHandler:
     """Runtime state of one handler: calls in flight, latency, and its circuit breaker.
 
-    After `open_after` failed calls in a row (errors, timeouts, 5xx) the circuit opens: the
+    After `open_after` calls in a row without an answer (timeouts, refused or broken
+    connections) the circuit opens: the
     instance gets no calls for a cool-down that doubles at each failed probe, up to a cap;
     then one call probes it (half-open), and a success closes the circuit again.
     """
@@ -34,6 +35,7 @@ class LiveHandler:
     max_concurrency: int
     in_flight: int = 0
     consecutive_failures: int = 0
+    unanswered: int = 0  # calls in a row that got no answer: they open the circuit
     circuit: Circuit = Circuit.CLOSED
     circuit_since: float = 0.0  # wall-clock time of the last change, for people to read
     open_until: float = 0.0  # monotonic time the next probe is allowed
@@ -66,34 +68,45 @@ class LiveHandler:
             latency_s if self.latency_s == 0.0 else 0.8 * self.latency_s + 0.2 * latency_s
         )
 
-    def record_success(self) -> Circuit | None:
-        """Clear the failure streak; returns the old state when this closed the circuit."""
+    def record_success(self) -> bool:
+        """Clear the failure streak; True when this closed the circuit."""
         self.consecutive_failures = 0
-        if self.circuit is Circuit.CLOSED:
-            return None
-        old = self.circuit
-        self.circuit, self.circuit_since, self.cooldown_s = Circuit.CLOSED, time.time(), 0.0
-        return old
+        return self._answered()
 
     def record_failure(
-        self, error: str, open_after: int, cooldown_s: float, cooldown_cap_s: float
-    ) -> bool:
-        """Count a failed call; returns True when this opened the circuit."""
+        self, error: str, answered: bool, open_after: int, cooldown_s: float, cooldown_cap_s: float
+    ) -> Circuit | None:
+        """Count a failed call; returns the circuit's new state when it changed.
+
+        Only calls that got no answer at all (timeouts, refused or broken connections) open
+        the circuit: they are what costs the router, and a model that answers, even 5xx, is
+        reachable; its answers steer the retries (Retry-After).
+        """
         self.consecutive_failures += 1
         self.last_error = error
+        if answered:
+            return Circuit.CLOSED if self._answered() else None
+        self.unanswered += 1
         probing = self.circuit is not Circuit.CLOSED
-        if not probing and self.consecutive_failures < open_after:
-            return False
+        if not probing and self.unanswered < open_after:
+            return None
         self.cooldown_s = (
             min(cooldown_cap_s, max(cooldown_s, self.cooldown_s * 2)) if probing else cooldown_s
         )
         self.open_until = time.monotonic() + self.cooldown_s
-        opened = self.circuit is Circuit.CLOSED
-        self.circuit, self.circuit_since = (
-            Circuit.OPEN,
-            time.time() if opened else self.circuit_since,
-        )
-        return opened
+        if probing:
+            self.circuit = Circuit.OPEN
+            return None
+        self.circuit, self.circuit_since = Circuit.OPEN, time.time()
+        return Circuit.OPEN
+
+    def _answered(self) -> bool:
+        """The instance answered: its circuit closes; True when it was not closed."""
+        self.unanswered = 0
+        if self.circuit is Circuit.CLOSED:
+            return False
+        self.circuit, self.circuit_since, self.cooldown_s = Circuit.CLOSED, time.time(), 0.0
+        return True
 
     def start_probe(self) -> None:
         """Let one call through an open circuit whose cool-down passed."""

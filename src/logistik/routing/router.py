@@ -36,7 +36,7 @@ from logistik.protocol import (
 from logistik.routing.backoff import Backoff
 from logistik.routing.cache import ResponseCache
 from logistik.routing.decoy import DecoyTally, agrees
-from logistik.routing.registry import Group, LiveHandler, Registry
+from logistik.routing.registry import Circuit, Group, LiveHandler, Registry
 
 logger = logging.getLogger(__name__)
 events_log = logging.getLogger(EVENTS_LOGGER)
@@ -89,6 +89,7 @@ class Delivery:
     body: bytes
     attempt: int = 0  # calls already made for this (event, group), on earlier passes
     failed_nodes: tuple[str, ...] = ()  # instances that failed it on earlier passes
+    since_ms: int = 0  # when it was first put on the retry topic
 
     def failed(
         self,
@@ -252,13 +253,17 @@ class Router:
         group = self._registry.group(marks.topic, marks.group_id)
         if group is None or not (group.answerable or group.down):
             gone = Group(marks.group_id, marks.topic)
-            delivery = Delivery(gone, source, event, body, marks.attempt, marks.failed_nodes)
+            delivery = Delivery(
+                gone, source, event, body, marks.attempt, marks.failed_nodes, marks.since_ms
+            )
             error = f"group {marks.group_id} no longer handles topic {marks.topic}"
             await self._give_up(delivery, [], Reason.NO_HANDLER, error, marks.attempt)
         else:
-            await self._deliver(
-                Delivery(group, source, event, body, marks.attempt, marks.failed_nodes)
+            delivery = Delivery(
+                group, source, event, body, marks.attempt, marks.failed_nodes, marks.since_ms
             )
+            with self.tracing.resume(headers):
+                await self._deliver(delivery)
         self.figures.retried[marks.topic] += 1
         return True
 
@@ -311,7 +316,8 @@ class Router:
         if answer is None:
             return
         for decoy, decoy_answer in zip(decoys, decoy_answers, strict=True):
-            self.decoys.record(decoy.node_id, agrees(answer, decoy_answer))
+            if not decoy_answer.held:  # a busy decoy was not asked: nothing to compare
+                self.decoys.record(decoy.node_id, agrees(answer, decoy_answer))
 
     async def _answer(self, delivery: Delivery) -> Answer | None:
         """Get one answer from the group (or the cache); None when the event failed."""
@@ -360,7 +366,13 @@ class Router:
         """
         instance = delivery.group.pick(pool, delivery.failed_nodes)
         if instance is None:
-            answer = Answer(Outcome.RETRY, None, error=_all_open(pool))
+            answer = Answer(
+                Outcome.RETRY,
+                None,
+                error=_all_open(pool),
+                retry_after_s=_until_probe(pool),
+                held=True,
+            )
         else:
             answer = await self._call(instance, delivery.body, delivery.attempt > 0)
         outcome = answer.outcome
@@ -395,35 +407,44 @@ class Router:
     ) -> None:
         """Put the (event, group) on its topic's retry topic, or fail it once retries are spent."""
         nodes = tuple(dict.fromkeys([*delivery.failed_nodes, *(i.node_id for i in failed)]))
-        if delivery.attempt >= self._retries(handler_of):
+        now = time.time()
+        since_ms = delivery.since_ms or int(now * 1000)
+        error = answer.error
+        if answer.held:
+            # No call was made: the wait uses no retry, but is bounded.
+            held_s = now - since_ms / 1000
+            spent = held_s >= self._routing.max_hold_s
+            error = f"{error}; no instance could take it for {held_s:.0f} s" if spent else error
+            attempt = delivery.attempt
+            delay_s = self._backoff.delay_s(1, answer.retry_after_s)
+        else:
+            spent = delivery.attempt >= self._retries(handler_of)
+            attempt = delivery.attempt + 1
+            delay_s = self._backoff.delay_s(attempt, answer.retry_after_s)
+        if spent:
             await self._give_up(
-                delivery,
-                [handler_of],
-                Reason.RETRIES_EXHAUSTED,
-                answer.error,
-                delivery.attempt,
-                nodes,
+                delivery, [handler_of], Reason.RETRIES_EXHAUSTED, error, delivery.attempt, nodes
             )
             return
-        attempt = delivery.attempt + 1
-        delay_s = self._backoff.delay_s(attempt, answer.retry_after_s)
         source, group = delivery.source, delivery.group
         marks = RetryMarks(
             group.group_id,
             attempt,
-            int((time.time() + delay_s) * 1000),
+            int((now + delay_s) * 1000),
             source.topic,
             source.partition,
             source.offset,
             nodes,
             one_line(answer.error, 500),
             source.replays,
+            since_ms,
         )
         topic = retry_topic(group.topic)
+        headers = marks.headers()
+        if self.tracing.enabled:  # the retry's calls belong to the event's trace
+            headers.extend(self.tracing.kafka_headers())
         try:
-            await self._producer.send(
-                topic, delivery.body, actor_key(delivery.event), marks.headers()
-            )
+            await self._producer.send(topic, delivery.body, actor_key(delivery.event), headers)
         except PublishError as exc:
             error = f"{answer.error}; the retry topic refused it: {exc}"
             await self._give_up(
@@ -459,14 +480,20 @@ class Router:
         slots = instance.slots
         if not slots.free and instance.queue_wait_s() > self._routing.max_queue_wait_s:
             instance.end_probe()
-            return Answer(Outcome.RETRY, None, error=_busy(instance))
+            return Answer(
+                Outcome.RETRY,
+                None,
+                error=_busy(instance),
+                retry_after_s=instance.queue_wait_s(),
+                held=True,
+            )
         # Counted before waiting for a slot so the load spread sees queued calls too.
         instance.in_flight += 1
         started = time.monotonic()
         try:
             if not await slots.acquire(timeout_s):
                 instance.end_probe()
-                return Answer(Outcome.RETRY, None, error=_busy(instance), timed_out=True)
+                return Answer(Outcome.RETRY, None, error=_busy(instance), held=True)
             try:
                 waited_s = time.monotonic() - started
                 # Rounded so that the client keeps few distinct timeout objects.
@@ -490,27 +517,30 @@ class Router:
         instance.record_latency(answer.latency_s)
         if answer.outcome is Outcome.RETRY:
             self._failed_call(instance, answer)
-        elif instance.record_success() is not None:
+        elif instance.record_success():
             logger.info("circuit of %s closed: it answers again", instance.node_id)
         return answer
 
     def _failed_call(self, instance: LiveHandler, answer: Answer) -> None:
         routing = self._routing
-        opened = instance.record_failure(
+        changed = instance.record_failure(
             answer.error,
+            answer.status is not None,
             routing.unhealthy_after_failures,
             routing.unhealthy_cooldown_s,
             routing.circuit_open_max_s,
         )
-        if opened:
+        if changed is Circuit.OPEN:
             logger.warning(
-                "circuit of %s opened after %d failed calls in a row (last: %s): no calls for "
-                "%g s, then one probe",
+                "circuit of %s opened after %d calls in a row without an answer (last: %s): "
+                "no calls for %g s, then one probe",
                 instance.node_id,
-                instance.consecutive_failures,
+                instance.unanswered,
                 answer.error,
                 instance.cooldown_s,
             )
+        elif changed is Circuit.CLOSED:
+            logger.info("circuit of %s closed: it answers again", instance.node_id)
         self._keeps_failing(instance, answer)
 
     async def _traced_call(
@@ -651,6 +681,11 @@ def _all_open(pool: list[LiveHandler]) -> str:
     last = next((i.last_error for i in pool if i.last_error), "")
     nodes = ", ".join(i.node_id for i in pool)
     return f"circuit open for every instance ({nodes}); last error: {last or '-'}"
+
+
+def _until_probe(pool: list[LiveHandler]) -> float:
+    """Seconds until the first of the pool's open circuits lets a probe through."""
+    return max(0.0, min(i.open_until for i in pool) - time.monotonic())
 
 
 def _busy(instance: LiveHandler) -> str:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from logistik.control.store import HandlerRecord
+from logistik.routing.registry import LiveHandler
 from logistik.web.state import AppState
 from logistik.web.uwsgi import UwsgiStats
 
@@ -45,9 +46,23 @@ def handler_view(
             "agreement": record.agreement,
         },
         "in_flight": instance.in_flight if instance else 0,
+        "circuit": circuit_view(instance),
         "figures": state.figures.handler(record.node_id),
         "uwsgi": uwsgi,
         "updated_at": _utc(record.updated_at).isoformat(),
+    }
+
+
+def circuit_view(instance: LiveHandler | None) -> dict[str, Any] | None:
+    """An instance's circuit breaker: state, since when, failures in a row, last error."""
+    if instance is None:
+        return None
+    since = instance.circuit_since
+    return {
+        "state": instance.circuit.value,
+        "since": datetime.fromtimestamp(since, UTC).isoformat() if since else None,
+        "failures": instance.consecutive_failures,
+        "last_error": instance.last_error or None,
     }
 
 
