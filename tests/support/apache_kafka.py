@@ -90,13 +90,15 @@ def _tool(name: str, package: str) -> str:
 
 def _maven(workdir: Path, *args: str) -> None:
     """Run one Maven goal in a folder; fail with the end of its output."""
-    command = [_tool("mvn", "maven"), "-B", "-q", "--no-transfer-progress", *args]
+    command = [_tool("mvn", "maven"), "-B", "-q", *args]
     result = subprocess.run(
         command, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, text=True
     )
     if result.returncode != 0:
-        tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-5:])
-        raise ApacheKafkaError(f"mvn {args[0]} failed ({result.returncode}): {tail}")
+        output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+        # Maven's first error line names the cause; the ones after it are advice.
+        errors = re.findall(r"\[ERROR\] (\S.*)", output) or [f"exit code {result.returncode}"]
+        raise ApacheKafkaError(f"mvn {args[0].rsplit(':', 1)[-1]} failed: {errors[0]}")
 
 
 def fetch_jars(version: str = KAFKA_VERSION) -> Path:
