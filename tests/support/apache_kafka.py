@@ -61,8 +61,6 @@ appender.stdout.type = Console
 appender.stdout.name = STDOUT
 appender.stdout.layout.type = PatternLayout
 appender.stdout.layout.pattern = [%d] %p %m (%c)%n
-logger.kafka.name = kafka
-logger.kafka.level = INFO
 logger.config.name = org.apache.kafka.common.config
 logger.config.level = WARN
 """
@@ -89,7 +87,7 @@ def _tool(name: str, package: str) -> str:
 
 
 def _maven(workdir: Path, *args: str) -> None:
-    """Run one Maven goal in a folder; fail with the end of its output."""
+    """Run one Maven goal in a folder; fail with the first error Maven names."""
     command = [_tool("mvn", "maven"), "-B", "-q", *args]
     result = subprocess.run(
         command, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, text=True
