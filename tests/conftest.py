@@ -1,7 +1,13 @@
-"""Shared fixtures: one real Tansu broker per session, model servers and routers per test."""
+"""Shared fixtures: real brokers per session (Tansu, Apache Kafka), model servers and routers.
+
+LK_TEST_BROKER=tansu|kafka|both (default both) chooses the brokers; a test that uses the broker
+runs once on each, and `@pytest.mark.brokers("tansu")` keeps a test to the brokers it names.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +15,7 @@ from typing import Any
 import pytest
 
 from logistik.kafka.embedded import EmbeddedBroker
+from tests.support.apache_kafka import ApacheKafka, Broker
 from tests.support.consul_fixtures import consul  # noqa: F401
 from tests.support.databases import PostgresServer
 from tests.support.harness import RouterProcess, RouterThread
@@ -16,17 +23,55 @@ from tests.support.models import Behaviour, ModelServer, echo
 
 pytest_plugins = ["tests.support.markers"]
 
+BROKERS = ("tansu", "kafka")
+BROKER_LOGS = Path(__file__).resolve().parents[1] / "test-artifacts" / "kafka"
+
+
+def chosen_brokers() -> list[str]:
+    """The brokers LK_TEST_BROKER asks for."""
+    value = os.environ.get("LK_TEST_BROKER", "both")
+    if value == "both":
+        return list(BROKERS)
+    if value not in BROKERS:
+        raise pytest.UsageError(f"LK_TEST_BROKER={value}: expected tansu, kafka or both")
+    return [value]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `brokers` marker."""
+    config.addinivalue_line(
+        "markers", "brokers(*names): run the test only on these brokers (tansu, kafka)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses the broker once per chosen broker it allows."""
+    if "broker" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("brokers")
+    names = [name for name in chosen_brokers() if marker is None or name in marker.args]
+    metafunc.parametrize("broker", names, indirect=True, scope="session")
+
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """A real Kafka-protocol broker (Tansu) for the whole session."""
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with EmbeddedBroker(log_path=log) as running:
-        yield running
+def broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Broker]:
+    """A real broker for the whole session: Tansu or Apache Kafka, per the test's parameter."""
+    name: str = request.param
+    log = tmp_path_factory.mktemp(name) / f"{name}.log"
+    running: Broker = EmbeddedBroker(log_path=log) if name == "tansu" else ApacheKafka(log)
+    try:
+        with running:
+            yield running
+    finally:
+        if log.exists():
+            BROKER_LOGS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, BROKER_LOGS / log.name)
 
 
 @pytest.fixture
-def servers(broker: EmbeddedBroker) -> str:
+def servers(broker: Broker) -> str:
     """The broker's bootstrap address."""
     return broker.bootstrap_servers
 

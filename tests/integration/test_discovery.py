@@ -44,16 +44,22 @@ def register(
     consul.track(service_id)
 
 
-def start(router: StartRouter, servers: str, consul: ConsulTarget) -> str:
-    """Start a router discovering from Consul; returns its store URL."""
+def start(router: StartRouter, servers: str, consul: ConsulTarget) -> tuple[str, RouterThread]:
+    """Start a router discovering from Consul; returns its store URL and the router."""
     config = make_config(servers, [], discovery={"consul": {"url": consul.url}, "refresh_s": 0.2})
-    router(config)
-    return str(config["database"]["url"])
+    running = router(config)
+    return str(config["database"]["url"]), running
 
 
 def records(url: str) -> dict[str, HandlerRecord]:
     """The store's handlers by node id."""
     return {r.node_id: r for r in on_store(url, lambda s: s.find())}
+
+
+def down_in_router(running: RouterThread, topic: str) -> set[str]:
+    """The node ids the running router holds down on a topic."""
+    assert running.runner is not None
+    return {node for group in running.runner.registry.groups(topic) for node in group.down}
 
 
 def full_tags(topic: str, node: str, **extra: str) -> dict[str, str]:
@@ -80,7 +86,7 @@ def test_new_instances_are_discovered_while_events_flow_and_share_the_load(
     name = consul.name("face")
     first, second = model_server(), model_server()
     register(consul, name, first, consul.name("a"), **full_tags(topic, "0"))
-    url = start(router, servers, consul)
+    url, _ = start(router, servers, consul)
     sent: list[dict[str, Any]] = []
     with TopicReader(servers, f"{topic}-results") as reader:
 
@@ -112,12 +118,14 @@ def test_critical_and_deregistered_instances_stop_getting_events(
     first, second = model_server(), model_server()
     register(consul, name, first, consul.name("a"), **full_tags(topic, "0"))
     register(consul, name, second, consul.name("b"), **full_tags(topic, "1"))
-    url = start(router, servers, consul)
+    url, running = start(router, servers, consul)
     node_b = f"{name}-mk2-model-1"
     wait_until(lambda: records(url).get(node_b) is not None, what="discovery")
     assert consul.put(f"/v1/agent/check/fail/service:{consul.name('b')}").status == 200
     wait_until(lambda: records(url)[node_b].state == "down", what="the instance marked down")
     assert "checks not passing" in (records(url)[node_b].problem or "")
+    # The store says down first; the router follows on its next reload of the store.
+    wait_until(lambda: node_b in down_in_router(running, topic), what="the router following")
     before = second.count
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [event() for _ in range(20)])
@@ -157,7 +165,7 @@ def test_info_fills_what_the_tags_leave_out_and_problems_are_reported(
         environment="prod",
     )
     register(consul, name, silent, consul.name("b"), model="model", node="1")
-    url = start(router, servers, consul)
+    url, _ = start(router, servers, consul)
     node_a = f"{name}-mk2-model-0"
     wait_until(lambda: len(records(url)) == 2, what="both instances in the store")
     found = records(url)
@@ -190,7 +198,7 @@ def test_admin_state_survives_rediscovery(
     name = consul.name("face")
     model = model_server()
     register(consul, name, model, consul.name("a"), **full_tags(topic, "0"))
-    url = start(router, servers, consul)
+    url, _ = start(router, servers, consul)
     node = f"{name}-mk2-model-0"
     wait_until(lambda: node in records(url), what="discovery")
     on_store(url, lambda s: s.disable(node))
@@ -211,7 +219,7 @@ def test_consul_down_keeps_routing_with_the_last_known_handlers(
     name = consul.name("face")
     model = model_server()
     register(consul, name, model, consul.name("a"), **full_tags(topic, "0"))
-    url = start(router, servers, consul)
+    url, _ = start(router, servers, consul)
     wait_until(lambda: f"{name}-mk2-model-0" in records(url), what="discovery")
     double.stop()
     with TopicReader(servers, f"{topic}-results") as reader:

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from logistik.kafka.embedded import EmbeddedBroker
+from tests.support.apache_kafka import Broker
 from tests.support.api_client import TOKEN, Client, quiet_config, refused
 from tests.support.harness import RouterThread, handler
 from tests.support.kafkatools import unique
 
 
 @pytest.fixture(scope="module")
-def api(broker: EmbeddedBroker) -> Iterator[Client]:
+def api(broker: Broker) -> Iterator[Client]:
     """A running router whose API takes the test token."""
     running = RouterThread(quiet_config(broker.bootstrap_servers, {"tokens": [TOKEN]})).start()
     yield Client.of(running, TOKEN)

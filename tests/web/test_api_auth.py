@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from logistik.kafka.embedded import EmbeddedBroker
 from logistik.web.auth import hash_password, verify_password
+from tests.support.apache_kafka import Broker
 from tests.support.api_client import (
     OTHER_TOKEN,
     PASSWORD,
@@ -31,7 +31,7 @@ AUTH = {
 
 
 @pytest.fixture(scope="module")
-def running(broker: EmbeddedBroker) -> Iterator[RouterThread]:
+def running(broker: Broker) -> Iterator[RouterThread]:
     """A router whose API knows two tokens and one user."""
     started = RouterThread(quiet_config(broker.bootstrap_servers, AUTH)).start()
     yield started
@@ -129,7 +129,7 @@ def test_reads_are_open_by_default(running: RouterThread) -> None:
 
 
 def test_protected_reads_need_a_token_or_session(
-    broker: EmbeddedBroker, router: Callable[[dict[str, Any]], RouterThread]
+    broker: Broker, router: Callable[[dict[str, Any]], RouterThread]
 ) -> None:
     running = router(quiet_config(broker.bootstrap_servers, {**AUTH, "read": "protected"}))
     anonymous = Client.of(running)
@@ -143,7 +143,7 @@ def test_protected_reads_need_a_token_or_session(
 
 
 def test_with_no_one_to_log_in_nothing_can_change(
-    broker: EmbeddedBroker, router: Callable[[dict[str, Any]], RouterThread]
+    broker: Broker, router: Callable[[dict[str, Any]], RouterThread]
 ) -> None:
     running = router(quiet_config(broker.bootstrap_servers))
     anonymous = Client.of(running)

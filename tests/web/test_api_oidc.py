@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import HTTPException
 
 from logistik.config import OidcConfig
-from logistik.kafka.embedded import EmbeddedBroker, free_port
+from logistik.kafka.embedded import free_port
 from logistik.web.auth import OidcLogin, Signer, verify_jws
+from tests.support.apache_kafka import Broker
 from tests.support.api_client import CLIENT_SECRET, SECRETS, Client, Reply, quiet_config, refused
 from tests.support.harness import RouterThread
 from tests.support.oidc_provider import OidcProvider, b64url
@@ -37,7 +38,7 @@ def provider() -> Iterator[OidcProvider]:
 
 
 @pytest.fixture(scope="module")
-def running(broker: EmbeddedBroker, provider: OidcProvider) -> Iterator[RouterThread]:
+def running(broker: Broker, provider: OidcProvider) -> Iterator[RouterThread]:
     """A router whose UI logs in with the provider; only allowed users get in."""
     port = free_port()
     oidc = {
@@ -152,7 +153,7 @@ def test_next_stays_on_this_site(running: RouterThread) -> None:
         assert browser.get(Client("").get(start.location).location).location == "/"
 
 
-def test_without_oidc_its_routes_are_not_found(broker: EmbeddedBroker) -> None:
+def test_without_oidc_its_routes_are_not_found(broker: Broker) -> None:
     running = RouterThread(quiet_config(broker.bootstrap_servers)).start()
     try:
         refused(Client.of(running).get("/auth/oidc/login"), 404, "web.auth.oidc")

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from logistik.kafka.embedded import EmbeddedBroker, free_port
+from logistik.kafka.embedded import free_port
+from tests.support.apache_kafka import Broker
 from tests.support.api_client import TOKEN, Client, quiet_config, refused
 from tests.support.harness import RouterThread, handler
 from tests.support.kafkatools import unique
@@ -17,7 +18,7 @@ MAX_BYTES = 2000
 
 
 @pytest.fixture(scope="module")
-def api(broker: EmbeddedBroker) -> Iterator[Client]:
+def api(broker: Broker) -> Iterator[Client]:
     """A running router with a short query timeout and a small answer limit."""
     config = quiet_config(
         broker.bootstrap_servers,
