@@ -45,6 +45,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for marker, needs in SERVICES.items():
             if fixtures.intersection(needs):
                 item.add_marker(marker)
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("broker") == "kafka":
-            item.add_marker("slow")  # the same test runs on Tansu too
