@@ -52,6 +52,15 @@ class LiveHandler:
         """The handler's node id."""
         return self.handler.node_id
 
+    def probe_in_s(self, now: float, probe_s: float) -> float:
+        """About when a call may go to this instance: now, after its cool-down, or once the
+        probe under way (which takes up to `probe_s`) has told."""
+        if self.circuit is Circuit.CLOSED:
+            return 0.0
+        if self.circuit is Circuit.HALF_OPEN:
+            return probe_s
+        return max(0.0, self.open_until - now)
+
     def callable(self, now: float) -> bool:
         """Whether a call may go to this instance now (an open circuit past its cool-down may)."""
         if self.circuit is Circuit.CLOSED:
@@ -87,16 +96,17 @@ class LiveHandler:
         if answered:
             return Circuit.CLOSED if self._answered() else None
         self.unanswered += 1
-        probing = self.circuit is not Circuit.CLOSED
-        if not probing and self.unanswered < open_after:
-            return None
-        self.cooldown_s = (
-            min(cooldown_cap_s, max(cooldown_s, self.cooldown_s * 2)) if probing else cooldown_s
-        )
-        self.open_until = time.monotonic() + self.cooldown_s
-        if probing:
+        if self.circuit is Circuit.OPEN:
+            return None  # a call that started before the circuit opened: no news
+        if self.circuit is Circuit.HALF_OPEN:  # the probe failed: a longer cool-down
+            self.cooldown_s = min(cooldown_cap_s, max(cooldown_s, self.cooldown_s * 2))
+            self.open_until = time.monotonic() + self.cooldown_s
             self.circuit = Circuit.OPEN
             return None
+        if self.unanswered < open_after:
+            return None
+        self.cooldown_s = cooldown_s
+        self.open_until = time.monotonic() + cooldown_s
         self.circuit, self.circuit_since = Circuit.OPEN, time.time()
         return Circuit.OPEN
 

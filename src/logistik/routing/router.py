@@ -480,26 +480,19 @@ class Router:
         slots = instance.slots
         if not slots.free and instance.queue_wait_s() > self._routing.max_queue_wait_s:
             instance.end_probe()
-            return Answer(
-                Outcome.RETRY,
-                None,
-                error=_busy(instance),
-                retry_after_s=instance.queue_wait_s(),
-                held=True,
-            )
+            return _held_busy(instance)
         # Counted before waiting for a slot so the load spread sees queued calls too.
         instance.in_flight += 1
         started = time.monotonic()
         try:
-            if not await slots.acquire(timeout_s):
+            if not await slots.acquire(timeout_s / 2):
                 instance.end_probe()
-                return Answer(Outcome.RETRY, None, error=_busy(instance), held=True)
+                return _held_busy(instance)
             try:
                 waited_s = time.monotonic() - started
-                # Rounded so that the client keeps few distinct timeout objects.
-                left_s = (
-                    timeout_s if waited_s < 0.001 else max(0.05, round(timeout_s - waited_s, 1))
-                )
+                # At least half of the timeout is left for the call itself (a slot wait over
+                # half of it gives up above), rounded so that the client keeps few timeouts.
+                left_s = timeout_s if waited_s < 0.001 else round(timeout_s - waited_s, 1)
                 if self.tracing.enabled:
                     answer = await self._traced_call(instance, body, left_s, retry)
                 else:
@@ -686,6 +679,13 @@ def _all_open(pool: list[LiveHandler]) -> str:
 def _until_probe(pool: list[LiveHandler]) -> float:
     """Seconds until the first of the pool's open circuits lets a probe through."""
     return max(0.0, min(i.open_until for i in pool) - time.monotonic())
+
+
+def _held_busy(instance: LiveHandler) -> Answer:
+    """No call: more calls wait for the instance's slots than it answers soon."""
+    return Answer(
+        Outcome.RETRY, None, error=_busy(instance), retry_after_s=instance.queue_wait_s(), held=True
+    )
 
 
 def _busy(instance: LiveHandler) -> str:

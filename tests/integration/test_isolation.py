@@ -1,0 +1,115 @@
+"""A bad model never stalls the good ones: faults injected while events flow, all counted."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tests.support.harness import RouterThread, handler, make_config
+from tests.support.kafkatools import Record, TopicReader, create_topics, event, produce, unique
+from tests.support.models import ModelServer, Reply, echo, wait_until
+
+StartModel = Callable[..., ModelServer]
+StartRouter = Callable[[dict[str, Any]], RouterThread]
+
+
+def hanging_until(healed: threading.Event) -> Callable[[dict[str, Any], int], Reply]:
+    """A model that accepts every call and answers nothing until healed, then echoes."""
+    return lambda ev, n: (
+        echo(ev, n) if healed.is_set() else Reply(200, {"id": ev["id"], "late": True}, gate=healed)
+    )
+
+
+@contextlib.contextmanager
+def healing(healed: threading.Event) -> Iterator[None]:
+    """Heal the model at the end whatever happens, so that its held calls end."""
+    try:
+        yield
+    finally:
+        healed.set()
+
+
+def by_group(records: list[Record]) -> Counter[str]:
+    """How many answers each group published, by the node id in their headers."""
+    return Counter(r.headers["logistik.node_id"].split("-")[0] for r in records)
+
+
+def test_a_hanging_model_holds_neither_its_topic_nor_another(
+    servers: str, model_server: StartModel, router: StartRouter
+) -> None:
+    shared, other = unique("shared"), unique("other")
+    create_topics(servers, shared, f"{shared}-results", f"{shared}-failed", f"{shared}-retry")
+    create_topics(servers, other, f"{other}-results", f"{other}-failed", f"{other}-retry")
+    healed = threading.Event()
+    hanging, fast, elsewhere = (
+        model_server(hanging_until(healed)),
+        model_server(),
+        model_server(),
+    )
+    config = make_config(
+        servers,
+        [
+            handler("hang", shared, hanging.port, timeout=2, retries=2),
+            handler("fast", shared, fast.port),
+            handler("elsewhere", other, elsewhere.port),
+        ],
+        routing={"max_in_flight": 200, "max_concurrency_per_handler": 8},
+    )
+    running = router(config)
+    events_shared = [event(actor=f"a{i}") for i in range(300)]
+    events_other = [event(actor=f"b{i}") for i in range(100)]
+    results = (f"{shared}-results", f"{other}-results")
+    with TopicReader(servers, *results, f"{shared}-failed") as reader, healing(healed):
+        started = time.monotonic()
+        produce(servers, shared, events_shared)
+        produce(servers, other, events_other)
+        # While the model hangs, the healthy groups answer everything, on both topics.
+        wait_until(
+            lambda: (
+                by_group(reader.on(results[0]))["fast"] == 300 and len(reader.on(results[1])) == 100
+            ),
+            30,
+            "the healthy groups' answers while a model hangs",
+        )
+        healthy_s = time.monotonic() - started
+        assert not healed.is_set()
+        assert by_group(reader.on(results[0]))["hang"] == 0
+        assert running.runner is not None
+        live = running.runner.registry.instance("hang-127.0.0.1-model-0")
+        assert live is not None
+        wait_until(lambda: live.circuit != "closed", 15, "the hanging model's circuit to open")
+
+        healed.set()
+
+        def accounted() -> bool:
+            answered = {
+                r.json()["id"]
+                for r in reader.on(results[0])
+                if "hang" in r.headers["logistik.node_id"]
+            }
+            failed = {r.headers["logistik.event_id"] for r in reader.on(f"{shared}-failed")}
+            return len(answered | failed) == 300
+
+        wait_until(accounted, 60, "every event of the hanging group answered or failed")
+    answers = [r for r in reader.on(results[0]) if r.headers["logistik.node_id"].startswith("hang")]
+    failed = reader.on(f"{shared}-failed")
+    sent = {e["id"] for e in events_shared}
+    answered = {r.json()["id"] for r in answers}
+    failed_ids = {r.headers["logistik.event_id"] for r in failed}
+    assert {r.headers["logistik.group"] for r in failed} <= {"hang"}
+    assert answered | failed_ids == sent  # lost: 0
+    assert {r.json()["id"] for r in reader.on(results[1])} == {e["id"] for e in events_other}
+    fast_ids = [
+        r.json()["id"]
+        for r in reader.on(results[0])
+        if r.headers["logistik.node_id"].startswith("fast")
+    ]
+    assert sorted(fast_ids) == sorted(sent)  # no duplicates without a crash
+    print(
+        f"hanging model: healthy groups done in {healthy_s:.1f} s; hang group answered "
+        f"{len(answered)}, failed {len(failed_ids)}, duplicated {len(answers) - len(answered)}"
+    )
