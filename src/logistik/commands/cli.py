@@ -115,12 +115,13 @@ def send(
     """
     from logistik.commands.send import read_events, send_events
 
-    config = optional_config(config_file)
-    servers = bootstrap_servers or config.kafka.bootstrap_servers
+    kafka = optional_config(config_file).kafka
+    servers = bootstrap_servers or kafka.bootstrap_servers
+    kafka = kafka.model_copy(update={"bootstrap_servers": servers})
     try:
         with click.open_file(source, "rb") as stream:
-            events = read_events(stream, "stdin" if source == "-" else source)
-        count = send_events(servers, topic, events, timeout_s)
+            records = read_events(stream, "stdin" if source == "-" else source)
+        count = send_events(kafka, topic, records, timeout_s)
     except LogistikError as exc:
         fail(str(exc), EXIT_ERROR)
     click.echo(f"sent {count} event(s) to {topic}", err=True)

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from logistik.config import Config
 from logistik.errors import LogistikError
-from logistik.kafka.clients import EventProducer
+from logistik.kafka import EventProducer
 from logistik.kafka.embedded import EmbeddedBroker, free_port
 from logistik.observe.logs import EVENTS_LOGGER
 

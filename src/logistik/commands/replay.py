@@ -27,11 +27,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from logistik.commands.console import fail
-from logistik.commands.tail import client_config, header_pairs, kafka_settings, topic_partitions
+from logistik.commands.tail import kafka_settings
 from logistik.config import KafkaConfig
 from logistik.errors import BrokerError, LogistikError, PublishError
 from logistik.event import actor_key
-from logistik.kafka.clients import Headers, QuietLog, base_config
+from logistik.kafka import (
+    Headers,
+    command_consumer_config,
+    header_pairs,
+    produce,
+    producer_config,
+    record_time,
+    topic_partitions,
+)
 from logistik.protocol import FailedRecord, Header, Reason
 
 UNDECODABLE = frozenset(reason.value for reason in Reason if reason.undecodable)
@@ -133,23 +141,16 @@ def event_key(value: bytes | None) -> bytes | None:
     return actor_key(event) if isinstance(event, dict) else None
 
 
-def message_time(message: Message) -> datetime:
-    """The record's timestamp (now when it has none)."""
-    kind, millis = message.timestamp()
-    if kind == TIMESTAMP_NOT_AVAILABLE or millis < 0:
-        return datetime.now(UTC)
-    return datetime.fromtimestamp(millis / 1000, UTC)
-
-
 def read_failed(message: Message) -> tuple[FailedRecord | None, datetime]:
     """The failed record and when it failed; None when its headers cannot be read."""
     headers = header_pairs(message)
+    written = record_time(message) or datetime.now(UTC)
     try:
         record = FailedRecord.from_headers(message.value(), headers)
     except ValueError:
-        return None, message_time(message)
+        return None, written
     if not any(k == Header.FAILED_AT for k, _ in headers):
-        return record, message_time(message)
+        return record, written
     at = record.failed_at
     return record, at if at.tzinfo else at.replace(tzinfo=UTC)
 
@@ -185,14 +186,11 @@ class Replayer:
         self._errors: list[KafkaError] = []
         self._broken = False  # after a failed send nothing more is committed
         self._consumer = Consumer(
-            client_config(
+            command_consumer_config(
                 kafka,
+                group_id,
                 **{
-                    "group.id": group_id,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 100,
                     "session.timeout.ms": SESSION_TIMEOUT_MS,
                 },
             )
@@ -200,17 +198,7 @@ class Replayer:
         self._producer = (
             None
             if dry_run
-            else Producer(
-                {
-                    **base_config(kafka.bootstrap_servers),
-                    **kafka.producer,
-                    "logger": QuietLog(),
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": 5,
-                    "message.timeout.ms": int(ACK_TIMEOUT_S * 1000),
-                }
-            )
+            else Producer(producer_config(kafka, ack_timeout_s=ACK_TIMEOUT_S, quiet=True))
         )
 
     def close(self) -> None:
@@ -314,23 +302,14 @@ class Replayer:
 
     def _send(self, record: FailedRecord, headers: Headers) -> None:
         assert self._producer is not None
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic,
-                    record.value,
-                    event_key(record.value),
-                    headers=headers,
-                    on_delivery=self._delivered,
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.1)  # librdkafka's queue is full: wait for acknowledgements
-            except KafkaException as exc:
-                raise PublishError(
-                    f"cannot write to topic '{record.topic}': {exc.args[0].str()}"
-                ) from None
-        self._producer.poll(0)
+        produce(
+            self._producer,
+            record.topic,
+            record.value,
+            event_key(record.value),
+            headers,
+            self._delivered,
+        )
         self._unsettled += 1
         if self._unsettled >= COMMIT_EVERY:
             self._settle(list(self._parts))
