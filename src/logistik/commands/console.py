@@ -1,9 +1,12 @@
-"""What every command shares: one-line errors with exit codes, and finding the config."""
+"""What every command shares: one-line errors with exit codes, the config, and Ctrl-C."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -36,3 +39,12 @@ def optional_config(config_file: str | None) -> Config:
     if config_file or os.environ.get(ENV_PATH) or Path(DEFAULT_PATH).exists():
         return required_config(config_file)
     return Config()
+
+
+async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run work with a stop event that SIGINT or SIGTERM sets."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await work(stop)

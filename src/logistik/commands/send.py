@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import IO
 
+import click
 from confluent_kafka import KafkaError, Message, Producer
 
+from logistik.commands.console import EXIT_ERROR, fail, optional_config
 from logistik.config import KafkaConfig
 from logistik.errors import InvalidEventError, LogistikError, PublishError
 from logistik.event import actor_key, decode_event, encode_event
@@ -49,3 +51,40 @@ def send_events(kafka: KafkaConfig, topic: str, records: list[Record], timeout_s
     if errors:
         raise PublishError(f"{len(errors)} event(s) not written to {topic}: {errors[0].str()}")
     return len(records)
+
+
+@click.command()
+@click.argument("topic")
+@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False), default="-")
+@click.option("--config", "config_file", metavar="FILE", help="YAML config for the broker.")
+@click.option("--bootstrap-servers", help="Overrides kafka.bootstrap_servers.")
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="How long to wait for the broker to acknowledge every event.",
+)
+def send(
+    topic: str,
+    source: str,
+    config_file: str | None,
+    bootstrap_servers: str | None,
+    timeout_s: float,
+) -> None:
+    """Produce events (JSON lines) from FILE or stdin to TOPIC; every line is checked first.
+
+    \b
+    Example:
+      echo '{"verb": "detect", "actor": {"id": "u1"}}' | logistik send event-v2-detect
+    """
+    kafka = optional_config(config_file).kafka
+    servers = bootstrap_servers or kafka.bootstrap_servers
+    kafka = kafka.model_copy(update={"bootstrap_servers": servers})
+    try:
+        with click.open_file(source, "rb") as stream:
+            records = read_events(stream, "stdin" if source == "-" else source)
+        count = send_events(kafka, topic, records, timeout_s)
+    except LogistikError as exc:
+        fail(str(exc), EXIT_ERROR)
+    click.echo(f"sent {count} event(s) to {topic}", err=True)
