@@ -80,6 +80,7 @@ EXPORTS = {
         "free_port",
         "header_pairs",
         "list_topics",
+        "loopback_servers",
         "produce",
         "producer_config",
         "record_time",

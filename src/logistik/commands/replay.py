@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from logistik.commands.console import fail
-from logistik.commands.tail import kafka_settings
+from logistik.commands.console import fail, kafka_settings
 from logistik.config import KafkaConfig
 from logistik.control.replay import (
     FILTERED,

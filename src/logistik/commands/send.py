@@ -7,7 +7,7 @@ from typing import IO
 import click
 from confluent_kafka import KafkaError, Message, Producer
 
-from logistik.commands.console import EXIT_ERROR, fail, optional_config
+from logistik.commands.console import EXIT_ERROR, fail, kafka_settings
 from logistik.config import KafkaConfig
 from logistik.errors import InvalidEventError, LogistikError, PublishError
 from logistik.event import actor_key, decode_event, encode_event
@@ -78,9 +78,7 @@ def send(
     Example:
       echo '{"verb": "detect", "actor": {"id": "u1"}}' | logistik send event-v2-detect
     """
-    kafka = optional_config(config_file).kafka
-    servers = bootstrap_servers or kafka.bootstrap_servers
-    kafka = kafka.model_copy(update={"bootstrap_servers": servers})
+    kafka = kafka_settings(config_file, bootstrap_servers)
     try:
         with click.open_file(source, "rb") as stream:
             records = read_events(stream, "stdin" if source == "-" else source)

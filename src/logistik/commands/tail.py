@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.json import JSON
 from rich.text import Text
 
-from logistik.commands.console import fail, optional_config
-from logistik.config import EMBEDDED, KafkaConfig
+from logistik.commands.console import fail, kafka_settings
+from logistik.config import KafkaConfig
 from logistik.errors import BrokerError, LogistikError
 from logistik.kafka import command_consumer_config, header_pairs, record_time, topic_partitions
 from logistik.protocol import HEADER_PREFIX
@@ -31,15 +31,6 @@ from logistik.protocol import HEADER_PREFIX
 POLL_S = 0.2
 # Shown first and highlighted; every other logistik.* header follows on one line.
 PROBLEM_HEADERS = ("reason", "error")
-
-
-def kafka_settings(config_file: str | None, bootstrap_servers: str | None) -> KafkaConfig:
-    """The Kafka section of the config (if any), with --bootstrap-servers applied."""
-    kafka = optional_config(config_file).kafka
-    servers = bootstrap_servers or kafka.bootstrap_servers
-    if servers == EMBEDDED:  # the broker `logistik run` starts on this machine
-        servers = f"127.0.0.1:{kafka.embedded_port}"
-    return kafka.model_copy(update={"bootstrap_servers": servers})
 
 
 def text_of(data: bytes | str | None) -> str | None:

@@ -2,7 +2,7 @@
 
 from logistik.kafka.admin import cluster_metadata, ensure_topics, list_topics, topic_partitions
 from logistik.kafka.consumer import EventConsumer, header_pairs, record_time
-from logistik.kafka.embedded import EmbeddedBroker, free_port
+from logistik.kafka.embedded import EmbeddedBroker, free_port, loopback_servers
 from logistik.kafka.offsets import OffsetBook, PartitionTracker, TopicPartitionKey
 from logistik.kafka.producer import EventProducer, Headers, produce, try_produce, write_error
 from logistik.kafka.settings import (
@@ -32,6 +32,7 @@ __all__ = [
     "free_port",
     "header_pairs",
     "list_topics",
+    "loopback_servers",
     "produce",
     "producer_config",
     "record_time",

@@ -15,6 +15,11 @@ from logistik.errors import EmbeddedBrokerError
 logger = logging.getLogger(__name__)
 
 
+def loopback_servers(port: int) -> str:
+    """The bootstrap address of a broker listening on a loopback port."""
+    return f"127.0.0.1:{port}"
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as sock:
@@ -63,7 +68,7 @@ class EmbeddedBroker:
     @property
     def bootstrap_servers(self) -> str:
         """The address clients connect to."""
-        return f"127.0.0.1:{self.port}"
+        return loopback_servers(self.port)
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections."""
