@@ -45,8 +45,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from logistik.kafka.clients import Headers
-from logistik.kafka.embedded import EmbeddedBroker, free_port
+from logistik.event import actor_key
+from logistik.kafka import EmbeddedBroker, Headers, free_port, produce
 
 SCRIPT = Path(__file__).resolve()
 PHASES = ("direct", "plain", "logistik")
@@ -448,30 +448,13 @@ def produce_events(
         if rate is not None:
             time.sleep(max(0.0, start + i / rate - time.time()))
         sent[event.event_id] = time.time()
-        _produce(producer, TOPIC, event.body, event.key)
+        produce(producer, TOPIC, event.body, event.key, full_wait_s=0.01)
     if stop.is_set():
         producer.purge()  # cancelled: drop what is queued instead of waiting for it
     left = int(producer.flush(0 if stop.is_set() else 30))
     if left and not stop.is_set():
         raise BenchError(f"{left} event(s) not acknowledged by the broker within 30 s")
     return sent
-
-
-def _produce(
-    producer: Producer,
-    topic: str,
-    value: bytes,
-    key: bytes | None,
-    headers: Headers | None = None,
-) -> None:
-    """Produce one record, waiting for room when librdkafka's queue is full."""
-    while True:
-        try:
-            producer.produce(topic, value, key, headers=headers)
-            break
-        except BufferError:
-            producer.poll(0.01)
-    producer.poll(0)
 
 
 async def send_events(
@@ -673,12 +656,9 @@ class PlainLoop:
     async def _route(self, http: aiohttp.ClientSession, message: Message) -> None:
         value = message.value() or b""
         event = orjson.loads(value)
-        actor = event.get("actor") or {}
         answer = await call_model(http, self._url, value)
-        key = str(actor.get("id")).encode() if actor.get("id") else None
-        _produce(
-            self._producer, RESULTS, answer, key, [(EVENT_ID_HEADER, str(event["id"]).encode())]
-        )
+        headers: Headers = [(EVENT_ID_HEADER, str(event["id"]).encode())]
+        produce(self._producer, RESULTS, answer, actor_key(event), headers, full_wait_s=0.01)
 
 
 @asynccontextmanager

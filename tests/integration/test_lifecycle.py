@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from logistik.kafka.embedded import free_port
+from logistik.kafka.embedded import EmbeddedBroker, free_port
 from tests.support.harness import RouterProcess, handler, make_config
 from tests.support.kafkatools import (
     TopicReader,
@@ -162,6 +162,23 @@ def test_send_validates_every_line_before_sending(servers: str, tmp_path: Path) 
         records = reader.wait_for(topic, 2)
     assert [r.json()["verb"] for r in records] == ["a", "b"]
     assert records[0].key == b"x" and records[1].json()["id"] == "e2"
+
+
+def test_send_finds_the_embedded_broker_named_in_the_config(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    topic = unique("send-embedded")
+    create_topics(broker.bootstrap_servers, topic)
+    config = tmp_path / "logistik.yaml"
+    config.write_text(f"kafka:\n  bootstrap_servers: embedded\n  embedded_port: {broker.port}\n")
+    lines = tmp_path / "events.jsonl"
+    lines.write_text('{"verb": "a", "actor": {"id": "x"}}\n')
+    result = run_cli("send", topic, str(lines), "--config", str(config), "--timeout-s", "10")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"sent 1 event(s) to {topic}\n"
+    with TopicReader(broker.bootstrap_servers, topic) as reader:
+        [record] = reader.wait_for(topic, 1)
+    assert record.key == b"x" and record.json()["verb"] == "a"
 
 
 def test_send_to_an_absent_broker_is_one_line(tmp_path: Path) -> None:

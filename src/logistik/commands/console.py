@@ -1,16 +1,28 @@
-"""What every command shares: one-line errors with exit codes, and finding the config."""
+"""What every command shares: one-line errors with exit codes, the config, and Ctrl-C."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
-from logistik.config import DEFAULT_PATH, ENV_PATH, Config, config_path, load_config
+from logistik.config import (
+    DEFAULT_PATH,
+    EMBEDDED,
+    ENV_PATH,
+    Config,
+    KafkaConfig,
+    config_path,
+    load_config,
+)
 from logistik.errors import ConfigError
+from logistik.kafka import loopback_servers
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -36,3 +48,24 @@ def optional_config(config_file: str | None) -> Config:
     if config_file or os.environ.get(ENV_PATH) or Path(DEFAULT_PATH).exists():
         return required_config(config_file)
     return Config()
+
+
+def kafka_settings(config_file: str | None, bootstrap_servers: str | None) -> KafkaConfig:
+    """The config's Kafka section (if any) with --bootstrap-servers applied, for a client.
+
+    `embedded` names the broker `logistik run` starts on this machine, at kafka.embedded_port.
+    """
+    kafka = optional_config(config_file).kafka
+    servers = bootstrap_servers or kafka.bootstrap_servers
+    if servers == EMBEDDED:
+        servers = loopback_servers(kafka.embedded_port)
+    return kafka.model_copy(update={"bootstrap_servers": servers})
+
+
+async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run work with a stop event that SIGINT or SIGTERM sets."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await work(stop)

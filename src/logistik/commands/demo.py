@@ -16,16 +16,19 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
 import orjson
-from aiohttp import web
 
+from logistik.commands.console import EXIT_ERROR, fail, until_signal
 from logistik.config import Config
 from logistik.errors import LogistikError
-from logistik.kafka.clients import EventProducer
-from logistik.kafka.embedded import EmbeddedBroker, free_port
-from logistik.observe.logs import EVENTS_LOGGER
+from logistik.kafka import EmbeddedBroker, EventProducer, free_port
+from logistik.observe.logs import EVENTS_LOGGER, setup_logging
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 logger = logging.getLogger("logistik.demo")
 
@@ -84,6 +87,8 @@ def train_models() -> tuple[list[DemoModel], list[tuple[list[float], int]]]:
 
 async def serve_model(model: DemoModel) -> web.AppRunner:
     """Serve one classifier over HTTP: POST /predict, GET /info."""
+    # aiohttp's server is imported only when the demo runs: every command loads this module.
+    from aiohttp import web
 
     async def predict(request: web.Request) -> web.Response:
         event = orjson.loads(await request.read())
@@ -240,3 +245,37 @@ async def summary(store: Any, figures: Any) -> list[str]:
                 f"({count / published:.0%})"
             )
     return phrases
+
+
+@click.command()
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5656,
+    show_default=True,
+    help="Port of the web UI.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 1000),
+    default=10.0,
+    show_default=True,
+    help="Events per second in the demo stream.",
+)
+def demo(port: int, rate: float) -> None:
+    """Run logistik on embedded defaults with three real models; Ctrl-C stops everything.
+
+    \b
+    Starts a Kafka-protocol broker, a SQLite store in a temporary directory and three
+    scikit-learn digit classifiers served over HTTP (model, canary, decoy), streams digits
+    to the topic `digits`, and serves the web UI. Nothing to install or set up by hand.
+    \b
+    Example:
+      logistik demo --port 5656
+    """
+    setup_logging("info")
+    try:
+        with EmbeddedBroker() as broker:
+            asyncio.run(until_signal(lambda stop: run_demo(stop, port, rate, broker)))
+    except LogistikError as exc:
+        fail(str(exc), EXIT_ERROR)

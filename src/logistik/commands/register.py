@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from typing import Any, NoReturn
 
 import click
 
+from logistik.children import die_with_parent
 from logistik.control.consul import ConsulClient, ConsulError, agent_url, go_duration
 from logistik.errors import LogistikError
 from logistik.routing.backoff import Backoff
@@ -32,7 +32,6 @@ logger = logging.getLogger("logistik.register")
 EXIT_CANNOT_START = 127
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MIN_DEREGISTER_AFTER_S = 60.0  # Consul's own minimum for DeregisterCriticalServiceAfter
-PR_SET_PDEATHSIG = 1
 
 
 class CommandError(LogistikError):
@@ -138,20 +137,11 @@ class Keeper:
         return f"service {self.registration.name} (id {self.registration.service_id})"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when `register` dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the child outlives a killed `register`, as it would anyway
-
-
 async def start_command(command: tuple[str, ...]) -> asyncio.subprocess.Process:
     """Start the command as a child in its own process group; CommandError if it cannot start."""
     try:
         return await asyncio.create_subprocess_exec(
-            *command, process_group=0, preexec_fn=_die_with_parent
+            *command, process_group=0, preexec_fn=die_with_parent
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

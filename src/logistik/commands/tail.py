@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -13,7 +12,6 @@ import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
-    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -24,44 +22,15 @@ from rich.console import Console
 from rich.json import JSON
 from rich.text import Text
 
-from logistik.commands.console import fail, optional_config
-from logistik.config import EMBEDDED, KafkaConfig
+from logistik.commands.console import fail, kafka_settings
+from logistik.config import KafkaConfig
 from logistik.errors import BrokerError, LogistikError
-from logistik.kafka.clients import QuietLog, base_config, cluster_metadata
+from logistik.kafka import command_consumer_config, header_pairs, record_time, topic_partitions
 from logistik.protocol import HEADER_PREFIX
 
-METADATA_TIMEOUT_S = 5.0
 POLL_S = 0.2
 # Shown first and highlighted; every other logistik.* header follows on one line.
 PROBLEM_HEADERS = ("reason", "error")
-
-
-def kafka_settings(config_file: str | None, bootstrap_servers: str | None) -> KafkaConfig:
-    """The Kafka section of the config (if any), with --bootstrap-servers applied."""
-    kafka = optional_config(config_file).kafka
-    servers = bootstrap_servers or kafka.bootstrap_servers
-    if servers == EMBEDDED:  # the broker `logistik run` starts on this machine
-        servers = f"127.0.0.1:{kafka.embedded_port}"
-    return kafka.model_copy(update={"bootstrap_servers": servers})
-
-
-def client_config(kafka: KafkaConfig, **settings: Any) -> dict[str, Any]:
-    """librdkafka settings: the shared ones, the config's consumer extras, then `settings`."""
-    return {
-        **base_config(kafka.bootstrap_servers),
-        **kafka.consumer,
-        "logger": QuietLog(),
-        **settings,
-    }
-
-
-def topic_partitions(consumer: Consumer, servers: str, topic: str) -> list[int]:
-    """The partitions of a topic; an absent broker or topic is a one-line BrokerError."""
-    metadata = cluster_metadata(consumer, servers, METADATA_TIMEOUT_S)
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise BrokerError(f"topic '{topic}' does not exist on {servers}")
-    return sorted(found.partitions)
 
 
 def text_of(data: bytes | str | None) -> str | None:
@@ -76,13 +45,6 @@ def escaped(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def header_pairs(message: Message) -> list[tuple[str, bytes]]:
-    """A record's headers as (name, bytes) pairs; headers without a value are left out."""
-    headers = message.headers() or []
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs if v is not None]
-
-
 def headers_of(message: Message) -> dict[str, str]:
     """A record's headers as text (the last value of a repeated name wins)."""
     return {name: text_of(value) or "" for name, value in header_pairs(message)}
@@ -90,10 +52,8 @@ def headers_of(message: Message) -> dict[str, str]:
 
 def timestamp_of(message: Message) -> str | None:
     """A record's timestamp as ISO 8601 UTC, None when it has none."""
-    kind, millis = message.timestamp()
-    if kind == TIMESTAMP_NOT_AVAILABLE or millis < 0:
-        return None
-    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
+    at = record_time(message)
+    return None if at is None else at.isoformat(timespec="milliseconds")
 
 
 def parsed_value(value: bytes | None) -> tuple[str, Any]:
@@ -166,17 +126,7 @@ def print_pretty(console: Console, message: Message) -> None:
 def start_consumer(kafka: KafkaConfig, topic: str, from_beginning: bool) -> Consumer:
     """A consumer assigned to every partition of the topic, at its beginning or end."""
     try:
-        consumer = Consumer(
-            client_config(
-                kafka,
-                **{
-                    "group.id": f"logistik-tail-{uuid.uuid4().hex[:8]}",
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "fetch.wait.max.ms": 100,
-                },
-            )
-        )
+        consumer = Consumer(command_consumer_config(kafka, f"logistik-tail-{uuid.uuid4().hex[:8]}"))
     except KafkaException as exc:
         raise BrokerError(f"cannot set up the Kafka consumer: {exc.args[0].str()}") from None
     try:

@@ -10,7 +10,7 @@ from logistik.config import KafkaConfig
 from logistik.control.store import Store
 from logistik.errors import describe
 from logistik.handler import Handler
-from logistik.kafka.clients import ensure_topics
+from logistik.kafka import ensure_topics
 from logistik.protocol import failed_topic, retry_topic
 from logistik.routing.decoy import DecoyTally
 from logistik.routing.registry import Registry

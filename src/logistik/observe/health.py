@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 from logistik.config import KafkaConfig
 from logistik.control.store import Store
 from logistik.errors import BrokerError, LogistikError
-from logistik.kafka.clients import base_config, list_topics
+from logistik.kafka import base_config, list_topics
 
 CHECK_TIMEOUT_S = 2.0
 CACHE_S = 1.0

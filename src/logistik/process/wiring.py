@@ -17,8 +17,7 @@ from logistik.control.follower import StoreFollower
 from logistik.control.handler_service import HandlerService
 from logistik.control.store import Store
 from logistik.errors import BackgroundTaskError
-from logistik.kafka.clients import EventConsumer, EventProducer
-from logistik.kafka.offsets import OffsetBook
+from logistik.kafka import EventConsumer, EventProducer, OffsetBook
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.health import Readiness

@@ -11,8 +11,7 @@ from typing import cast
 from confluent_kafka import KafkaError, Message
 
 from logistik.config import KafkaConfig, RoutingConfig
-from logistik.kafka.clients import EventConsumer
-from logistik.kafka.offsets import OffsetBook, PartitionTracker
+from logistik.kafka import EventConsumer, OffsetBook, PartitionTracker
 from logistik.protocol import HeaderList, retry_topic
 from logistik.routing.backpressure import Backpressure
 from logistik.routing.registry import Registry

@@ -15,7 +15,7 @@ from logistik.config import RoutingConfig
 from logistik.errors import InvalidEventError, PublishError, one_line
 from logistik.event import Event, actor_key, channel_groups, decode_record, event_id
 from logistik.handler import Handler
-from logistik.kafka.clients import Headers
+from logistik.kafka import Headers
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.logs import EVENTS_LOGGER

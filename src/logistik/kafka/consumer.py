@@ -1,0 +1,207 @@
+"""The router's Kafka consumer, driven from one thread, and what a consumed record says."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from logistik.config import KafkaConfig
+from logistik.kafka.offsets import OffsetBook, TopicPartitionKey
+from logistik.kafka.settings import consumer_config
+from logistik.protocol import RETRY_SUFFIX
+
+logger = logging.getLogger(__name__)
+
+
+class EventConsumer:
+    """A Kafka consumer whose every call runs on one dedicated thread."""
+
+    def __init__(self, kafka: KafkaConfig, book: OffsetBook, drain_s: float = 30.0) -> None:
+        self._book = book
+        self._drain_s = drain_s
+        self._consumer = Consumer(
+            {
+                **consumer_config(kafka),
+                "on_commit": self._on_commit,
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+            }
+        )
+        self.lag: dict[TopicPartitionKey, int] = {}  # from librdkafka's statistics
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
+        self._assignment: list[TopicPartition] = []
+        self._paused = False
+        self._paused_topics: set[str] = set()  # paused on their own, e.g. retry topics
+
+    async def run(self, call: Callable[[], Any]) -> Any:
+        """Run a consumer call on the consumer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe to topics (consumer thread)."""
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def poll_batch(self, max_messages: int, timeout_s: float, commit: bool) -> list[Message]:
+        """Commit finished offsets, then wait up to timeout_s for up to max_messages (thread)."""
+        if commit:
+            self.commit(self._book.to_commit())
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return []
+        if max_messages <= 1:
+            return [first]
+        return [first, *self._consumer.consume(max_messages - 1, 0)]
+
+    def commit(self, offsets: dict[TopicPartitionKey, int], wait: bool = False) -> bool:
+        """Commit offsets (consumer thread); a failure is logged and retried on the next commit."""
+        if not offsets:
+            return True
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            if wait:
+                self._consumer.commit(offsets=partitions, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=partitions, asynchronous=True)
+        except KafkaException as exc:
+            self._failed_commit(exc.args[0], partitions)
+            return False
+        return True
+
+    def _on_stats(self, stats_json: str) -> None:
+        """Keep each assigned partition's consumer lag from librdkafka's statistics."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        lag: dict[TopicPartitionKey, int] = {}
+        for topic, data in (stats.get("topics") or {}).items():
+            for partition, figures in (data.get("partitions") or {}).items():
+                behind = figures.get("consumer_lag", -1)
+                if int(partition) >= 0 and behind >= 0:
+                    lag[(topic, int(partition))] = behind
+        self.lag = lag
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [p for p in partitions if p.error is not None]
+        if error is not None:
+            self._failed_commit(error, partitions)
+        elif failed and failed[0].error is not None:
+            self._failed_commit(failed[0].error, failed)
+
+    def _failed_commit(self, error: KafkaError, partitions: list[TopicPartition]) -> None:
+        if error.code() == KafkaError._NO_OFFSET:
+            return
+        logger.warning(
+            "commit of %s failed: %s (retried on the next commit)", _names(partitions), error.str()
+        )
+        self._book.uncommit([(p.topic, p.partition) for p in partitions])
+
+    def pause(self) -> None:
+        """Stop fetching on every assigned partition (consumer thread)."""
+        if not self._paused and self._assignment:
+            self._consumer.pause(self._assignment)
+        self._paused = True
+
+    def resume(self) -> None:
+        """Fetch again (consumer thread), except topics paused on their own."""
+        resumed = [p for p in self._assignment if p.topic not in self._paused_topics]
+        if self._paused and resumed:
+            self._consumer.resume(resumed)
+        self._paused = False
+
+    def pause_topics(self, topics: set[str]) -> None:
+        """Stop fetching the assigned partitions of these topics (consumer thread)."""
+        self._paused_topics |= topics
+        partitions = [p for p in self._assignment if p.topic in topics]
+        if partitions:
+            self._consumer.pause(partitions)
+
+    def resume_topics(self, topics: set[str]) -> None:
+        """Fetch these topics again, unless the whole consumer is paused (consumer thread)."""
+        self._paused_topics -= topics
+        partitions = [p for p in self._assignment if p.topic in topics]
+        if partitions and not self._paused:
+            self._consumer.resume(partitions)
+
+    def close(self) -> bool:
+        """Commit what is done and leave the group (consumer thread); False if the commit failed."""
+        self._drain_s = 0.0  # the runner has drained already; what is left stays uncommitted
+        committed = self.commit(self._book.to_commit(), wait=True)
+        self._consumer.close()
+        return committed
+
+    def shutdown(self) -> None:
+        """Stop the consumer thread."""
+        self._thread.shutdown(wait=True)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Cooperative rebalancing hands over only the added partitions.
+        self._assignment.extend(partitions)
+        logger.info("assigned %s", _names(partitions))
+        paused = [p for p in partitions if self._paused or p.topic in self._paused_topics]
+        if paused:
+            consumer.pause(paused)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        if not keys:
+            return
+        # Let events in flight finish before another consumer (or this one, after a
+        # re-subscription) takes the partition over, so they are not routed twice. Records of
+        # retry topics may wait long for their due time: they are given up at once instead
+        # (the router checks its partition is still held before calling).
+        waited = [k for k in keys if not k[0].endswith(RETRY_SUFFIX)]
+        deadline = time.monotonic() + self._drain_s
+        while self._book.in_progress(waited) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        left = self._book.in_progress(waited)
+        if left:
+            logger.warning(
+                "revoked %s while %d record(s) were not yet committed (at least one still in "
+                "flight; finished ones wait behind it): they will be delivered again",
+                _names(partitions),
+                left,
+            )
+        self.commit(self._book.forget(keys), wait=True)
+        revoked = set(keys)
+        self._assignment = [p for p in self._assignment if (p.topic, p.partition) not in revoked]
+        logger.info("revoked %s", _names(partitions))
+
+
+def header_pairs(message: Message) -> list[tuple[str, bytes]]:
+    """A record's headers as (name, bytes) pairs; headers without a value are left out."""
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs if v is not None]
+
+
+def record_time(message: Message) -> datetime | None:
+    """When a record was written (its Kafka timestamp, UTC); None when it has none."""
+    kind, millis = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or millis < 0:
+        return None
+    return datetime.fromtimestamp(millis / 1000, UTC)
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"

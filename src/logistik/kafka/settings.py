@@ -1,0 +1,103 @@
+"""librdkafka settings of every logistik client, and where librdkafka's log lines go."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from logistik.config import KafkaConfig
+
+_TIMINGS = re.compile(r"\(after \d+ms[^)]*\)|\d+ms")
+
+
+class LibrdkafkaLog:
+    """Receives librdkafka's log lines, capped at WARNING, each distinct line once per interval.
+
+    librdkafka repeats a failed connection every few milliseconds while a broker is away;
+    logistik reports what that means for events itself, so the repetition is only noise.
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._logger = logging.getLogger("logistik.librdkafka")
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        """Log one librdkafka line unless the same line was logged within the interval."""
+        text = message % args if args else message
+        key = _TIMINGS.sub("", text)
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval_s) < self._interval_s:
+            return
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        self._logger.log(min(level, logging.WARNING), "%s", text)
+
+
+class QuietLog:
+    """Swallows librdkafka's log lines, for commands that report what they mean in one line."""
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        """Drop one librdkafka line."""
+
+
+def base_config(servers: str, quiet: bool = False) -> dict[str, Any]:
+    """Settings every client shares; `quiet` drops librdkafka's log lines."""
+    return {
+        "bootstrap.servers": servers,
+        "client.id": "logistik",
+        "logger": QuietLog() if quiet else LibrdkafkaLog(),
+    }
+
+
+def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """The router's consumer settings: manual commits, low fetch wait, the configured group."""
+    return {
+        **base_config(kafka.bootstrap_servers),
+        "group.id": kafka.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": kafka.auto_offset_reset,
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
+        "topic.metadata.refresh.interval.ms": 10_000,
+        # Adding or removing a topic moves only its partitions, not every partition.
+        "partition.assignment.strategy": "cooperative-sticky",
+        **kafka.consumer,
+    }
+
+
+def command_consumer_config(kafka: KafkaConfig, group_id: str, **settings: Any) -> dict[str, Any]:
+    """A command's consumer: quiet, commits only what it commits itself, then `settings`."""
+    return {
+        **base_config(kafka.bootstrap_servers, quiet=True),
+        **kafka.consumer,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "fetch.wait.max.ms": 100,
+        **settings,
+    }
+
+
+def producer_config(
+    kafka: KafkaConfig, ack_timeout_s: float | None = None, quiet: bool = False
+) -> dict[str, Any]:
+    """Producer settings: idempotent, acknowledged by all replicas, short linger for batching.
+
+    `ack_timeout_s` bounds how long a record may wait for its acknowledgement (librdkafka's
+    default is five minutes); `quiet` drops librdkafka's log lines.
+    """
+    config = {
+        **base_config(kafka.bootstrap_servers, quiet),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        **kafka.producer,
+    }
+    if ack_timeout_s is not None:
+        config["message.timeout.ms"] = int(ack_timeout_s * 1000)
+    return config
