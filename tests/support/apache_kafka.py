@@ -29,8 +29,9 @@ from typing import TypeAlias
 
 from confluent_kafka.admin import AdminClient
 
+from logistik.children import die_with_parent
 from logistik.errors import LogistikError
-from logistik.kafka.embedded import EmbeddedBroker, _die_with_parent, free_port, port_is_free
+from logistik.kafka.embedded import EmbeddedBroker, free_port, port_is_free
 
 # The one place the Apache Kafka version of the tests is chosen.
 KAFKA_VERSION = "4.4.0"
@@ -259,7 +260,7 @@ class ApacheKafka:
                 stdin=subprocess.DEVNULL,
                 # Its own session, so a Ctrl-C meant for the tests does not stop it under them.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
     def _wait_ready(self, timeout_s: float) -> None:

@@ -89,6 +89,32 @@ EXPORTS = {
         "write_error",
     ],
     "logistik.process": ["Runner", "Supervisor", "tune_gc"],
+    "logistik.kafka": [
+        "EmbeddedBroker",
+        "EventConsumer",
+        "EventProducer",
+        "Headers",
+        "LibrdkafkaLog",
+        "OffsetBook",
+        "PartitionTracker",
+        "QuietLog",
+        "TopicPartitionKey",
+        "base_config",
+        "cluster_metadata",
+        "command_consumer_config",
+        "consumer_config",
+        "ensure_topics",
+        "free_port",
+        "header_pairs",
+        "list_topics",
+        "loopback_servers",
+        "produce",
+        "producer_config",
+        "record_time",
+        "topic_partitions",
+        "try_produce",
+        "write_error",
+    ],
     "logistik.web": [
         "AppState",
         "Auth",
@@ -116,7 +142,7 @@ FORBIDDEN = {
     "observe": UPPER,
     "kafka": (*UPPER, "logistik.routing", "logistik.control", "logistik.observe"),
 }
-CORE_MODULES = ("answer", "config", "errors", "event", "handler", "protocol")
+CORE_MODULES = ("answer", "children", "config", "errors", "event", "handler", "protocol")
 
 
 @pytest.mark.parametrize("package", sorted(EXPORTS))
