@@ -65,10 +65,10 @@ class BackgroundTaskError(LogistikError):
     """A task the process depends on (consume loop, store follower, discovery, web) ended."""
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    """Text on one line, cut to `limit` characters: for logs and answers a person reads."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def one_line(text: str, limit: int | None = None) -> str:
+    """Text as one line: its non-blank lines stripped and joined by `; `, cut at `limit` chars."""
+    line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if limit is None else line[:limit]
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

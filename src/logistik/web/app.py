@@ -8,12 +8,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from logistik.errors import ActionError, HandlerNotFoundError, InvalidEventError, LogistikError
+from logistik.errors import (
+    ActionError,
+    HandlerNotFoundError,
+    InvalidEventError,
+    LogistikError,
+    one_line,
+)
 from logistik.web.auth import Auth
 from logistik.web.pages import mount_ui
 from logistik.web.routes import actions, docs, edits, oidc, query, reads, session
 from logistik.web.state import AppState
-from logistik.web.text import one_line
 from logistik.web.uwsgi import UwsgiStats
 from logistik.web.views import live_views
 
