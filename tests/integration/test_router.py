@@ -1,4 +1,4 @@
-"""The answer table of design.md, end to end: real broker, real model servers, logistik's router."""
+"""The README's answer table, end to end: real broker, real model servers, logistik's router."""
 
 from __future__ import annotations
 
