@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import random
 import signal
@@ -23,7 +24,7 @@ START_TIMEOUT_S = 15.0
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 20
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+PR_SET_PDEATHSIG = 1
 
 
 class BenchError(Exception):
@@ -164,6 +165,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def die_with_parent() -> None:
+    """In a child before exec: have Linux SIGTERM it when the benchmark dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: children are still stopped on every normal exit
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop where it is installed (as `logistik run` uses), asyncio's otherwise."""
     try:
@@ -201,6 +211,7 @@ class Child:
                 cwd=self._cwd,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         return self
 

@@ -45,6 +45,7 @@ from benchkit import (
     EventMaker,
     command_name,
     cpu_seconds,
+    die_with_parent,
     event_id,
     free_port,
     machine,
@@ -194,7 +195,11 @@ async def slow_model(ctx: Context) -> tuple[Child, int]:
 async def run_json(argv: list[str], what: str, timeout_s: float) -> dict[str, Any]:
     """Run a process to its end and return the JSON line it printed last; killed if cancelled."""
     process = await asyncio.create_subprocess_exec(
-        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        *argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout_s)
@@ -212,7 +217,9 @@ async def run_json(argv: list[str], what: str, timeout_s: float) -> dict[str, An
 
 def run_with_rusage(argv: list[str], timeout_s: float) -> tuple[str, float]:
     """Run a process to its end; its output and the CPU seconds it used (from wait4)."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+    )
     killer = threading.Timer(timeout_s, process.kill)
     killer.start()
     try:
@@ -284,6 +291,7 @@ class AnswerReader:
                 stdout=subprocess.PIPE,
                 stderr=log_fd,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             os.close(log_fd)

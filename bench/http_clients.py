@@ -36,6 +36,7 @@ from benchkit import (
     Child,
     EventMaker,
     cpu_seconds,
+    die_with_parent,
     event_id,
     free_port,
     machine,
@@ -542,7 +543,9 @@ def spawn_client(name: str, base: str, requests: int, concurrency: int) -> dict[
         "--concurrency",
         str(concurrency),
     ]
-    done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
+    done = subprocess.run(
+        argv, capture_output=True, timeout=300, check=False, preexec_fn=die_with_parent
+    )
     if done.returncode != 0:
         raise BenchError(f"{name} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
     result: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
