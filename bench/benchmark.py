@@ -98,6 +98,7 @@ class Params:
     slow_delay_s: float = 2.0
     slow_seconds: float = 30.0
     soak_events: int = 50_000
+    soak_rate: float | None = None
     logistik_settings: tuple[str, ...] = ()
 
 
@@ -523,11 +524,7 @@ class KafkaLoad:
     rate: float | None = None
     wait_for: tuple[str, ...] = ()  # the answer topics that end it (default: every group's)
     cap_s: float | None = None  # the longest it may take; the events answered by then count
-
-    @property
-    def hop(self) -> bool:
-        """Whether the reader reads the events too: paced loads, whose latency is the point."""
-        return self.rate is not None
+    hop: bool = False  # whether the reader reads the events too (paced: latency is the point)
 
 
 async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
@@ -750,7 +747,8 @@ async def measure(
         return await measure_wrk(ctx, round_)
     if router == "direct":
         return await measure_direct(ctx, phase, round_, count, rate)
-    return await measure_kafka(ctx, KafkaLoad(phase, router, round_, one_group(ctx), count, rate))
+    load = KafkaLoad(phase, router, round_, one_group(ctx), count, rate, hop=rate is not None)
+    return await measure_kafka(ctx, load)
 
 
 async def measure_groups(ctx: Context, groups: int) -> Measurement:
@@ -828,7 +826,9 @@ async def run(params: Params, record: Callable[[Measurement], None]) -> None:
                 keep(await measure_slow(ctx))
             if "soak" in params.phases:
                 progress(f"soak: logistik, {params.soak_events:,} events ...")
-                soak = KafkaLoad("soak", "logistik", 1, one_group(ctx), params.soak_events)
+                soak = KafkaLoad(
+                    "soak", "logistik", 1, one_group(ctx), params.soak_events, params.soak_rate
+                )
                 keep(await measure_kafka(ctx, soak))
 
 
@@ -1135,9 +1135,12 @@ def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
         ]
     if "soak" in summary:
         soak = summary["soak"]
+        rate = params.get("soak_rate")
+        sent = f"sent at {rate:,.0f} events/s" if rate else "sent at once"
         lines += [
             "",
-            f"logistik's RSS over {soak['events']:,} events: {soak['start']:.0f} MB at the start, "
+            f"logistik's RSS over {soak['events']:,} events ({sent}): {soak['start']:.0f} MB "
+            "at the start, "
             f"{soak['middle']:.0f} MB in the middle, {soak['end']:.0f} MB at the end "
             f"(peak {soak['peak']:.0f} MB).",
         ]
@@ -1182,6 +1185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--slow-delay-s", type=float, default=defaults.slow_delay_s, help="the slow model's delay")
     add("--slow-seconds", type=float, default=defaults.slow_seconds, help="cap of the slow phase")
     add("--soak-events", type=int, default=defaults.soak_events, help="events of the long run")
+    add("--soak-rate", type=float, help="events/s of the long run (default: all at once)")
     add(
         "--logistik-set",
         action="append",
@@ -1241,6 +1245,7 @@ def params_from(args: argparse.Namespace) -> Params:
         slow_delay_s=args.slow_delay_s,
         slow_seconds=args.slow_seconds,
         soak_events=args.soak_events,
+        soak_rate=args.soak_rate,
         logistik_settings=tuple(args.logistik_set),
     )
 

@@ -103,7 +103,10 @@ def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
     assert "| added p50 ≤ 2 ms at half peak | +1.0 ms | yes |" in lines
     assert "| 3 | 1,500 | 4,500 | 1.29 |" in lines
     assert "| a slow group changes the fast one < 10 % | -14% | **no** |" in lines
-    assert any(line.startswith("logistik's RSS over 10,000 events: 100 MB") for line in lines)
+    assert any(
+        line.startswith("logistik's RSS over 10,000 events (sent at once): 100 MB at the start")
+        for line in lines
+    )
 
 
 def test_markdown_of_a_missing_report_fails_with_its_path(tmp_path: Path) -> None:
