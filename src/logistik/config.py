@@ -165,10 +165,13 @@ class RoutingConfig(_Section):
     unhealthy_after_failures: int = Field(default=3, ge=1)
     unhealthy_cooldown_s: float = Field(default=10.0, ge=0)
     circuit_open_max_s: float = Field(default=120.0, ge=0)
-    # A call that would wait longer than this for one of the instance's free slots goes to the
-    # retry topic instead, so a slow model cannot hold the events of other models.
-    max_queue_wait_s: float = Field(default=1.0, gt=0)
-    max_waiting_retries: int = Field(default=2_000, ge=1)  # retry records held until due
+    # A call does not wait for one of the instance's slots longer than this, nor queue behind
+    # calls that waited longer: it goes to the retry topic instead, so that a slow model cannot
+    # hold the events of other models. Above max_in_flight / events per second, the wait a
+    # busy but healthy router makes every event wait.
+    max_queue_wait_s: float = Field(default=2.0, gt=0)
+    # Records of a group's retry topic held at once (waiting for their due time or a slot).
+    max_waiting_retries: int = Field(default=2_000, ge=1)
     # An event no instance could take (circuits open, or busy) waits on the retry topic
     # without using its retries, for at most this long; then it goes to the failed topic.
     max_hold_s: float = Field(default=600.0, gt=0)

@@ -24,7 +24,7 @@ def topics_of(handlers: list[Handler]) -> set[str]:
     for handler in handlers:
         topics |= {
             handler.event,
-            retry_topic(handler.event),
+            retry_topic(handler.event, handler.group_id),
             handler.failed_topic_name,
             failed_topic(handler.event),
         }
