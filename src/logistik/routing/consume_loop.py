@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 500
 POLL_TIMEOUT_S = 0.1
 FULL_WAKE_S = 0.5  # a full loop still turns this often: commits, stop, pause
+RETRY_DRAIN_S = 5.0  # at a stop, how long calls from retry topics may take to finish
 
 
 class ConsumeLoop:
@@ -248,7 +249,13 @@ class ConsumeLoop:
         consumer = self._consumer
         self._stopping.set()  # retry records waiting for their due time are taken again later
         if self._retry_tasks:
-            await asyncio.wait(set(self._retry_tasks), timeout=grace_s)
+            # Those still waiting for a slot after a short while are left to be taken again.
+            _, waiting = await asyncio.wait(
+                set(self._retry_tasks), timeout=min(grace_s, RETRY_DRAIN_S)
+            )
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
         if self._tasks:
             logger.info(
                 "stopping: waiting up to %g s for %d event(s) in flight", grace_s, len(self._tasks)

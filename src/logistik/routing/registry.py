@@ -34,6 +34,8 @@ class LiveHandler:
     handler: Handler
     max_concurrency: int
     in_flight: int = 0
+    patient_waiting: int = 0  # calls from a retry topic waiting for a slot
+    shed_until: float = 0.0  # monotonic time until which new events go to the retry topic
     consecutive_failures: int = 0
     unanswered: int = 0  # calls in a row that got no answer: they open the circuit
     circuit: Circuit = Circuit.CLOSED

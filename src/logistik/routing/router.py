@@ -491,14 +491,29 @@ class Router:
         timeout_s = handler.timeout_s or self._routing.timeout_s
         slots = instance.slots
         max_wait_s = self._routing.max_queue_wait_s
-        if not patient and slots.oldest_wait_s(asyncio.get_running_loop().time()) > max_wait_s:
+        # While calls from the retry topic wait for this instance, or for a while after a call
+        # waited too long, new events join the retry topic rather than queue here.
+        now = time.monotonic()
+        if not patient and (
+            instance.patient_waiting
+            or now < instance.shed_until
+            or slots.oldest_wait_s(asyncio.get_running_loop().time()) > max_wait_s
+        ):
+            instance.shed_until = max(instance.shed_until, now + max_wait_s)
             instance.end_probe()
             return _held_busy(instance)
         # Counted before waiting for a slot so the load spread sees queued calls too.
         instance.in_flight += 1
-        started = time.monotonic()
+        started = now
         try:
-            if not await slots.acquire(None if patient else min(max_wait_s, timeout_s / 2)):
+            if patient:
+                instance.patient_waiting += 1
+                try:
+                    await slots.acquire(None)
+                finally:
+                    instance.patient_waiting -= 1
+            elif not await slots.acquire(min(max_wait_s, timeout_s / 2)):
+                instance.shed_until = time.monotonic() + max_wait_s
                 instance.end_probe()
                 return _held_busy(instance)
             if instance.circuit is Circuit.OPEN:  # it opened while this call waited
