@@ -6,7 +6,8 @@ LogistikError
  ├── BrokerError          the Kafka broker cannot be reached or refused a request
  │    └── PublishError    a record could not be written to a topic
  ├── StoreError           the handler store cannot be opened or refused a change
- │    └── HandlerNotFoundError   no handler has the given node id
+ │    ├── HandlerNotFoundError   no handler has the given node id
+ │    └── StoreUnavailableError  the database does not answer, or refuses to be read or written
  ├── ActionError          a rollout action that makes no sense for this handler
  ├── DiscoveryError       Consul or a model's /info could not be read
  │    └── ConsulError     Consul could not be reached or refused a request (logistik.consul)
@@ -51,6 +52,10 @@ class StoreError(LogistikError):
 
 class HandlerNotFoundError(StoreError):
     """No handler has the given node id."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database does not answer, or refuses to be read or written (down, read-only)."""
 
 
 class ActionError(LogistikError):
