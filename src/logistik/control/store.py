@@ -36,7 +36,13 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from logistik.config import describe_validation, field_problems, masked_url, require_extra
-from logistik.errors import HandlerNotFoundError, StoreError, StoreUnavailableError, describe
+from logistik.errors import (
+    HandlerNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+    describe,
+    one_line,
+)
 from logistik.handler import Handler, ModelType
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -508,4 +514,4 @@ def _first_line(exc: BaseException) -> str:
     line = re.sub(r"^<class '[\w.]+'>: ", "", line).strip()
     if isinstance(inner, ConnectionRefusedError) or (not line and isinstance(inner, OSError)):
         return os.strerror(inner.errno).lower() if inner.errno else "cannot connect"
-    return describe(line or type(inner).__name__, 200)
+    return one_line(line or type(inner).__name__, 200)
