@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -183,7 +182,7 @@ async def test_add_edit_delete_and_decoy_counts(database_url: str) -> None:
 
 async def test_unreachable_database_is_one_line() -> None:
     port = free_port()
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(StoreUnavailableError) as caught:
         await Store.open(f"postgresql://logistik:secret@127.0.0.1:{port}/logistik")
     message = str(caught.value)
     assert message.startswith(
@@ -262,14 +261,6 @@ async def test_a_stored_row_that_is_no_valid_handler_is_shown_invalid_and_never_
         assert [h.node_id for h in registry.handlers()] == [good.node_id]
     finally:
         await store.close()
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of the test's own, which it may stop and start."""
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 async def test_the_follower_outlives_a_database_outage_and_follows_changes_after_it(

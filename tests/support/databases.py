@@ -11,7 +11,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from logistik.kafka.embedded import free_port
 
@@ -162,3 +165,11 @@ class RedisServer:
             self._process.terminate()
             self._process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, which it may stop (pause) and start (resume)."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()

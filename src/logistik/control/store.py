@@ -249,7 +249,7 @@ class Store:
 
     @classmethod
     async def open(cls, url: str) -> Store:
-        """Connect and upgrade the schema; a database that cannot be reached is a StoreError."""
+        """Connect and upgrade the schema; StoreUnavailableError when the database is away."""
         driver_url = async_url(url)
         if driver_url.startswith("postgresql+asyncpg"):
             require_extra("asyncpg", "postgres", "database.url")
@@ -287,7 +287,7 @@ class Store:
             await connection.run_sync(_upgrade, revision)
 
     async def ping(self) -> None:
-        """Run a trivial query; raises StoreError when the database does not answer."""
+        """Run a trivial query; StoreUnavailableError when the database does not answer."""
         try:
             async with self._engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))

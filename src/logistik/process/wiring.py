@@ -55,6 +55,7 @@ class Runner:
         self.ready = asyncio.Event()  # set once the consume loop has polled
         self.store: Store | None = None
         self.discovery: ConsulDiscovery | None = None
+        self.follower: StoreFollower | None = None
         self.loop: ConsumeLoop | None = None
         self._consumer: EventConsumer | None = None
         self._supervisor: Supervisor | None = None
@@ -76,7 +77,9 @@ class Runner:
             store = self.store = await Store.open(self.config.database.url)
             stack.push_async_callback(store.close)
             await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
-            follower = StoreFollower(store, self.registry, self.config.kafka, self.decoys)
+            follower = self.follower = StoreFollower(
+                store, self.registry, self.config.kafka, self.decoys
+            )
             await follower.refresh()
             if not self.registry.topics():
                 logger.warning("no enabled handler yet: nothing to consume until one is added")
@@ -162,7 +165,9 @@ class Runner:
             self.config, HandlerService(store), self.figures, self.registry, self.status
         )
         app = create_app(state)
-        readiness = Readiness(self.config.kafka, store, self._loop_age_s, supervisor.status)
+        readiness = Readiness(
+            self.config.kafka, store, self._loop_age_s, supervisor.status, self.control_errors
+        )
         collectors = metrics_registry(self.figures, self.registry, self._lag)
         add_operations_routes(app, readiness, collectors)
         web_stop = asyncio.Event()
@@ -180,6 +185,14 @@ class Runner:
     def _lag(self) -> dict[tuple[str, int], int]:
         return {} if self._consumer is None else self._consumer.lag
 
+    def control_errors(self) -> dict[str, str | None]:
+        """What the store follower and Consul discovery fail at while they retry (None: fine)."""
+        follower, discovery = self.follower, self.discovery
+        return {
+            FOLLOWER: None if follower is None else follower.error,
+            DISCOVERY: None if discovery is None else discovery.error,
+        }
+
     def status(self) -> dict[str, Any]:
         """The process's live status, for the API."""
         discovery, consul = self.discovery, self.config.discovery.consul
@@ -191,6 +204,7 @@ class Runner:
             "in_flight": 0 if self.loop is None else self.loop.in_flight,
             "max_in_flight": self.config.routing.max_in_flight,
             "tasks": tasks,
+            "store": {"error": None if self.follower is None else self.follower.error},
             "consul": None
             if discovery is None or consul is None
             else {"url": consul.url, "error": discovery.error},
