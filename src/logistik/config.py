@@ -393,6 +393,12 @@ def _expand_string(text: str, env: Mapping[str, str], where: str) -> str:
             return env[name]
         if match.group("default") is not None:
             return match.group("default")
+        parts = {part.split("[")[0] for part in where.split(".")}
+        if parts & SECRET_KEYS:  # the name may be a piece of a secret holding a '$'
+            raise ConfigError(
+                f"{where}: a $NAME in the value names an environment variable that is not set "
+                "(write $$ for a $)"
+            )
         raise ConfigError(f"{where}: environment variable {name} is not set")
 
     return _VAR.sub(replace, text)

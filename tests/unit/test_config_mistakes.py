@@ -142,3 +142,12 @@ def test_secrets_of_urls_are_masked_in_messages() -> None:
     )
     assert masked_url("postgresql://u:p/w@h/db") == "postgresql://u:***@h/db"
     assert masked_url("sqlite:////var/lib/logistik.db") == "sqlite:////var/lib/logistik.db"
+
+
+def test_a_hash_pasted_without_doubled_dollars_is_refused_without_echoing_it() -> None:
+    encoded = hash_password("correct horse", iterations=1000, salt="Salty")
+    message = refused(f"web: {{auth: {{users: {{alice: '{encoded}'}}}}}}")
+    assert message == (
+        "x.yaml: web.auth.users.alice: a $NAME in the value names an environment variable "
+        "that is not set (write $$ for a $)"
+    )

@@ -22,6 +22,7 @@ from logistik.kafka.offsets import OffsetBook
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.health import Readiness
+from logistik.observe.logs import mask_secrets
 from logistik.observe.metrics import metrics_registry
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
@@ -67,6 +68,9 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route until `stop` is set, then drain, commit and close; raise if a part broke."""
+        mask_secrets(self.config.secrets())
+        for warning in self.config.warnings():
+            logger.warning(warning)
         web = self.config.web
         sock = bind(web.host, web.port) if web.enabled else None  # a taken port fails first
         halt = asyncio.Event()
