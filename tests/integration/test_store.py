@@ -289,3 +289,33 @@ async def test_the_follower_outlives_a_database_outage_and_follows_changes_after
         await following
         await operator.close()
         await store.close()
+
+
+async def test_every_field_at_its_bound_fits_the_columns(database_url: str) -> None:
+    longest = make(
+        "n" * 200,
+        service_id="s" * 100,
+        group_id="g" * 255,
+        event="e" * 242,
+        endpoint="a" * 63 + "." + "b" * 63 + "." + "c" * 63,
+        hostname="h" * 63,
+        path="/" + "p" * 1023,
+        method="DELETE",
+        version="v" * 255,
+        node="9" * 64,
+        model_type="canary",
+        return_to="r" * 249,
+        failed_topic="f" * 249,
+        environment="x" * 255,
+        tags=["t" * 255] * 64,
+        consul_service_id="c" * 255,
+        timeout=3600,
+        retries=100,
+    )
+    assert len(longest.node_id) == 100 + 63 + len("canary") + 64 + 3
+    store = await Store.open(database_url)
+    try:
+        assert await store.sync([longest], "consul") == 1
+        assert (await store.get(longest.node_id)).handler == longest
+    finally:
+        await store.close()

@@ -379,6 +379,9 @@ class Store:
                 handler = Handler.model_validate({**current, **fields, "node_id": node_id})
             except ValidationError as exc:
                 raise StoreError(describe_validation(exc, node_id)) from None
+            problem = handler.problem()
+            if problem is not None and problem != _effective(row)[0].problem():
+                raise StoreError(f"{node_id}: {problem}")  # an edit never makes one unroutable
             _apply(row, handler, row.source, _now())
         return _record(row)
 
