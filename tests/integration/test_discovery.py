@@ -18,6 +18,7 @@ from logistik.control.discovery import ConsulDiscovery
 from logistik.control.store import HandlerRecord, Store
 from logistik.kafka.embedded import free_port
 from tests.support.consul_fixtures import ConsulTarget
+from tests.support.databases import PostgresServer
 from tests.support.harness import RouterThread, make_config, on_store
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.support.models import ModelServer, wait_until
@@ -307,10 +308,10 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 20.0, what: st
 
 @contextlib.asynccontextmanager
 async def discovering(
-    consul: ConsulTarget, tmp_path: Path
+    consul: ConsulTarget, tmp_path: Path, database_url: str | None = None
 ) -> AsyncIterator[tuple[ConsulDiscovery, Store]]:
-    """Discovery running against the Consul of the test, writing to a SQLite store."""
-    store = await Store.open(f"sqlite:///{tmp_path / 'discovery.db'}")
+    """Discovery running against the Consul of the test, writing to a store (SQLite unless told)."""
+    store = await Store.open(database_url or f"sqlite:///{tmp_path / 'discovery.db'}")
     session = aiohttp.ClientSession()
     discovery = ConsulDiscovery(ConsulConfig(url=consul.url), store, session, wait_s=2.0)
     stop = asyncio.Event()
@@ -531,3 +532,23 @@ async def _states(store: Store, wanted: dict[str, str]) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_discovery_outlives_a_store_outage_and_writes_what_it_missed(
+    consul: ConsulTarget, tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    name = consul.name("face")
+    register(consul, name, free_port(), consul.name("a"), **seed("t", "0"))
+    async with discovering(consul, tmp_path, own_postgres.create_database()) as (
+        discovery,
+        store,
+    ):
+        await eventually(lambda: _has(store, f"{name}-mk2-model-0"), what="discovery")
+        await asyncio.to_thread(own_postgres.pause)
+        register(consul, name, free_port(), consul.name("b"), **seed("t", "1"))
+        await eventually(lambda: _true(discovery.failure is not None), what="the failure shown")
+        assert "cannot write handlers to the store" in (discovery.failure or "")
+        assert discovery.error is None  # Consul itself answers
+        await asyncio.to_thread(own_postgres.resume)
+        await eventually(lambda: _has(store, f"{name}-mk2-model-1"), timeout_s=60, what="later")
+        await eventually(lambda: _true(discovery.failure is None), what="the failure cleared")

@@ -307,15 +307,21 @@ class ConsulDiscovery:
         self._wait_s = wait_s
         self._services: dict[str, list[ConsulInstance]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._errors: dict[str, str] = {}  # what fails now (a watch, the store) -> why
+        self._errors: dict[str, str] = {}  # the watches failing now -> why
+        self.sync_error: str | None = None  # why writing to the store fails now
         self._reported: dict[str, dict[str, str]] = {}  # scope -> key -> problem logged
 
     @property
     def error(self) -> str | None:
-        """What is failing now (Consul, an answer, the store), None when discovery works."""
+        """Why watching Consul fails now (unreachable, answers it should not), None if it works."""
         if not self._errors:
             return None
         return one_line("; ".join(dict.fromkeys(self._errors.values())), 500)
+
+    @property
+    def failure(self) -> str | None:
+        """Whatever discovery fails at now: watching Consul or writing to the store."""
+        return self.error or self.sync_error
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch Consul and sync the store until stopped; never ends before that."""
@@ -456,7 +462,7 @@ class ConsulDiscovery:
                 await self.sync_once()
             except Exception as exc:  # the store may be away; the change is written later
                 failures += 1
-                self._errors["the store"] = f"cannot write handlers to the store: {describe(exc)}"
+                self.sync_error = f"cannot write handlers to the store: {describe(exc)}"
                 if failures == 1:
                     logger.error(
                         "discovery: cannot write handlers to the store (%s); retrying with "
@@ -468,8 +474,7 @@ class ConsulDiscovery:
                 continue
             if failures:
                 logger.info("discovery: handlers written to the store again")
-                self._errors.pop("the store", None)
-            failures = 0
+            self.sync_error, failures = None, 0
 
     async def sync_once(self) -> None:
         """Write what Consul lists now to the store."""

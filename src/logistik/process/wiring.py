@@ -194,7 +194,7 @@ class Runner:
         follower, discovery = self.follower, self.discovery
         return {
             FOLLOWER: None if follower is None else follower.error,
-            DISCOVERY: None if discovery is None else discovery.error,
+            DISCOVERY: None if discovery is None else discovery.failure,
         }
 
     def status(self) -> dict[str, Any]:
