@@ -39,9 +39,9 @@ _VAR = re.compile(
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
 # Keys whose values are secrets, or URLs that may carry one: never echoed in messages.
-SECRET_KEYS = frozenset(
-    {"tokens", "users", "session_secret", "client_secret", "url", "password", "token"}
-)
+SECRET_KEYS = frozenset({"tokens", "users", "session_secret", "client_secret", "url"})
+SECRET_WORDS = ("password", "secret", "token")  # e.g. librdkafka's sasl.password
+UNION_TAGS = frozenset({"str", "int", "float", "bool"})
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DATABASE_DRIVERS = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgres", "postgresql+asyncpg")
 SECRET_MIN = 6  # shorter values are masked nowhere: they would blank out ordinary words
@@ -309,7 +309,15 @@ class Config(_Section):
         found += url_secrets(self.database.url)
         if self.cache is not None:
             found += url_secrets(self.cache.url)
+        for settings in (self.kafka.consumer, self.kafka.producer):
+            found += [str(v) for k, v in settings.items() if is_secret_key(k)]
         return sorted({s for s in found if len(s) >= SECRET_MIN}, key=len, reverse=True)
+
+
+def is_secret_key(key: str | int) -> bool:
+    """Whether a config key holds a secret (or a URL that may hold one)."""
+    text = str(key).split("[")[0]
+    return text in SECRET_KEYS or any(word in text.lower() for word in SECRET_WORDS)
 
 
 def http_url(value: str) -> str:
@@ -393,8 +401,7 @@ def _expand_string(text: str, env: Mapping[str, str], where: str) -> str:
             return env[name]
         if match.group("default") is not None:
             return match.group("default")
-        parts = {part.split("[")[0] for part in where.split(".")}
-        if parts & SECRET_KEYS:  # the name may be a piece of a secret holding a '$'
+        if any(map(is_secret_key, where.split("."))):  # the name may be a piece of a secret
             raise ConfigError(
                 f"{where}: a $NAME in the value names an environment variable that is not set "
                 "(write $$ for a $)"
@@ -460,20 +467,25 @@ def describe_validation(exc: ValidationError, source: str) -> str:
 
 def field_problems(exc: ValidationError) -> list[str]:
     """Each problem as `key: what is wrong`; values are echoed short, secrets never."""
-    problems = []
+    problems: dict[str, str] = {}
     for error in exc.errors():
-        key = _dotted(error["loc"])
+        loc = error["loc"]
+        if loc and loc[-1] in UNION_TAGS:  # one error per member of a union: say it once
+            loc = loc[:-1]
+        key = _dotted(loc)
+        if key in problems:
+            continue
         if error["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}'")
+            problems[key] = f"unknown key '{key}'"
         elif error["type"] == "missing":
-            problems.append(f"missing key '{key}'")
+            problems[key] = f"missing key '{key}'"
         else:
             message = str(error["msg"]).removeprefix("Value error, ")
-            secret = any(str(part) in SECRET_KEYS for part in error["loc"])
+            secret = any(map(is_secret_key, error["loc"]))
             echo = error["type"] != "value_error" and not secret
             got = f" (got {one_line(repr(error.get('input')), 80)})" if echo else ""
-            problems.append(f"{key}: {message}{got}")
-    return problems
+            problems[key] = f"{key}: {message}{got}"
+    return list(problems.values())
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

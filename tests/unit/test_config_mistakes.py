@@ -95,11 +95,12 @@ def test_secrets_are_never_echoed_in_type_errors() -> None:
         " redirect_url: 'https://l/cb'}}}\n"
         "webhook: {url: 'hooks.example.com/s3cr3t-path'}\n"
         "cache: {url: 'http://:s3cr3t-redis@h'}\n"
+        "kafka: {consumer: {sasl.password: [s3cr3t-kafka]}}\n"
     )
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "x.yaml", {})
     lines = str(caught.value).splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 7
     assert all(line.startswith("x.yaml: ") for line in lines)
     assert "s3cr3t" not in str(caught.value)
 

@@ -19,6 +19,7 @@ web: {auth: {tokens: [token-secret-1], users: {alice: "pbkdf2_sha256$$1$$salt$$h
                     client_secret: oidc-secret-1, redirect_url: "https://l/auth/callback"}}}
 webhook: {url: "https://hooks.example.com/services/T0/B0/hook-secret-1"}
 cache: {url: "redis://:redis-pw-1234@cache.example.com:6379/0"}
+kafka: {consumer: {sasl.password: kafka-pw-1234}, producer: {sasl.password: kafka-pw-1234}}
 """
 SECRETS = (
     "db-pw-1234",
@@ -29,6 +30,7 @@ SECRETS = (
     "oidc-secret-1",
     "hook-secret-1",
     "redis-pw-1234",
+    "kafka-pw-1234",
 )
 
 
@@ -53,6 +55,7 @@ def test_every_configured_secret_is_masked_wherever_it_appears(json_lines: bool)
         except ValueError:
             logger.exception("failed")
         logger.critical("http://user:any-password@elsewhere/x")
+        logger.info("librdkafka: %s", config.kafka.consumer)
     finally:
         logger.removeHandler(handler)
     text = stream.getvalue()
