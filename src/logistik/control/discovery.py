@@ -242,6 +242,9 @@ class InfoCache:
                 answer = await self._fetch(url)
         except LookupError as exc:
             return Info(note=str(exc)), True
+        except Exception as exc:  # whatever else a model's answer breaks: a failure, retried
+            logger.debug("discovery: GET %s failed", url, exc_info=exc)
+            return Info(note=f"GET {url} failed: {type(exc).__name__}: {describe(exc, 120)}"), True
         if answer is None:
             return Info(note=f"GET {url} answered HTTP 404"), False
         fields = {k: answer[k] for k in INFO_FIELDS if answer.get(k) not in (None, "")}
