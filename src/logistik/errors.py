@@ -5,8 +5,9 @@ LogistikError
  ├── InvalidEventError    a record is not an event logistik can route (not JSON, no verb, ...)
  ├── BrokerError          the Kafka broker cannot be reached or refused a request
  │    └── PublishError    a record could not be written to a topic
- ├── StoreError           the handler store cannot be opened or refused a change
+ ├── StoreError           the handler store refused a change (a node id taken, fields not valid)
  │    └── HandlerNotFoundError   no handler has the given node id
+ ├── StoreUnavailableError  the database cannot be reached, read or written (down, read-only)
  ├── ActionError          a rollout action that makes no sense for this handler
  ├── DiscoveryError       Consul or a model's /info could not be read
  │    └── ConsulError     Consul could not be reached or refused a request (logistik.consul)
@@ -46,11 +47,15 @@ class EmbeddedBrokerError(LogistikError):
 
 
 class StoreError(LogistikError):
-    """The handler store cannot be opened or refused a change."""
+    """The handler store refused a change: a node id taken, fields that are not valid."""
 
 
 class HandlerNotFoundError(StoreError):
     """No handler has the given node id."""
+
+
+class StoreUnavailableError(LogistikError):
+    """The store's database cannot be reached, read or written (down, read-only): try later."""
 
 
 class ActionError(LogistikError):

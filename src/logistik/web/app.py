@@ -13,6 +13,7 @@ from logistik.errors import (
     HandlerNotFoundError,
     InvalidEventError,
     LogistikError,
+    StoreUnavailableError,
     one_line,
 )
 from logistik.web.auth import Auth
@@ -57,6 +58,7 @@ def _error_handlers(app: FastAPI) -> None:
         return handle
 
     app.add_exception_handler(HandlerNotFoundError, answer(404))
+    app.add_exception_handler(StoreUnavailableError, answer(503))  # the database is away
     app.add_exception_handler(ActionError, answer(409))
     app.add_exception_handler(InvalidEventError, answer(422))
     app.add_exception_handler(LogistikError, answer(400))
