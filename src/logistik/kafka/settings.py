@@ -106,6 +106,9 @@ def producer_config(
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
+        # A record for a topic that does not exist fails after this long (librdkafka waits
+        # 30 s), and later ones at once: its event holds its partition's commit point no longer.
+        "topic.metadata.propagation.max.ms": 10_000,
         **kafka.producer,
     }
     if ack_timeout_s is not None:
