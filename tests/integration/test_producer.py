@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from logistik.config import KafkaConfig
-from logistik.errors import BrokerError, PublishError
+from logistik.errors import BackgroundTaskError, BrokerError, PublishError
 from logistik.kafka import EventProducer
 from logistik.kafka.producer import MAX_RECOVERIES
 from tests.support.fatal_errors import inject_fatal_error
+from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, unique
-from tests.support.models import wait_until_async
+from tests.support.models import ModelServer, wait_until, wait_until_async
 
 
 async def started(servers: str) -> EventProducer:
@@ -80,3 +82,22 @@ async def test_only_the_too_large_record_of_a_batch_is_refused(servers: str) -> 
     assert len(refused) == 1 and refused[0].too_large and refused[0].permanent
     assert results[20] is refused[0]
     producer.close()
+
+
+def test_logistik_stops_when_its_producer_cannot_recover(
+    servers: str, model_server: Callable[..., ModelServer]
+) -> None:
+    topic = unique("fatal")
+    create_topics(servers, topic, f"{topic}-results", f"{topic}-failed", f"{topic}-retry")
+    config = make_config(servers, [handler("m", topic, model_server().port)])
+    running = RouterThread(config).start()
+    assert running.runner is not None and running.runner.producer is not None
+    producer = running.runner.producer
+    for _ in range(MAX_RECOVERIES + 1):
+        client = producer.client
+        inject_fatal_error(client)
+        wait_until(lambda c=client: producer.client is not c or producer.state()[0] == "failed")  # type: ignore[misc]
+    with pytest.raises(
+        BackgroundTaskError, match="kafka producer failed: the Kafka producer cannot"
+    ):
+        running.stop()
