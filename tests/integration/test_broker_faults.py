@@ -25,16 +25,24 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from logistik.kafka import QuietLog
+from logistik.commands.tail import text_of
+from logistik.kafka import QuietLog, header_pairs
 from tests.support.apache_kafka import ApacheKafka
 from tests.support.fatal_errors import inject_fatal_error
 from tests.support.harness import RouterProcess, RouterThread, handler, make_config
 from tests.support.kafkatools import (
     Record,
-    TopicReader,
     create_topics,
     event,
     unique,
@@ -145,10 +153,81 @@ class Feeder:
         return {self.events[i]["id"] for i, at in enumerate(times) if at >= moment}
 
 
+class Observer:
+    """Reads topics from their beginning without a consumer group, from a thread.
+
+    A broker frozen or restarted expels the members of every group: a group's reader would
+    read everything again, or wait to rejoin. Without a group it reads each record once.
+    """
+
+    def __init__(self, servers: str, *topics: str) -> None:
+        self._records: dict[str, list[Record]] = {topic: [] for topic in topics}
+        self._unassigned = set(topics)  # topics not there yet: assigned once they are
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": servers,
+                "group.id": unique("observer"),  # required, never joined: partitions are assigned
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "logger": QuietLog(),
+            }
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        looked = 0.0
+        while not self._stop.is_set():
+            if self._unassigned and time.monotonic() - looked > 0.5:
+                looked = time.monotonic()
+                self._assign_existing()
+            message = self._consumer.poll(0.05)
+            if message is None or message.error() is not None:
+                continue
+            record = Record(
+                str(message.topic()),
+                int(message.partition() or 0),
+                int(message.offset() or 0),
+                message.key(),
+                message.value(),
+                {name: text_of(value) or "" for name, value in header_pairs(message)},
+            )
+            with self._lock:
+                self._records[record.topic].append(record)
+        self._consumer.close()
+
+    def _assign_existing(self) -> None:
+        try:
+            metadata = self._consumer.list_topics(timeout=1)
+        except KafkaException:
+            return
+        for topic in sorted(self._unassigned):
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                continue
+            starts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in found.partitions]
+            self._consumer.incremental_assign(starts)
+            self._unassigned.discard(topic)
+
+    def on(self, topic: str) -> list[Record]:
+        """Records read so far from one topic."""
+        with self._lock:
+            return list(self._records[topic])
+
+    def __enter__(self) -> Observer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 class Answers:
     """What logistik wrote, parsed once: answers by group, failed records by group."""
 
-    def __init__(self, reader: TopicReader, groups: dict[str, str], failed: str) -> None:
+    def __init__(self, reader: Observer, groups: dict[str, str], failed: str) -> None:
         self.reader, self.groups, self.failed_topic = reader, groups, failed
         self._seen: dict[str, int] = {}
         self.answers: dict[str, list[str]] = {group: [] for group in groups}
@@ -288,7 +367,7 @@ def test_broker_killed_and_restarted_while_events_flow(
     servers, topic = kafka.bootstrap_servers, unique("events")
     config, groups = two_groups(servers, topic, model_server)
     feeder = Feeder(servers, topic, 3000, 150)
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         logistik = router_process(config)
         feeder.start()
@@ -313,7 +392,7 @@ def test_broker_frozen_longer_than_the_session_timeout(
     servers, topic = kafka.bootstrap_servers, unique("events")
     config, groups = two_groups(servers, topic, model_server)
     feeder = Feeder(servers, topic, 3000, 150)
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         logistik = router_process(config)
         feeder.start()
@@ -347,7 +426,7 @@ def test_logistik_started_before_the_broker_waits_for_it(
     kafka.start()
     back = time.monotonic()
     feeder = Feeder(servers, topic, 600, 100).start()
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         resume_s = time_to_resume(found, feeder, back, 90)
         feeder.finish()
@@ -385,7 +464,7 @@ def test_three_processes_one_killed_one_added_one_stopped(
     feeder = Feeder(servers, topic, 5000, 200)
     processes = [killed, stopped, kept]
     try:
-        with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+        with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
             found = Answers(reader, groups, f"{topic}-failed")
             feeder.start()
 
@@ -440,7 +519,7 @@ def test_a_return_topic_the_broker_refuses(
     ]
     config = make_config(servers, handlers, kafka={"create_topics": False})
     feeder = Feeder(servers, topic, 600, 100)
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         logistik = router_process(config)
         feeder.start().finish()
@@ -476,7 +555,7 @@ def test_an_answer_larger_than_its_topic_takes(
     model = model_server(sized)
     config = make_config(servers, [handler("face", topic, model.port)])
     feeder = Feeder(servers, topic, 600, 150)
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         logistik = router_process(config)
         feeder.start().finish()
@@ -511,7 +590,7 @@ def test_a_failed_record_too_large_is_written_cut_and_the_partition_moves_on(
     for value in map(orjson.dumps, after):
         producer.produce(topic, value)
     assert producer.flush(30) == 0
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         logistik = router_process(config)
         normal = {e["id"] for e in before + after}
@@ -542,7 +621,7 @@ def test_a_fatal_producer_error_while_events_flow(
     servers, topic = kafka.bootstrap_servers, unique("events")
     config, groups = two_groups(servers, topic, model_server)
     feeder = Feeder(servers, topic, 2000, 200)
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         running = router(config)
         assert running.runner is not None and running.runner.producer is not None
@@ -577,7 +656,7 @@ def test_time_to_resume_after_kill_9_with_and_without_static_membership(
         kafka={"session_timeout_ms": 10_000, **membership},
     )
     feeder = Feeder(servers, topic, 3000, 150)
-    with TopicReader(servers, f"{topic}-failed", *groups.values()) as reader:
+    with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         first = router_process(config)
         feeder.start()
