@@ -230,6 +230,8 @@ class EventProducer:
         if self._solo is not None:
             self._serve(self._solo)
         self._hand_backlog()
+        if not self._pending:
+            self._recovering = None  # nothing left to send again: the new producer has it all
 
     def _serve(self, producer: Producer) -> None:
         """Serve one current producer's delivery reports and errors."""
