@@ -37,7 +37,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from logistik.commands.tail import text_of
-from logistik.kafka import QuietLog, header_pairs
+from logistik.kafka import QuietLog, free_port, header_pairs
 from tests.support.apache_kafka import ApacheKafka
 from tests.support.fatal_errors import inject_fatal_error
 from tests.support.harness import RouterProcess, RouterThread, handler, make_config
@@ -674,3 +674,23 @@ def test_time_to_resume_after_kill_9_with_and_without_static_membership(
     assert row.lost == 0 and row.failed == 0
     if static:
         assert resume_s < 8.0  # well under the 10 s session timeout a new member waits out
+
+
+def test_two_processes_with_one_static_identity_the_older_stops(
+    start_kafka: StartKafka, model_server: StartModel, router_process: StartProcess
+) -> None:
+    kafka = start_kafka()
+    servers, topic = kafka.bootstrap_servers, unique("events")
+    create_topics(servers, topic, f"{topic}-retry", f"{topic}-failed", f"{topic}-results")
+    config = make_config(
+        servers,
+        [handler("face", topic, model_server().port)],
+        kafka={"group_instance_id": "logistik-{hostname}"},
+    )
+    older = router_process(config)
+    wait_until(lambda: "assigned" in older.log(), 60, "the first process to be assigned")
+    newer = router_process({**copy.deepcopy(config), "web": {"port": free_port()}})
+    assert older.wait(60) == 1
+    assert "the Kafka consumer cannot go on" in older.log()
+    assert "fenced" in older.log()
+    stop_gracefully(newer)
