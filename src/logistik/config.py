@@ -62,6 +62,9 @@ class KafkaConfig(_Section):
     embedded_port: int = Field(default=9092, ge=1, le=65535)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    # Static membership: a process that comes back under the same id takes its partitions back
+    # at once, without a rebalance; "{hostname}" is replaced by the host's name. Empty: off.
+    group_instance_id: str = ""
     fetch_wait_max_ms: int = Field(default=10, ge=0)
     commit_interval_ms: int = Field(default=200, ge=0)
     create_topics: bool = True

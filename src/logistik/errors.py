@@ -39,7 +39,16 @@ class BrokerError(LogistikError):
 
 
 class PublishError(BrokerError):
-    """A record could not be written to a topic."""
+    """A record could not be written to a topic.
+
+    `permanent` when writing the same record again cannot help (the broker refuses it, not a
+    broker that is away); `too_large` when the refusal is about its size.
+    """
+
+    def __init__(self, message: str, permanent: bool = False, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent or too_large
+        self.too_large = too_large
 
 
 class EmbeddedBrokerError(LogistikError):

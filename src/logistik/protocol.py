@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -22,6 +22,9 @@ RETRY_SUFFIX = "-retry"
 MAX_TOPIC_CHARS = 249  # Kafka's limit
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_GROUPS_HEADER_BYTES = 64 * 1024  # a replay for more groups than this is not a replay
+# Every header value logistik writes is cut to this size, so that a record is never refused for
+# its headers (a huge event id or node id would otherwise make it unwritable).
+MAX_HEADER_VALUE_BYTES = 4096
 
 HeaderValue = str | bytes | None
 HeaderList = Sequence[tuple[str, HeaderValue]]
@@ -45,6 +48,11 @@ class Header:
     FAILED_NODES = HEADER_PREFIX + "failed_nodes"
     RETRIES = HEADER_PREFIX + "retries"
     FAILED_AT = HEADER_PREFIX + "failed_at"
+    # On a failed record whose value is cut (or left out) because the broker refused it as too
+    # large: the original's size in bytes and its SHA-256 (hex); SOURCE says where it is.
+    TRUNCATED = HEADER_PREFIX + "truncated"  # "true"
+    ORIGINAL_SIZE = HEADER_PREFIX + "original_size"
+    SHA256 = HEADER_PREFIX + "sha256"
     # On replayed events (REPLAYS also on failed records: how often the event was replayed).
     REPLAYS = HEADER_PREFIX + "replays"
     REPLAY_GROUPS = HEADER_PREFIX + "replay_groups"
@@ -106,6 +114,16 @@ def retry_topic(topic: str, group_id: str) -> str:
     return f"{topic}{RETRY_SUFFIX}-{safe[:40]}-{digest}"[:MAX_TOPIC_CHARS]
 
 
+def bounded(value: str, limit: int = MAX_HEADER_VALUE_BYTES) -> bytes:
+    """A header value as UTF-8, cut to `limit` bytes with a marker saying how long it was."""
+    data = value.encode()
+    if len(data) <= limit:
+        return data
+    marker = f"…[cut from {len(data)} bytes]".encode()
+    kept = data[: max(0, limit - len(marker))].decode("utf-8", "ignore").encode()
+    return kept + marker
+
+
 @dataclass(frozen=True, slots=True)
 class RetryMarks:
     """What a retry topic's record says: which group, which attempt, when, and where from."""
@@ -134,7 +152,7 @@ class RetryMarks:
             Header.ERROR: self.error,
             Header.REPLAYS: str(self.replays),
         }
-        return [(k, v.encode()) for k, v in fields.items() if v]
+        return [(k, bounded(v)) for k, v in fields.items() if v]
 
 
 def retry_marks(headers: HeaderList | None) -> RetryMarks:
@@ -243,6 +261,28 @@ class FailedRecord:
     retries: int = 0
     replays: int = 0
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    original_size: int | None = None  # set when `value` is cut: the original's size
+    sha256: str = ""  # set when `value` is cut: the original's SHA-256, in hex
+
+    @property
+    def truncated(self) -> bool:
+        """Whether `value` holds only the beginning of the original (or nothing of it)."""
+        return self.original_size is not None
+
+    def cut(self, keep_bytes: int) -> FailedRecord:
+        """This record with at most `keep_bytes` of its value, saying so with size and digest.
+
+        With `keep_bytes` 0 it is only a reference: SOURCE says where the original is.
+        """
+        if self.truncated:
+            return replace(self, value=(self.value or b"")[:keep_bytes] or None)
+        original = self.value or b""
+        return replace(
+            self,
+            value=original[:keep_bytes] or None,
+            original_size=len(original),
+            sha256=hashlib.sha256(original).hexdigest(),
+        )
 
     @property
     def source(self) -> str:
@@ -263,7 +303,11 @@ class FailedRecord:
             Header.REPLAYS: str(self.replays),
             Header.FAILED_AT: self.failed_at.isoformat(timespec="milliseconds"),
         }
-        return [(k, v.encode()) for k, v in fields.items() if v]
+        if self.original_size is not None:
+            fields[Header.TRUNCATED] = "true"
+            fields[Header.ORIGINAL_SIZE] = str(self.original_size)
+            fields[Header.SHA256] = self.sha256
+        return [(k, bounded(v)) for k, v in fields.items() if v]
 
     def summary(self, failed_topic: str) -> dict[str, Any]:
         """What the API shows of a failure (not the event itself)."""
@@ -278,6 +322,7 @@ class FailedRecord:
             "error": self.error,
             "nodes": list(self.failed_nodes),
             "retries": self.retries,
+            "truncated": self.truncated,
         }
 
     @classmethod
@@ -290,6 +335,7 @@ class FailedRecord:
         }
         topic, partition, offset = (found.get("source", "") or "//").rsplit("/", 2)
         failed_at = found.get("failed_at")
+        size = found.get("original_size", "")
         return cls(
             topic=found.get("topic", topic),
             partition=int(partition or -1),
@@ -303,4 +349,6 @@ class FailedRecord:
             retries=int(found.get("retries", "0")),
             replays=int(found.get("replays", "0")),
             failed_at=datetime.fromisoformat(failed_at) if failed_at else datetime.now(UTC),
+            original_size=int(size) if found.get("truncated") == "true" and size else None,
+            sha256=found.get("sha256", ""),
         )

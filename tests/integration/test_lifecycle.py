@@ -70,19 +70,19 @@ def test_missing_environment_variable_and_missing_file(tmp_path: Path) -> None:
     assert missing.stderr == f"logistik: {tmp_path / 'nope.yaml'}: config file not found\n"
 
 
-def test_unreachable_broker_is_one_line(tmp_path: Path) -> None:
-    port = free_port()
-    path = tmp_path / "broker.yaml"
-    path.write_text(
-        f"kafka: {{bootstrap_servers: '127.0.0.1:{port}'}}\n"
-        "discovery: {handlers: [{name: a, event: t, endpoint: 127.0.0.1, port: 9, "
-        "return_to: r}]}\n"
-    )
-    result = run_cli("run", "--config", str(path), "--log-level", "error")
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"logistik: cannot reach the Kafka broker at 127.0.0.1:{port}")
-    assert "Traceback" not in result.stderr
+def test_an_absent_broker_is_waited_for_in_one_line_until_sigterm(tmp_path: Path) -> None:
+    servers = f"127.0.0.1:{free_port()}"
+    running = RouterProcess(make_config(servers, [handler("a", "t", 9)]), tmp_path).start()
+    try:
+        wait_until(lambda: "waiting for the Kafka broker" in running.log(), 30, "the waiting line")
+        running.signal(signal.SIGTERM)
+        assert running.wait(30) == 0
+    finally:
+        running.kill()
+    problems = [line for line in running.log().splitlines() if " INFO " not in line]
+    [line] = problems
+    assert f"waiting for the Kafka broker (cannot reach the Kafka broker at {servers}" in line
+    assert line.endswith("retrying with back-off")
 
 
 def test_sigterm_drains_in_flight_events_commits_and_exits_zero(

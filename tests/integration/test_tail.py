@@ -6,14 +6,20 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+import pytest
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
+from logistik.commands.tail import OlderRecords, follow
+from logistik.config import KafkaConfig
+from logistik.kafka import command_consumer_config
 from logistik.kafka.embedded import free_port
 from logistik.protocol import FailedRecord, Reason
 from tests.support.kafkatools import create_topics, event, unique
+from tests.support.models import wait_until
 
 TAIL = [sys.executable, "-m", "logistik.commands.tail"]
 
@@ -146,3 +152,44 @@ def test_absent_broker_and_absent_topic_are_one_line(servers: str) -> None:
     missing = run_tail(servers, name)
     assert missing.returncode == 1
     assert missing.stderr == f"logistik: topic '{name}' does not exist on {servers}\n"
+
+
+def test_new_records_only_skips_the_rest_of_the_last_batch_written_before(
+    servers: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = unique("tail")
+    create_topics(servers, topic)
+    batching = Producer({"bootstrap.servers": servers, "linger.ms": 200})
+    for index in range(5):  # one batch: Tansu reports its first offset + 1 as the end
+        batching.produce(topic, orjson.dumps({"old": index}))
+    assert batching.flush(20) == 0
+    older = OlderRecords(int(time.time() * 1000))
+    states: list[str] = []
+
+    def fetch_state(stats: str) -> None:
+        partitions = orjson.loads(stats)["topics"].get(topic, {}).get("partitions", {})
+        states.append(partitions.get("0", {}).get("fetch_state", ""))
+
+    settings = {"statistics.interval.ms": 50, "stats_cb": fetch_state}
+    consumer = Consumer(
+        command_consumer_config(KafkaConfig(bootstrap_servers=servers), "t", **settings)
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_END)])  # as the tail starts
+        early: list[bytes | None] = []
+
+        def fetching() -> bool:
+            message = consumer.poll(0.05)
+            if message is not None and not older.older(message):
+                early.append(message.value())
+            return message is None and states[-1:] == ["active"]
+
+        # The end is resolved once the partition is fetched: only then is a new record sent.
+        wait_until(fetching)
+        produce_records(servers, topic, [{"value": b'{"new": 1}'}])
+        follow(consumer, 1, True, older)
+    finally:
+        consumer.close()
+    assert early == []
+    [line] = capsys.readouterr().out.splitlines()
+    assert orjson.loads(line)["value"] == {"new": 1}

@@ -151,8 +151,14 @@ class ApacheKafka:
     the same ports) and is removed by stop(); its log is kept.
     """
 
-    def __init__(self, log_path: Path | None = None, version: str = KAFKA_VERSION) -> None:
+    def __init__(
+        self,
+        log_path: Path | None = None,
+        version: str = KAFKA_VERSION,
+        auto_create_topics: bool = True,
+    ) -> None:
         self.version = version
+        self.auto_create_topics = auto_create_topics
         self.port = free_port()
         self.controller_port = free_port()
         self._home = Path(tempfile.mkdtemp(prefix="lk-kafka-"))
@@ -185,7 +191,7 @@ class ApacheKafka:
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
             "log.dirs": str(self._home / "data"),
             "num.partitions": "1",
-            "auto.create.topics.enable": "true",
+            "auto.create.topics.enable": str(self.auto_create_topics).lower(),
             "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "1",
             "transaction.state.log.replication.factor": "1",
@@ -299,11 +305,23 @@ class ApacheKafka:
         if process is None or process.poll() is not None:
             return
         process.send_signal(sig)
+        if sig != signal.SIGKILL:
+            process.send_signal(signal.SIGCONT)  # a paused broker handles the signal too
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open and nothing answers."""
+        assert self._process is not None, "the broker is not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a frozen broker go on (SIGCONT)."""
+        assert self._process is not None, "the broker is not running"
+        self._process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """Kill the broker at once (kill -9), as a crash would; restart() brings it back."""

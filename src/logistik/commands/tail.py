@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -139,7 +140,34 @@ def start_consumer(kafka: KafkaConfig, topic: str, from_beginning: bool) -> Cons
     return consumer
 
 
-def follow(consumer: Consumer, count: int | None, as_json: bool) -> None:
+class OlderRecords:
+    """Tells the records written before the tail started, at the start of each partition.
+
+    Asked for new records only, the tail starts at each partition's end as the broker reports
+    it. Tansu reports the offset after the first record of the partition's last batch, so the
+    rest of that batch (written before the tail started) would be printed as new: until a
+    partition yields a newer record, its records timestamped before the start are skipped.
+    """
+
+    def __init__(self, since_ms: int) -> None:
+        self._since_ms = since_ms
+        self._caught_up: set[tuple[str | None, int | None]] = set()
+
+    def older(self, message: Message) -> bool:
+        """Whether the record is one of those written before the start."""
+        where = (message.topic(), message.partition())
+        if where in self._caught_up:
+            return False
+        at = record_time(message)
+        if at is not None and at.timestamp() * 1000 < self._since_ms:
+            return True
+        self._caught_up.add(where)
+        return False
+
+
+def follow(
+    consumer: Consumer, count: int | None, as_json: bool, older: OlderRecords | None = None
+) -> None:
     """Print records as they come, until `count` records were printed."""
     console = Console(highlight=False, soft_wrap=True)
     printed = 0
@@ -151,6 +179,8 @@ def follow(consumer: Consumer, count: int | None, as_json: bool) -> None:
         error = message.error()
         if error is not None:
             report_error(error, reported)
+            continue
+        if older is not None and older.older(message):
             continue
         if as_json:
             sys.stdout.buffer.write(as_json_line(message) + b"\n")
@@ -205,6 +235,7 @@ def tail(
       logistik tail events-results -n 10 --json | jq .value
     """
     kafka = kafka_settings(config_file, bootstrap_servers)
+    older = None if from_beginning else OlderRecords(int(time.time() * 1000))
     try:
         consumer = start_consumer(kafka, topic, from_beginning)
     except LogistikError as exc:
@@ -212,7 +243,7 @@ def tail(
     except KeyboardInterrupt:
         return
     try:
-        follow(consumer, count, as_json)
+        follow(consumer, count, as_json, older)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly

@@ -21,6 +21,7 @@ from confluent_kafka import (
 )
 
 from logistik.config import KafkaConfig
+from logistik.errors import BrokerError
 from logistik.kafka.offsets import OffsetBook, TopicPartitionKey
 from logistik.kafka.settings import consumer_config
 
@@ -70,9 +71,16 @@ class EventConsumer:
         first = self._consumer.poll(timeout_s)
         if first is None:
             return []
-        if max_messages <= 1:
-            return [first]
-        return [first, *self._consumer.consume(max_messages - 1, 0)]
+        batch = (
+            [first] if max_messages <= 1 else [first, *self._consumer.consume(max_messages - 1, 0)]
+        )
+        for message in batch:
+            error = message.error()
+            if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
+                # A fatal consumer (fenced by another with the same group.instance.id, say)
+                # never consumes again: stop rather than poll it forever.
+                raise BrokerError(f"the Kafka consumer cannot go on: {error.str()}")
+        return batch
 
     def commit(self, offsets: dict[TopicPartitionKey, int], wait: bool = False) -> bool:
         """Commit offsets (consumer thread); a failure is logged and retried on the next commit."""

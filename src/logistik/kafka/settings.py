@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 from typing import Any
 
@@ -66,8 +67,17 @@ def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
         "topic.metadata.refresh.interval.ms": 10_000,
         # Adding or removing a topic moves only its partitions, not every partition.
         "partition.assignment.strategy": "cooperative-sticky",
+        **static_membership(kafka),
         **kafka.consumer,
     }
+
+
+def static_membership(kafka: KafkaConfig) -> dict[str, Any]:
+    """`group.instance.id` when `kafka.group_instance_id` is set ("{hostname}" filled in)."""
+    if not kafka.group_instance_id:
+        return {}
+    instance = kafka.group_instance_id.replace("{hostname}", socket.gethostname())
+    return {"group.instance.id": instance}
 
 
 def command_consumer_config(kafka: KafkaConfig, group_id: str, **settings: Any) -> dict[str, Any]:
@@ -96,6 +106,9 @@ def producer_config(
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
+        # A record for a topic that does not exist fails after this long (librdkafka waits
+        # 30 s), and later ones at once: its event holds its partition's commit point no longer.
+        "topic.metadata.propagation.max.ms": 10_000,
         **kafka.producer,
     }
     if ack_timeout_s is not None:

@@ -1,4 +1,4 @@
-"""Readiness: the broker answers, the store answers, and the consume loop is turning."""
+"""Readiness: the broker answers, the store answers, the producer works, the loop is turning."""
 
 from __future__ import annotations
 
@@ -27,13 +27,18 @@ class Readiness:
         store: Store,
         loop_age_s: Callable[[], float | None],
         tasks: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        producer: Callable[[], tuple[str, str] | None] | None = None,
+        waiting: Callable[[], str | None] | None = None,
         errors: Callable[[], Mapping[str, str | None]] | None = None,
     ) -> None:
         self._kafka = kafka
-        self._admin = AdminClient(base_config(kafka.bootstrap_servers))
+        # Quiet: what an absent broker means is this check's detail, not librdkafka's lines.
+        self._admin = AdminClient(base_config(kafka.bootstrap_servers, quiet=True))
         self._store = store
         self._loop_age_s = loop_age_s
         self._tasks = tasks
+        self._producer = producer  # (state, detail) of the producer, None before it exists
+        self._waiting = waiting  # why start-up is still waiting, None once it is not
         self._errors = errors  # tasks that run but fail and retry (task name -> why, or None)
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
@@ -49,6 +54,8 @@ class Readiness:
                 "store": await self._store_check(),
                 "consuming": self._consuming(),
             }
+            if self._producer is not None:
+                checks["producer"] = self._producer_check(self._producer())
             if self._tasks is not None:
                 checks.update(self._tasks())
             for name, error in (self._errors() if self._errors is not None else {}).items():
@@ -74,10 +81,17 @@ class Readiness:
             return {"ok": False, "detail": str(exc) or "the store did not answer in time"}
         return {"ok": True, "detail": "answers"}
 
+    def _producer_check(self, found: tuple[str, str] | None) -> dict[str, Any]:
+        if found is None:
+            return {"ok": False, "detail": "not started"}
+        state, detail = found
+        return {"ok": state == "ok", "detail": detail if state == "ok" else f"{state}: {detail}"}
+
     def _consuming(self) -> dict[str, Any]:
         age_s = self._loop_age_s()
         if age_s is None:
-            return {"ok": False, "detail": "not started"}
+            waiting = None if self._waiting is None else self._waiting()
+            return {"ok": False, "detail": waiting or "not started"}
         if age_s > 10.0:
             return {"ok": False, "detail": f"the consume loop has not turned for {age_s:.0f} s"}
         return {"ok": True, "detail": "polling"}

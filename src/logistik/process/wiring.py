@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -10,14 +11,15 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
+from confluent_kafka.admin import AdminClient
 
 from logistik.config import Config
 from logistik.control.discovery import ConsulDiscovery
 from logistik.control.follower import StoreFollower
 from logistik.control.handler_service import HandlerService
 from logistik.control.store import Store
-from logistik.errors import BackgroundTaskError
-from logistik.kafka import EventConsumer, EventProducer, OffsetBook
+from logistik.errors import BackgroundTaskError, BrokerError
+from logistik.kafka import EventConsumer, EventProducer, OffsetBook, base_config, cluster_metadata
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.health import Readiness
@@ -40,7 +42,12 @@ CONSUME = "consume loop"
 FOLLOWER = "store follower"
 DISCOVERY = "consul discovery"
 WEB = "web server"
+PRODUCER = "kafka producer"
+FAILED_RECORDS = "failed-record writer"
 FLUSH_TIMEOUT_S = 10.0
+START_RETRY_BASE_S = 0.5  # first wait for a broker that does not answer at start
+START_RETRY_CAP_S = 15.0
+START_CHECK_TIMEOUT_S = 3.0
 
 
 class Runner:
@@ -57,6 +64,8 @@ class Runner:
         self.discovery: ConsulDiscovery | None = None
         self.follower: StoreFollower | None = None
         self.loop: ConsumeLoop | None = None
+        self.producer: EventProducer | None = None
+        self.waiting: str | None = None  # why start-up waits (for the broker), None once not
         self._consumer: EventConsumer | None = None
         self._supervisor: Supervisor | None = None
 
@@ -74,49 +83,88 @@ class Runner:
         sock = bind(web.host, web.port) if web.enabled else None  # a taken port fails first
         halt = asyncio.Event()
         supervisor = self._supervisor = Supervisor(halt)
-        async with AsyncExitStack() as stack:
-            if sock is not None:
-                stack.callback(sock.close)
-            store = self.store = await Store.open(self.config.database.url)
-            stack.push_async_callback(store.close)
-            await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
-            follower = self.follower = StoreFollower(
-                store, self.registry, self.config.kafka, self.decoys
-            )
-            await follower.refresh()
-            if not self.registry.topics():
-                logger.warning("no enabled handler yet: nothing to consume until one is added")
-            router, session = await self._router(stack)
-            if self.config.discovery.consul is not None:
-                self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
-                supervisor.start(DISCOVERY, self.discovery.run(halt))
-            supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
-            if sock is not None:
-                self._web(stack, sock, store, supervisor)
-            loop = self._consume_loop(stack, router)
-            if self._after_start is not None:
-                self._after_start()
-            supervisor.start(CONSUME, loop.run(halt))
-            relay = asyncio.create_task(_relay(stop, halt), name="stop relay")
-            try:
-                await halt.wait()
-            finally:
-                relay.cancel()
-                halt.set()
-                await supervisor.join(CONSUME)
-                await loop.drain(self.config.routing.shutdown_grace_s)
-                await supervisor.cancel(FOLLOWER, DISCOVERY)
-                await follower.final_refresh()  # writes the last decoy counts
+        relay = asyncio.create_task(_relay(stop, halt), name="stop relay")
+        loop: ConsumeLoop | None = None
+        follower: StoreFollower | None = None
+        try:
+            async with AsyncExitStack() as stack:
+                if sock is not None:
+                    stack.callback(sock.close)
+                store = self.store = await Store.open(self.config.database.url)
+                stack.push_async_callback(store.close)
+                await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
+                if sock is not None:  # up while waiting for the broker: /readyz says why
+                    self._web(stack, sock, store, supervisor)
+                follower = self.follower = StoreFollower(
+                    store, self.registry, self.config.kafka, self.decoys
+                )
+                if not await self._when_broker_answers(follower, halt):
+                    return
+                if not self.registry.topics():
+                    logger.warning("no enabled handler yet: nothing to consume until one is added")
+                router, session = await self._router(stack, supervisor)
+                if self.config.discovery.consul is not None:
+                    self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
+                    supervisor.start(DISCOVERY, self.discovery.run(halt))
+                supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
+                loop = self._consume_loop(stack, router)
+                if self._after_start is not None:
+                    self._after_start()
+                supervisor.start(CONSUME, loop.run(halt))
+                try:
+                    await halt.wait()
+                finally:
+                    halt.set()
+                    await supervisor.join(CONSUME)
+                    await loop.drain(self.config.routing.shutdown_grace_s)
+                    await supervisor.cancel(FOLLOWER, DISCOVERY, PRODUCER, FAILED_RECORDS)
+                    await follower.final_refresh()  # writes the last decoy counts
+        finally:
+            relay.cancel()
         if supervisor.failure is not None:
             raise BackgroundTaskError(supervisor.failure)
 
-    async def _router(self, stack: AsyncExitStack) -> tuple[Router, aiohttp.ClientSession]:
+    async def _when_broker_answers(self, follower: StoreFollower, halt: asyncio.Event) -> bool:
+        """Load the handlers (creating their topics) once the broker answers; False if halted.
+
+        A broker that is not there yet (started after logistik, restarting) is waited for with
+        back-off, said in one line; /readyz tells why logistik is not ready meanwhile.
+        """
+        kafka = self.config.kafka
+        admin = AdminClient(base_config(kafka.bootstrap_servers, quiet=True))
+        delay_s = START_RETRY_BASE_S
+        while not halt.is_set():
+            try:
+                await asyncio.to_thread(
+                    cluster_metadata, admin, kafka.bootstrap_servers, START_CHECK_TIMEOUT_S
+                )
+                await follower.refresh()
+            except BrokerError as exc:
+                if self.waiting is None:
+                    logger.warning("waiting for the Kafka broker (%s); retrying with back-off", exc)
+                self.waiting = f"waiting for the Kafka broker: {exc}"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(halt.wait(), delay_s)
+                delay_s = min(delay_s * 2, START_RETRY_CAP_S)
+                continue
+            if self.waiting is not None:
+                logger.info("the Kafka broker at %s answers: starting", kafka.bootstrap_servers)
+            self.waiting = None
+            return True
+        return False
+
+    async def _router(
+        self, stack: AsyncExitStack, supervisor: Supervisor
+    ) -> tuple[Router, aiohttp.ClientSession]:
         """The producer, the model client, alerts and the router; closed by the stack."""
         config = self.config
-        producer = EventProducer(config.kafka)
+        producer = self.producer = EventProducer(config.kafka)
         producer.start()
         stack.callback(producer.close)
         stack.push_async_callback(_flush, producer)
+        supervisor.start(PRODUCER, producer.watch())
+        unwritable = Breakdown()
+        supervisor.start(FAILED_RECORDS, unwritable.watch())
         client = await stack.enter_async_context(ModelClient())
         session = await stack.enter_async_context(aiohttp.ClientSession())
         alerter = Alerter(config.webhook, session)
@@ -141,6 +189,7 @@ class Runner:
             statsd,
             figures=self.figures,
             decoys=self.decoys,
+            on_unwritable=unwritable.report,
         )
         return router, session
 
@@ -169,7 +218,13 @@ class Runner:
         )
         app = create_app(state)
         readiness = Readiness(
-            self.config.kafka, store, self._loop_age_s, supervisor.status, self.control_errors
+            self.config.kafka,
+            store,
+            self._loop_age_s,
+            supervisor.status,
+            self._producer_state,
+            lambda: self.waiting,
+            self.control_errors,
         )
         collectors = metrics_registry(self.figures, self.registry, self._lag)
         add_operations_routes(app, readiness, collectors)
@@ -181,6 +236,9 @@ class Runner:
             await supervisor.join(WEB)
 
         stack.push_async_callback(stop_web)
+
+    def _producer_state(self) -> tuple[str, str] | None:
+        return None if self.producer is None else self.producer.state()
 
     def _loop_age_s(self) -> float | None:
         return None if self.loop is None else self.loop.age_s()
@@ -217,6 +275,25 @@ class Runner:
             if discovery is None or consul is None
             else {"url": consul.url, "error": discovery.error},
         }
+
+
+class Breakdown:
+    """A failure reported by a callback, raised by a supervised task so that the process stops."""
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+        self._reported = asyncio.Event()
+
+    def report(self, reason: str) -> None:
+        """Say why the process must stop (the first reason wins)."""
+        if self._reason is None:
+            self._reason = reason
+            self._reported.set()
+
+    async def watch(self) -> None:
+        """Wait for a report, then raise it as a BrokerError."""
+        await self._reported.wait()
+        raise BrokerError(self._reason or "stopped")
 
 
 async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:

@@ -27,6 +27,7 @@ from logistik.protocol import (
     HeaderList,
     Reason,
     RetryMarks,
+    bounded,
     failed_topic,
     replay_marks,
     retry_marks,
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 events_log = logging.getLogger(EVENTS_LOGGER)
 
 FAILED_WRITE_RETRY_CAP_S = 30.0
+# What a failed record keeps of a value the broker refused as too large.
+FAILED_VALUE_KEEP_BYTES = 64 * 1024
 
 
 class ModelCaller(Protocol):
@@ -129,8 +132,11 @@ class Router:
         statsd: Statsd | None = None,
         figures: Figures | None = None,
         decoys: DecoyTally | None = None,
+        on_unwritable: Callable[[str], None] | None = None,
     ) -> None:
         self._registry = registry
+        # Called when a failed record cannot be written at all: the process must stop.
+        self._on_unwritable = on_unwritable
         self._client = client
         self._producer = producer
         self._routing = routing
@@ -625,9 +631,9 @@ class Router:
         handler = instance.handler
         assert handler.return_to is not None  # only routable handlers answer
         headers: Headers = [
-            (Header.EVENT_ID, event_id(delivery.event).encode()),
-            (Header.NODE_ID, handler.node_id.encode()),
-            (Header.VERSION, handler.version.encode()),
+            (Header.EVENT_ID, bounded(event_id(delivery.event))),
+            (Header.NODE_ID, bounded(handler.node_id)),
+            (Header.VERSION, bounded(handler.version)),
             (Header.MODEL_TYPE, handler.model_type.value.encode()),
         ]
         if cached:
@@ -683,14 +689,49 @@ class Router:
             )
 
     async def write_failed(self, topic: str, record: FailedRecord) -> None:
-        """Write to a failed topic, retrying until the broker takes it: never drop the record."""
+        """Write to a failed topic: never drop the record, never wait on one it cannot take.
+
+        A refusal that can pass (the broker away) is retried until the broker takes the record.
+        A record refused for good (too large, say) is written cut instead: the beginning of
+        its value, then none of it (a reference to its source), each time with the original's
+        size and SHA-256. If even the reference is refused, the failed topic itself cannot be
+        written (missing, not authorised): logistik says so and stops without committing the
+        event, which is delivered again once the topic is fixed.
+        """
+        refused = await self._write_until_taken(topic, record)
+        if refused is None:
+            self.figures.failure(record.topic, record.reason, record.summary(topic))
+            return
+        fallbacks = [record.cut(0)]
+        if refused.too_large and len(record.value or b"") > FAILED_VALUE_KEEP_BYTES:
+            fallbacks.insert(0, record.cut(FAILED_VALUE_KEEP_BYTES))
+        error: PublishError | None = refused
+        for fallback in fallbacks:
+            error = await self._write_until_taken(topic, fallback)
+            if error is None:
+                self.figures.failure(fallback.topic, fallback.reason, fallback.summary(topic))
+                logger.warning(
+                    "failed record of %s refused (%s): written with %d of its %d bytes (sha256 %s)",
+                    record.source,
+                    refused,
+                    len(fallback.value or b""),
+                    fallback.original_size,
+                    fallback.sha256,
+                )
+                return
+        assert error is not None
+        await self._unwritable(topic, record, error)
+
+    async def _write_until_taken(self, topic: str, record: FailedRecord) -> PublishError | None:
+        """Write one record, retrying while the broker is away; the error if it refuses it."""
         retry = 0
         while True:
             try:
                 await self._producer.send(topic, record.value, None, record.headers())
-                self.figures.failure(record.topic, record.reason, record.summary(topic))
-                return
+                return None
             except PublishError as exc:
+                if exc.permanent:
+                    return exc
                 retry += 1
                 delay_s = min(FAILED_WRITE_RETRY_CAP_S, 0.5 * 2 ** min(retry, 10))
                 logger.error(
@@ -699,6 +740,19 @@ class Router:
                     delay_s,
                 )
                 await asyncio.sleep(delay_s)
+
+    async def _unwritable(self, topic: str, record: FailedRecord, error: PublishError) -> None:
+        """A failed record that cannot be written even as a reference: stop, commit nothing."""
+        reason = (
+            f"failed topic {topic} refuses even a reference to {record.source} ({error}); "
+            "logistik stops without committing it"
+        )
+        logger.critical("%s", reason)
+        if self._on_unwritable is None:
+            raise error
+        self._on_unwritable(reason)
+        # The process is stopping: the event stays unfinished, so its offset is not committed.
+        await asyncio.Event().wait()
 
 
 def _all_open(pool: list[LiveHandler]) -> str:
