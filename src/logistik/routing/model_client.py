@@ -9,6 +9,7 @@ import orjson
 from yarl import URL
 
 from logistik.answer import Answer, Outcome
+from logistik.event import first_element
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
 
@@ -123,7 +124,7 @@ def _ok_body(status: int, payload: bytes, latency_s: float) -> Answer:
         )
     # Models written for the first logistik answer `[response, code]`; the response is published.
     if isinstance(parsed, list) and len(parsed) == 2 and isinstance(parsed[1], int):
-        payload = orjson.dumps(parsed[0])
+        payload = first_element(payload)  # the model's own bytes: its numbers stay exact
     return Answer(Outcome.OK, status, body=payload, latency_s=latency_s)
 
 
