@@ -117,7 +117,9 @@ class Runner:
         producer.start()
         stack.callback(producer.close)
         stack.push_async_callback(_flush, producer)
-        client = await stack.enter_async_context(ModelClient())
+        client = await stack.enter_async_context(
+            ModelClient(max_answer_bytes=config.routing.max_answer_bytes)
+        )
         session = await stack.enter_async_context(aiohttp.ClientSession())
         alerter = Alerter(config.webhook, session)
         stack.push_async_callback(alerter.drain)
