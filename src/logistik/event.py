@@ -62,18 +62,20 @@ def decode_record(raw: bytes | None) -> tuple[Event, bytes]:
     ident, published = event.get("id"), event.get("published")
     if ident is not None and published is not None:
         return event, raw
-    members, nulls = b"", []
+    # A uuid and a timestamp need no escaping in JSON: written as they are.
+    members, nulls = "", []
     if ident is None:
         if "id" in event:
             nulls.append("id")
         event["id"] = ident = str(uuid.uuid4())
-        members = b'"id":' + orjson.dumps(ident) + b","
+        members = f'"id":"{ident}",'
     if published is None:
         if "published" in event:
             nulls.append("published")
         event["published"] = published = datetime.now(UTC).isoformat(timespec="milliseconds")
-        members += b'"published":' + orjson.dumps(published) + b","
-    return event, _with_members(_without_members(raw, nulls) if nulls else raw, members)
+        members += f'"published":"{published}",'
+    raw = _without_members(raw, nulls) if nulls else raw
+    return event, _with_members(raw, members.encode())
 
 
 def _with_members(raw: bytes, members: bytes) -> bytes:
