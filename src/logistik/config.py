@@ -278,6 +278,10 @@ class RoutingConfig(_Section):
     # An event no instance could take (circuits open, or busy) waits on the retry topic
     # without using its retries, for at most this long; then it goes to the failed topic.
     max_hold_s: float = Field(default=600.0, gt=0)
+    # A model's answer body larger than this is not read: its event goes to the failed topic
+    # (`rejected`). Kafka's default record limit is about 1 MB, so a larger answer could not be
+    # published without raising the return topic's limit; this keeps each call's memory bounded.
+    max_answer_bytes: int = Field(default=1024 * 1024, ge=1)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
 

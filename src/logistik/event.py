@@ -1,9 +1,16 @@
-"""Decoding and normalising events (ActivityStreams-style JSON objects)."""
+"""Decoding and normalising events (ActivityStreams-style JSON objects).
+
+The bytes sent to models are the producer's own: when `id` or `published` is missing they are
+inserted into the record's bytes rather than the event being serialised again, so numbers,
+key order and spacing stay as the producer wrote them.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +24,13 @@ Event = dict[str, Any]
 logger = logging.getLogger(__name__)
 _malformed_channels_seen: set[str] = set()
 
+# orjson reads an integer beyond 64 bits as a float: the shortest such integer has 19 digits
+# (-9223372036854775809), so a record without 19 digits in a row has none. Every digit made a
+# zero and the run looked for is ten times quicker than a regular expression.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+_EXACT = json.JSONDecoder()
+
 
 def decode_event(raw: bytes | None) -> Event:
     """Parse a record value into an event, adding `id` and `published` where missing."""
@@ -24,7 +38,10 @@ def decode_event(raw: bytes | None) -> Event:
 
 
 def decode_record(raw: bytes | None) -> tuple[Event, bytes]:
-    """The event in a record, and the bytes to send to models: the record's own when unchanged."""
+    """The event in a record, and the bytes to send to models: the record's own when unchanged.
+
+    `id` and `published` are missing when absent or null; any other value (0, "") is kept.
+    """
     if not raw:
         raise InvalidEventError(Reason.EMPTY, "the record has no value")
     try:
@@ -39,25 +56,86 @@ def decode_record(raw: bytes | None) -> tuple[Event, bytes]:
     verb = event.get("verb")
     if not isinstance(verb, str) or not verb:
         raise InvalidEventError(Reason.MISSING_VERB, "the event has no 'verb'")
-    changed = False
-    if not event.get("id"):
-        event["id"] = str(uuid.uuid4())
-        changed = True
-    if not event.get("published"):
-        event["published"] = datetime.now(UTC).isoformat(timespec="milliseconds")
-        changed = True
-    assert raw is not None  # an empty record was refused above
-    return event, orjson.dumps(event) if changed else raw
+    if _LONG_DIGITS in raw.translate(_DIGITS_AS_ZERO):
+        # Read again with integers kept exact (orjson has validated the record already).
+        event = json.loads(raw)
+    ident, published = event.get("id"), event.get("published")
+    if ident is not None and published is not None:
+        return event, raw
+    # A uuid and a timestamp need no escaping in JSON: written as they are.
+    members, nulls = "", []
+    if ident is None:
+        if "id" in event:
+            nulls.append("id")
+        event["id"] = ident = str(uuid.uuid4())
+        members = f'"id":"{ident}",'
+    if published is None:
+        if "published" in event:
+            nulls.append("published")
+        event["published"] = published = datetime.now(UTC).isoformat(timespec="milliseconds")
+        members += f'"published":"{published}",'
+    raw = _without_members(raw, nulls) if nulls else raw
+    return event, _with_members(raw, members.encode())
+
+
+def _with_members(raw: bytes, members: bytes) -> bytes:
+    """A JSON object's bytes with members (each followed by a comma) put first.
+
+    The rest is kept byte for byte. The object must have members already (an event has its
+    verb), or the last comma would be one too many.
+    """
+    # Only white space may come before an object's brace.
+    start = 1 if raw[:1] == b"{" else raw.index(b"{") + 1
+    return raw[:start] + members + raw[start:]
+
+
+def _without_members(raw: bytes, names: Iterable[str]) -> bytes:
+    """A JSON object's bytes without the named top-level members, the rest kept byte for byte."""
+    text, left_out = raw.decode(), set(names)
+    kept: list[str] = []
+    at = _past_space(text, text.index("{") + 1)
+    while text[at] != "}":
+        name, end = _EXACT.raw_decode(text, at)
+        end = _past_space(text, _past_space(text, end) + 1)  # past the colon
+        _, end = _EXACT.raw_decode(text, end)
+        if name not in left_out:
+            kept.append(text[at:end])
+        at = _past_space(text, end)
+        if text[at] == ",":
+            at = _past_space(text, at + 1)
+    return ("{" + ",".join(kept) + "}").encode()
+
+
+def first_element(raw: bytes) -> bytes:
+    """The bytes of a JSON array's first element, as written."""
+    text = raw.decode()
+    at = _past_space(text, text.index("[") + 1)
+    _, end = _EXACT.raw_decode(text, at)
+    return text[at:end].encode()
+
+
+def _past_space(text: str, at: int) -> int:
+    """The index of the first character from `at` on that is not JSON white space."""
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
 
 
 def encode_event(event: Event) -> bytes:
     """Serialise an event as sent to models and written to failed topics."""
-    return orjson.dumps(event)
+    return _dumps(event)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which orjson does not write
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def event_id(event: Event) -> str:
     """The event's id as text."""
-    return str(event.get("id", ""))
+    return _as_text(event.get("id"))
 
 
 def actor_key(event: Event) -> bytes | None:
@@ -66,8 +144,19 @@ def actor_key(event: Event) -> bytes | None:
     if isinstance(actor, dict):
         actor_id = actor.get("id")
         if actor_id is not None and actor_id != "":
-            return str(actor_id).encode()
+            return _as_text(actor_id).encode()
     return None
+
+
+def _as_text(value: Any) -> str:
+    """A JSON value as text: a string as it is, anything else as JSON ("" for null)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # exact at any size
+    return _dumps(value).decode()
 
 
 def channel_groups(event: Event) -> frozenset[str] | None:

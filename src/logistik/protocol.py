@@ -164,32 +164,38 @@ def retry_marks(headers: HeaderList | None) -> RetryMarks:
 
     def number(name: str) -> int:
         value = text(name)
-        if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        found = _count(value)
+        if found is None:
             raise InvalidEventError(
                 Reason.INVALID_HEADER, f"header {name} is not a number: {value[:40]!r}"
             )
-        return int(value)
+        return found
 
     group = text(Header.RETRY_GROUP)
     topic, _, where = text(Header.SOURCE).partition("/")
-    partition, _, offset = where.partition("/")
-    if not group or not topic or not partition.isdigit() or not offset.isdigit():
+    partition_text, _, offset_text = where.partition("/")
+    partition, offset = _count(partition_text), _count(offset_text)
+    if not group or not topic or partition is None or offset is None:
         raise InvalidEventError(
             Reason.INVALID_HEADER, "a retry record without its group or source headers"
         )
-    replays = text(Header.REPLAYS)
     return RetryMarks(
         group_id=group,
         attempt=number(Header.ATTEMPT),
         due_at_ms=number(Header.DUE_AT),
         topic=topic,
-        partition=int(partition),
-        offset=int(offset),
+        partition=partition,
+        offset=offset,
         failed_nodes=tuple(n for n in text(Header.FAILED_NODES).split(",") if n),
         error=text(Header.ERROR),
-        replays=int(replays) if replays.isascii() and replays.isdigit() else 0,
+        replays=_count(text(Header.REPLAYS)) or 0,
         since_ms=number(Header.WAITING_SINCE) if Header.WAITING_SINCE in found else 0,
     )
+
+
+def _count(text: str) -> int | None:
+    """A header's non-negative number, None unless it is ASCII digits only (not "²" or "-1")."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,16 +45,20 @@ def create_topics(servers: str, *topics: str, partitions: int = 1) -> None:
 
 
 def produce(
-    servers: str, topic: str, values: Sequence[bytes | dict[str, Any]], partition: int | None = None
+    servers: str,
+    topic: str,
+    values: Sequence[bytes | dict[str, Any]],
+    partition: int | None = None,
+    headers: Sequence[tuple[str, bytes | str | None]] | None = None,
 ) -> None:
-    """Produce records and wait for every acknowledgement."""
+    """Produce records (each with `headers`, when given) and wait for every acknowledgement."""
     producer = Producer({"bootstrap.servers": servers, "linger.ms": 1})
+    extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+    if headers is not None:
+        extra["headers"] = list(headers)
     for value in values:
         data = value if isinstance(value, bytes) else orjson.dumps(value)
-        if partition is None:
-            producer.produce(topic, data)
-        else:
-            producer.produce(topic, data, partition=partition)
+        producer.produce(topic, data, **extra)
     assert producer.flush(20) == 0, "events not acknowledged by the broker"
 
 

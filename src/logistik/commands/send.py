@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from logistik.commands.console import EXIT_ERROR, fail, kafka_settings
 from logistik.config import KafkaConfig
 from logistik.errors import InvalidEventError, LogistikError, PublishError
-from logistik.event import actor_key, decode_event, encode_event
+from logistik.event import actor_key, decode_record
 from logistik.kafka import produce, producer_config
 
 Record = tuple[bytes, bytes | None]  # an event's bytes, and its key
@@ -23,10 +23,10 @@ def read_events(stream: IO[bytes], name: str) -> list[Record]:
         if not line.strip():
             continue
         try:
-            event = decode_event(line.strip())
+            event, body = decode_record(line.strip())
         except InvalidEventError as exc:
             raise LogistikError(f"{name}:{number}: {exc}; nothing was sent") from None
-        records.append((encode_event(event), actor_key(event)))
+        records.append((body, actor_key(event)))
     return records
 
 

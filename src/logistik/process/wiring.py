@@ -165,7 +165,9 @@ class Runner:
         supervisor.start(PRODUCER, producer.watch())
         unwritable = Breakdown()
         supervisor.start(FAILED_RECORDS, unwritable.watch())
-        client = await stack.enter_async_context(ModelClient())
+        client = await stack.enter_async_context(
+            ModelClient(max_answer_bytes=config.routing.max_answer_bytes)
+        )
         session = await stack.enter_async_context(aiohttp.ClientSession())
         alerter = Alerter(config.webhook, session)
         stack.push_async_callback(alerter.drain)

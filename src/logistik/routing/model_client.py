@@ -9,6 +9,7 @@ import orjson
 from yarl import URL
 
 from logistik.answer import Answer, Outcome
+from logistik.event import first_element
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
 
@@ -26,8 +27,9 @@ _RETRY_4XX = frozenset({408, 425, 429})
 class ModelClient:
     """One pooled aiohttp session for every model call."""
 
-    def __init__(self, max_connections: int = 0) -> None:
+    def __init__(self, max_connections: int = 0, max_answer_bytes: int = 1024 * 1024) -> None:
         self._max_connections = max_connections
+        self._max_answer_bytes = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._urls: dict[str, URL] = {}  # parsed once per handler address, not per call
@@ -68,9 +70,11 @@ class ModelClient:
                 allow_redirects=False,
                 headers=headers,
             ) as response:
-                payload = await response.read()
+                payload = await read_at_most(response, self._max_answer_bytes)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+                if payload is None:
+                    response.close()  # the rest of the body is not read: nor is the connection
         except TimeoutError:
             return Answer(
                 Outcome.RETRY,
@@ -87,7 +91,39 @@ class ModelClient:
                 latency_s=time.perf_counter() - started,
             )
         latency_s = time.perf_counter() - started
+        if payload is None:
+            return too_large(status, retry_after, latency_s, self._max_answer_bytes)
         return classify(status, payload, retry_after, latency_s)
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """A response's whole body, None when it is longer than `limit` bytes (read no further)."""
+    length = response.content_length
+    if length is not None:
+        return None if length > limit else await response.read()
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def too_large(status: int, retry_after: str | None, latency_s: float, limit: int) -> Answer:
+    """An answer whose body is over the limit: rejected when it succeeded, else per its status.
+
+    A model answers the same event with about the same size again, so a retry would only
+    read the same body again: the event goes to the failed topic, to be replayed once the
+    limit is raised.
+    """
+    if 200 <= status < 300:
+        return Answer(
+            Outcome.REJECTED,
+            status,
+            error=f"HTTP {status} with a body over {limit} bytes (routing.max_answer_bytes)",
+            latency_s=latency_s,
+        )
+    return classify(status, f"a body over {limit} bytes".encode(), retry_after, latency_s)
 
 
 def classify(status: int, payload: bytes, retry_after: str | None, latency_s: float) -> Answer:
@@ -123,7 +159,7 @@ def _ok_body(status: int, payload: bytes, latency_s: float) -> Answer:
         )
     # Models written for the first logistik answer `[response, code]`; the response is published.
     if isinstance(parsed, list) and len(parsed) == 2 and isinstance(parsed[1], int):
-        payload = orjson.dumps(parsed[0])
+        payload = first_element(payload)  # the model's own bytes: its numbers stay exact
     return Answer(Outcome.OK, status, body=payload, latency_s=latency_s)
 
 

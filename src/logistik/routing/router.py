@@ -242,6 +242,13 @@ class Router:
         """
         try:
             marks = retry_marks(headers)
+            if origin is not None and position.topic != retry_topic(marks.topic, marks.group_id):
+                # Headers are producer input: they may not send the event to another topic.
+                raise InvalidEventError(
+                    Reason.INVALID_HEADER,
+                    f"a retry record for group {marks.group_id} of topic {marks.topic} "
+                    f"on {position.topic}",
+                )
             event, body = decode_record(raw)
         except InvalidEventError as exc:
             await self._invalid_retry(position, raw, exc, origin)

@@ -10,19 +10,7 @@ import orjson
 
 from logistik.event import Event, decode_event, encode_event
 from logistik.handler import Handler
-from logistik.routing.model_client import classify, describe_error
-
-
-async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """A response's whole body, None when it is longer than `limit` bytes."""
-    if response.content_length is not None and response.content_length > limit:
-        return None
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(65536):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+from logistik.routing.model_client import classify, describe_error, read_at_most
 
 
 def as_routed(event: dict[str, Any]) -> Event:

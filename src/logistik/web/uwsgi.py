@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from logistik.handler import Handler
-from logistik.web.query import read_at_most
+from logistik.routing.model_client import read_at_most
 
 STATS_PORT_OFFSET = 100
 TIMEOUT_S = 0.5
