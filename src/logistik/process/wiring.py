@@ -15,6 +15,7 @@ from logistik.config import Config
 from logistik.control.discovery import ConsulDiscovery
 from logistik.control.follower import StoreFollower
 from logistik.control.handler_service import HandlerService
+from logistik.control.rollout_controller import RolloutController
 from logistik.control.store import Store
 from logistik.errors import BackgroundTaskError
 from logistik.kafka import EventConsumer, EventProducer, OffsetBook
@@ -31,6 +32,7 @@ from logistik.routing.consume_loop import ConsumeLoop
 from logistik.routing.decoy import DecoyTally
 from logistik.routing.model_client import ModelClient
 from logistik.routing.registry import Registry
+from logistik.routing.rollout_tally import RolloutTally
 from logistik.routing.router import Router
 from logistik.web import AppState, add_operations_routes, bind, create_app, serve
 
@@ -40,6 +42,7 @@ CONSUME = "consume loop"
 FOLLOWER = "store follower"
 DISCOVERY = "consul discovery"
 WEB = "web server"
+ROLLOUTS = "rollout controller"
 FLUSH_TIMEOUT_S = 10.0
 
 
@@ -52,6 +55,9 @@ class Runner:
         self.registry = Registry(config.routing.max_concurrency_per_handler)
         self.figures = Figures()
         self.decoys = DecoyTally()
+        self.tally = RolloutTally()
+        self.rollouts: RolloutController | None = None
+        self._alerter: Alerter | None = None
         self.ready = asyncio.Event()  # set once the consume loop has polled
         self.store: Store | None = None
         self.discovery: ConsulDiscovery | None = None
@@ -91,6 +97,8 @@ class Runner:
                 self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
                 supervisor.start(DISCOVERY, self.discovery.run(halt))
             supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
+            rollouts = self.rollouts = RolloutController(store, self.tally, self._alerter)
+            supervisor.start(ROLLOUTS, rollouts.run(halt))
             if sock is not None:
                 self._web(stack, sock, store, supervisor)
             loop = self._consume_loop(stack, router)
@@ -105,8 +113,9 @@ class Runner:
                 halt.set()
                 await supervisor.join(CONSUME)
                 await loop.drain(self.config.routing.shutdown_grace_s)
-                await supervisor.cancel(FOLLOWER, DISCOVERY)
+                await supervisor.cancel(FOLLOWER, DISCOVERY, ROLLOUTS)
                 await follower.final_refresh()  # writes the last decoy counts
+                await rollouts.flush()
         if supervisor.failure is not None:
             raise BackgroundTaskError(supervisor.failure)
 
@@ -119,7 +128,7 @@ class Runner:
         stack.push_async_callback(_flush, producer)
         client = await stack.enter_async_context(ModelClient())
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        alerter = Alerter(config.webhook, session)
+        alerter = self._alerter = Alerter(config.webhook, session)
         stack.push_async_callback(alerter.drain)
         cache = None
         if config.cache is not None:
@@ -141,6 +150,7 @@ class Runner:
             statsd,
             figures=self.figures,
             decoys=self.decoys,
+            rollouts=self.tally,
         )
         return router, session
 
