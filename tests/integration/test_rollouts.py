@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from logistik.control.handler_service import HandlerService
 from logistik.control.store import HandlerRecord
+from logistik.kafka import free_port
 from tests.support.databases import PostgresServer
 from tests.support.harness import RouterProcess, RouterThread, handler, make_config, on_store
 from tests.support.kafkatools import Record, TopicReader, create_topics, unique
@@ -62,6 +62,12 @@ def group(
     ]
 
 
+def warm(production: ModelServer) -> None:
+    """Wait until production answers the flow: a rollout's window starts at a steady state,
+    not in the burst of events that waited for the router to join its group."""
+    wait_until(lambda: production.count >= 100, 30, "production to answer 100 events")
+
+
 def config(servers: str, handlers: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
     return make_config(servers, handlers, discovery={"refresh_s": 0.5}, **sections)
 
@@ -97,6 +103,7 @@ def test_a_decoy_like_production_shadows_then_is_promoted_after_its_steps(
         )
     )
     with EventFlow(servers, topic) as flow:
+        warm(production)
         rollout_id = start_rollout(
             database_url,
             DECOY,
@@ -146,6 +153,7 @@ def test_a_canary_failing_a_fifth_of_events_is_rolled_back_in_its_first_step(
     )
     url = running.config.database.url
     with EventFlow(servers, topic) as flow:
+        warm(production)
         # The defaults (500 answers and 10 minutes a step) but for the steps.
         rollout_id = start_rollout(url, CANARY, steps="10,50,100")
         view = wait_for_rollout(url, rollout_id, status="rolled-back")
@@ -167,15 +175,17 @@ def test_a_canary_three_times_slower_at_p99_is_rolled_back_or_held_as_asked(
     servers: str, model_server: StartModel, router: StartRouter, on_slow: str
 ) -> None:
     topic = make_topic(servers)
-    production, slow = model_server(steady(0.02)), model_server(steady(0.06))
+    production, slow = model_server(steady(0.03)), model_server(steady(0.09))
     running = router(config(servers, group(topic, production, slow)))
     url = running.config.database.url
-    with EventFlow(servers, topic):
+    # A gentle flow: latency measures the models, not the test machine's queues.
+    with EventFlow(servers, topic, per_s=60, batch=3):
+        warm(production)
         rollout_id = start_rollout(
             url,
             CANARY,
-            steps="20,100",
-            min_events=40,
+            steps="50,100",
+            min_events=60,
             step_wait="1s",
             max_error_rate_increase=0.2,
             on_slow=on_slow,
@@ -183,17 +193,17 @@ def test_a_canary_three_times_slower_at_p99_is_rolled_back_or_held_as_asked(
         if on_slow == "rollback":
             view = wait_for_rollout(url, rollout_id, status="rolled-back")
         else:
-            wait_until(
-                lambda: decisions_of(rollout_view(url, rollout_id), "hold") != [],
-                45,
-                "a hold",
+            wait_for_rollout(
+                url, rollout_id, until=lambda v: any(d["rule"] == "p99" for d in v["decisions"])
             )
             on_store(url, lambda s: _abort(s, rollout_id))
             view = wait_for_rollout(url, rollout_id, status="aborted")
     report(view)
-    [decision] = decisions_of(view, "rollback" if on_slow == "rollback" else "hold")
-    assert decision["rule"] == "p99" and decision["step"] == 0
-    assert decision["figures"]["checks"]["p99"]["ratio"] > 2
+    [decision] = [d for d in decisions_of(view) if d["rule"] == "p99"]
+    assert decision["outcome"] == on_slow and decision["step"] == 0
+    assert decision["figures"]["checks"]["p99"]["ratio"] > 1.2
+    canary, production_figures = decision["figures"]["canary"], decision["figures"]["production"]
+    assert canary["p50_ms"] > 2 * production_figures["p50_ms"]
     assert decisions_of(view, "advance", "promote") == []
     assert records(url)[CANARY].handler.traffic == 0.0
 
@@ -213,6 +223,7 @@ def test_a_canary_whose_answers_disagree_is_rolled_back_on_agreement(
     running = router(config(servers, group(topic, production, other)))
     url = running.config.database.url
     with EventFlow(servers, topic) as flow:
+        warm(production)
         rollout_id = start_rollout(url, CANARY, steps="20,100", shadow_share=1.0)
         view = wait_for_rollout(url, rollout_id, status="rolled-back")
         sent = flow.stop()
@@ -240,7 +251,7 @@ def test_a_restart_in_the_middle_of_a_step_resumes_the_rollout_where_it_was(
     url = settings["database"]["url"]
     first = router_process(settings)
     with EventFlow(servers, topic) as flow:
-        wait_until(lambda: production.count > 0, 30, "the first process to route")
+        warm(production)
         rollout_id = start_rollout(
             url, CANARY, steps="50,100", min_events=150, step_wait="2s", max_error_rate_increase=0.1
         )
@@ -281,8 +292,10 @@ def test_two_processes_on_one_postgresql_decide_each_step_once_from_both_counts(
     url = postgres.create_database()
     shared = {"database": {"url": url}, "kafka": {"group_id": unique("logistik")}}
     settings = config(servers, group(topic, production, candidate), **shared)
-    routers = [router(settings), router(yaml.safe_load(yaml.safe_dump(settings)))]
+    other = {**settings, "web": {**settings["web"], "port": free_port()}}
+    routers = [router(settings), router(other)]
     with EventFlow(servers, topic, per_s=300) as flow:
+        warm(production)
         rollout_id = start_rollout(
             url, CANARY, steps="50,100", min_events=80, step_wait="2s", max_error_rate_increase=0.1
         )

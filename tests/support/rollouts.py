@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -12,10 +13,11 @@ from confluent_kafka import Producer
 
 from logistik.control.rollout_model import RolloutOptions
 from logistik.control.rollout_service import RolloutService, with_rollouts
+from logistik.control.store import Store
 from tests.support.kafkatools import event
-from tests.support.models import wait_until
 
 ENDED = ("promoted", "rolled-back", "aborted", "ended-by-hand")
+POLL_S = 0.2
 
 
 class EventFlow:
@@ -75,25 +77,39 @@ def rollout_view(url: str, rollout_id: int) -> dict[str, Any]:
 
 
 def wait_for_rollout(
-    url: str, rollout_id: int, timeout_s: float = 45.0, **wanted: Any
+    url: str,
+    rollout_id: int,
+    timeout_s: float = 45.0,
+    until: Callable[[dict[str, Any]], bool] | None = None,
+    **wanted: Any,
 ) -> dict[str, Any]:
-    """Wait until a rollout's fields have the wanted values (e.g. status="promoted")."""
+    """Wait until a rollout's fields have the wanted values (e.g. status="promoted") and
+    `until` holds for it; returns the rollout as the API shows it."""
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(Store.open(url))  # once: opening migrates, which costs
+    service = RolloutService(store)
     seen: dict[str, Any] = {}
 
     def reached() -> bool:
-        seen.update(rollout_view(url, rollout_id))
-        return all(seen.get(key) == value for key, value in wanted.items())
+        rollout = loop.run_until_complete(service.rollouts.get(rollout_id))
+        seen.update(loop.run_until_complete(service.view(rollout)))
+        fields = all(seen.get(key) == value for key, value in wanted.items())
+        return fields and (until is None or until(seen))
 
     started = time.monotonic()
     try:
-        wait_until(reached, timeout_s, f"rollout {rollout_id} to reach {wanted}")
-    except AssertionError:
-        decisions = [(d["step"], d["outcome"], d["reason"]) for d in seen.get("decisions", [])]
-        now = (seen.get("current") or {}).get("reason")
-        raise AssertionError(
-            f"rollout {rollout_id} after {time.monotonic() - started:.0f} s: {seen.get('status')} "
-            f"at step {seen.get('step')}; decisions {decisions}; now: {now}"
-        ) from None
+        while not reached():
+            if time.monotonic() - started > timeout_s:
+                decisions = [summary(d) for d in seen.get("decisions", []) if d["figures"]]
+                now = (seen.get("current") or {}).get("reason")
+                raise AssertionError(
+                    f"rollout {rollout_id} after {timeout_s:g} s: {seen.get('status')} at step "
+                    f"{seen.get('step')}; decisions {decisions}; now: {now}"
+                )
+            time.sleep(POLL_S)
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
     return seen
 
 
@@ -109,8 +125,9 @@ def summary(decision: dict[str, Any]) -> str:
     return (
         f"step {decision['step']} ({decision['share']:.0%}): {decision['outcome']} by "
         f"{decision['rule']} after {canary.get('calls')} canary calls "
-        f"({canary.get('errors')} errors, p99 {canary.get('p99_ms')} ms, agreement "
+        f"({canary.get('errors')} errors, p50 {canary.get('p50_ms')} ms, p99 "
+        f"{canary.get('p99_ms')} ms, agreement "
         f"{canary.get('agreement')} of {canary.get('compared')}) against production's "
-        f"{production.get('calls')} ({production.get('errors')} errors, p99 "
-        f"{production.get('p99_ms')} ms); {decision['reason']}"
+        f"{production.get('calls')} ({production.get('errors')} errors, p50 "
+        f"{production.get('p50_ms')} ms, p99 {production.get('p99_ms')} ms); {decision['reason']}"
     )

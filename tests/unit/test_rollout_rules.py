@@ -128,10 +128,12 @@ def test_a_step_holds_until_its_events_and_its_wait_have_passed() -> None:
 
 
 def test_a_canary_like_production_advances_then_is_promoted() -> None:
-    good = window(counts(200), counts(3800))
+    few = decide(window(counts(200), counts(3800)), LIMITS)
+    assert (few.outcome, few.reason) == ("hold", "not enough evidence yet on p99")
+    good = window(counts(400), counts(7600))
     verdict = decide(good, LIMITS)
     assert (verdict.outcome, verdict.rule) == ("advance", "passed")
-    assert verdict.figures["canary"]["calls"] == 200
+    assert verdict.figures["canary"]["calls"] == 400
     assert verdict.figures["checks"]["errors"]["state"] == "pass"
     good.last_step = True
     assert decide(good, LIMITS).outcome == "promote"
@@ -173,9 +175,9 @@ def test_a_disagreeing_canary_is_rolled_back_on_agreement() -> None:
     canary.compared, canary.agreed = 30, 0
     verdict = decide(window(canary, counts(570), needs_agreement=True, elapsed_s=1.0), LIMITS)
     assert (verdict.outcome, verdict.rule) == ("rollback", "agreement-sequential")
-    agreeing = counts(200)
-    agreeing.compared, agreeing.agreed = 200, 200
-    passed = decide(window(agreeing, counts(3800), needs_agreement=True), LIMITS)
+    agreeing = counts(400)
+    agreeing.compared, agreeing.agreed = 400, 400
+    passed = decide(window(agreeing, counts(7600), needs_agreement=True), LIMITS)
     assert passed.outcome == "advance"
     assert passed.figures["canary"]["agreement"] == 1.0
 

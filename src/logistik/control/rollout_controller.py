@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # A session-level advisory lock on PostgreSQL: the process holding it decides every rollout.
 DECIDER_LOCK = 5658
-TICK_S = 1.0
+TICK_S = 0.5  # how often counts are stored and rollouts decided
 
 
 class RolloutController:

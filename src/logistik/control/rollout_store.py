@@ -179,13 +179,13 @@ def _decision(row: DecisionRow) -> Decision:
 async def window_of(rollouts: RolloutStore, rollout: Rollout) -> Window:
     """The current step's window of a rollout, as the decision rule reads it.
 
-    Production's counts are this step's; at a step where production got no events (100 %,
-    no shadow) they are those of the earlier steps.
+    Production's counts are this step's; at a 100 % step without a shadow share production
+    gets no events of its own, and its counts are those of every step so far.
     """
     step = await rollouts.step_counts(rollout.id, [rollout.step])
     production, production_from = step.production, "this step"
-    if production.calls == 0 and rollout.step > 0:
-        production = (await rollouts.step_counts(rollout.id, range(rollout.step))).production
+    if rollout.share >= 1.0 and rollout.options.shadow_share == 0 and rollout.step > 0:
+        production = (await rollouts.step_counts(rollout.id, range(rollout.step + 1))).production
         production_from = "earlier steps"
     return Window(
         step.canary,
