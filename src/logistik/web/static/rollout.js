@@ -120,7 +120,7 @@ function startForm(onStart) {
       input("rollout-min-events", "Canary answers per step", { type: "number", min: "1", value: "500", required: true }),
       input("rollout-step-wait", "Step lasts at least", { type: "text", value: "10m", required: true }, "90, 30s, 10m, 1h"),
       input("rollout-max-error", "Error rate may rise by (points %)", { type: "number", min: "0", max: "100", step: "0.1", value: "1", required: true }),
-      input("rollout-max-p99", "p99 may be (× production)", { type: "number", min: "1", step: "0.05", value: "1.2", required: true }),
+      input("rollout-max-p99", "p99 may be (times production's)", { type: "number", min: "1", step: "0.05", value: "1.2", required: true }),
       input("rollout-min-agreement", "Agreement at least (%)", { type: "number", min: "0", max: "100", step: "0.5", value: "95", required: true }),
       input("rollout-shadow", "Shadow share (%)", { type: "number", min: "0", max: "100", step: "1", value: "0", required: true }, "canary events also sent to production"),
       h("div", { class: "field" }, h("label", { class: "field-label", for: "rollout-on-slow" }, "A slow p99"),
