@@ -6,8 +6,8 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -43,6 +43,8 @@ from logistik.routing.rollout_tally import CANARY, Counts
 ID = BigInteger().with_variant(Integer(), "sqlite")
 # Held while a rollout is started, so that two starts cannot both take one group.
 START_LOCK = 5657
+# Count rows older than this are summed once: a transaction that writes counts takes far less.
+SETTLED_S = 30.0
 
 
 class RolloutNotFoundError(StoreError):
@@ -199,6 +201,22 @@ async def window_of(rollouts: RolloutStore, rollout: Rollout) -> Window:
 
 
 @dataclass
+class _Settled:
+    """Counts of a window's rows up to an id, summed once."""
+
+    to_id: int = 0
+    canary: Counts = field(default_factory=Counts)
+    production: Counts = field(default_factory=Counts)
+    processes: set[str] = field(default_factory=set)
+
+    def fold(self, row_id: int, role: str, process: str, counts: Counts) -> None:
+        """Add one row."""
+        (self.canary if role == CANARY else self.production).add(counts)
+        self.processes.add(process)
+        self.to_id = row_id
+
+
+@dataclass
 class StepCounts:
     """A step's counts summed over every process: the canary's, production's, who counted."""
 
@@ -213,6 +231,7 @@ class RolloutStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._sessions = async_sessionmaker(store.engine, expire_on_commit=False)
+        self._settled: dict[tuple[int, tuple[int, ...]], _Settled] = {}
 
     @property
     def postgres(self) -> bool:
@@ -323,15 +342,38 @@ class RolloutStore:
                     )
 
     async def step_counts(self, rollout_id: int, steps: Sequence[int]) -> StepCounts:
-        """The counts of some steps of a rollout, summed over every process."""
-        query = select(CountRow).where(
-            CountRow.rollout_id == rollout_id, CountRow.step.in_(list(steps))
+        """The counts of some steps of a rollout, summed over every process.
+
+        Rows written more than SETTLED_S ago are summed once and kept: a long step is not read
+        again whole at every decision, only the rows since.
+        """
+        key = (rollout_id, tuple(steps))
+        settled = self._settled.get(key) or _Settled()
+        query = (
+            select(CountRow)
+            .where(
+                CountRow.rollout_id == rollout_id,
+                CountRow.step.in_(list(steps)),
+                CountRow.id > settled.to_id,
+            )
+            .order_by(CountRow.id)
         )
-        canary, production, processes = Counts(), Counts(), set()
+        canary, production = Counts(), Counts()
+        canary.add(settled.canary)
+        production.add(settled.production)
+        processes = set(settled.processes)
+        old = _now() - timedelta(seconds=SETTLED_S)
+        settling = True
         async with self._sessions() as session:
             for row in await session.scalars(query):
-                (canary if row.role == CANARY else production).add(counts_of(row.counts))
+                counts = counts_of(row.counts)
+                (canary if row.role == CANARY else production).add(counts)
                 processes.add(row.process)
+                # Only a run of old rows from the start settles: a later id may commit late.
+                settling = settling and _utc(row.at) < old
+                if settling:
+                    settled.fold(row.id, row.role, row.process, counts)
+        self._settled[key] = settled
         return StepCounts(canary, production, sorted(processes))
 
     async def timeline(self, rollout_id: int) -> list[tuple[datetime, int, str, Counts]]:
