@@ -170,6 +170,18 @@ def test_a_slow_canary_is_rolled_back_or_held_as_asked() -> None:
     assert (decide(slow, holding).outcome, decide(slow, holding).rule) == ("hold", "p99")
 
 
+def test_at_a_step_without_production_a_slow_p99_holds_and_an_unknown_one_passes() -> None:
+    slow = window(
+        counts(400, latency_s=0.060),
+        counts(7600, latency_s=0.020),
+        production_from="earlier steps",
+        last_step=True,
+    )
+    assert (decide(slow, LIMITS).outcome, decide(slow, LIMITS).rule) == ("hold", "p99")
+    few = window(counts(200), counts(7600), production_from="earlier steps", last_step=True)
+    assert decide(few, LIMITS).outcome == "promote"
+
+
 def test_a_disagreeing_canary_is_rolled_back_on_agreement() -> None:
     canary = counts(30)
     canary.compared, canary.agreed = 30, 0

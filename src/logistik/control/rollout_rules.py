@@ -335,6 +335,11 @@ def decide(window: Window, limits: Limits) -> Verdict:
 def _at_step_end(window: Window, limits: Limits, figures: dict[str, Any]) -> Verdict:
     errors, _ = _error_check(window, limits)
     p99, _ = _p99_check(window, limits)
+    # Production's latency from earlier steps was measured under another load: there it can
+    # hold a canary that is slower, never roll it back, and a p99 it cannot tell passes.
+    earlier = window.production_from != "this step"
+    if earlier and p99 is Check.UNSURE:
+        p99 = Check.PASS
     agreement = _agreement_check(window, limits)[0] if window.needs_agreement else Check.PASS
     checks = figures["checks"]
     if errors is Check.FAIL:
@@ -353,6 +358,9 @@ def _at_step_end(window: Window, limits: Limits, figures: dict[str, Any]) -> Ver
             f"p99 latency: the canary's is above {limits.max_p99_increase:g} x production's "
             "even at the bounds"
         )
+        if earlier:
+            reason += " of earlier steps; held (no production events in this window)"
+            return Verdict(Outcome.HOLD, "p99", reason, figures)
         if limits.on_slow == "hold":
             return Verdict(Outcome.HOLD, "p99", reason + "; held as asked", figures)
         return Verdict(Outcome.ROLLBACK, "p99", reason, figures)
