@@ -294,7 +294,7 @@ def test_two_processes_on_one_postgresql_decide_each_step_once_from_both_counts(
     settings = config(servers, group(topic, production, candidate), **shared)
     other = {**settings, "web": {**settings["web"], "port": free_port()}}
     routers = [router(settings), router(other)]
-    with EventFlow(servers, topic, per_s=300) as flow:
+    with EventFlow(servers, topic, per_s=150) as flow:
         warm(production)
         rollout_id = start_rollout(
             url, CANARY, steps="50,100", min_events=80, step_wait="2s", max_error_rate_increase=0.1
