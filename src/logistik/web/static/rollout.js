@@ -217,8 +217,10 @@ export function rolloutSection(ctx, nodeId) {
     } else {
       fill(formSlot, "", null);
     }
+    // Production and deploy handlers without a rollout of their own have nothing to show here.
+    node.hidden = !latest && !candidate;
     if (!latest) {
-      fill(current, "none", candidate ? null : h("p", { class: "muted" }, "Only a canary or a decoy is rolled out; this model has no rollout."));
+      fill(current, "none", null);
       return;
     }
     renderRollout(await get(`/api/rollouts/${latest.id}`));
