@@ -16,7 +16,7 @@ from logistik.control.rollout_rules import (
     decide,
     mixture_log_lr,
     newcombe,
-    p99_bounds_s,
+    quantile_bounds_s,
     quantile_ranks,
     quantile_s,
     wilson,
@@ -74,6 +74,8 @@ def test_newcombe_difference_matches_newcombes_example() -> None:
 
 def test_quantile_ranks_bound_the_99th_percentile() -> None:
     assert quantile_ranks(1000, 0.99) == (983, 997)
+    assert quantile_ranks(100_000, 0.99) == (98938, 99063)  # the normal curve, near exact
+    assert quantile_ranks(1000, 0.5) == (469, 532)
     low, high = quantile_ranks(50, 0.99)
     assert 0 < low < 50 and high is None  # 50 calls cannot bound a p99 from above
     rng = random.Random(7)
@@ -89,7 +91,7 @@ def test_histogram_percentiles_are_within_a_bucket() -> None:
     p50, p99 = quantile_s(window_counts.latency, 0.5), quantile_s(window_counts.latency, 0.99)
     assert p50 is not None and p99 is not None
     assert 0.0145 <= p50 <= 0.0158 and 0.0195 <= p99 <= 0.0210
-    low, high = p99_bounds_s(window_counts.latency)
+    low, high = quantile_bounds_s(window_counts.latency, 0.99)
     assert low is not None and high is not None and low <= p99 <= high
 
 
@@ -164,10 +166,21 @@ def test_too_few_events_to_tell_holds() -> None:
 def test_a_slow_canary_is_rolled_back_or_held_as_asked() -> None:
     slow = window(counts(200, latency_s=0.060), counts(3800, latency_s=0.020))
     verdict = decide(slow, LIMITS)
-    assert (verdict.outcome, verdict.rule) == ("rollback", "p99")
+    assert (verdict.outcome, verdict.rule) == ("rollback", "latency")
     assert verdict.figures["checks"]["p99"]["ratio"] > 2.5
+    assert "p50" in verdict.reason and "p99" in verdict.reason
     holding = Limits(100, 10.0, 0.05, 1.2, 0.95, on_slow="hold")
-    assert (decide(slow, holding).outcome, decide(slow, holding).rule) == ("hold", "p99")
+    assert (decide(slow, holding).outcome, decide(slow, holding).rule) == ("hold", "latency")
+
+
+def test_a_slow_median_is_caught_when_noise_hides_it_at_p99() -> None:
+    production, canary = counts(400, latency_s=0.020), counts(400, latency_s=0.060)
+    production.add(counts(8, latency_s=0.500))  # a few stalls make production's p99 slow
+    verdict = decide(window(canary, production), LIMITS)
+    assert (verdict.outcome, verdict.rule) == ("rollback", "latency")
+    assert verdict.figures["checks"]["p99"]["state"] != "fail"
+    assert verdict.figures["checks"]["p50"]["state"] == "fail"
+    assert verdict.reason.startswith("latency: the canary's p50 is above 1.2 x production's")
 
 
 def test_at_a_step_without_production_a_slow_p99_holds_and_an_unknown_one_passes() -> None:
@@ -177,7 +190,7 @@ def test_at_a_step_without_production_a_slow_p99_holds_and_an_unknown_one_passes
         production_from="earlier steps",
         last_step=True,
     )
-    assert (decide(slow, LIMITS).outcome, decide(slow, LIMITS).rule) == ("hold", "p99")
+    assert (decide(slow, LIMITS).outcome, decide(slow, LIMITS).rule) == ("hold", "latency")
     few = window(counts(200), counts(7600), production_from="earlier steps", last_step=True)
     assert decide(few, LIMITS).outcome == "promote"
 

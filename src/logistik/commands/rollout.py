@@ -79,7 +79,7 @@ def _figures_table(figures: dict[str, Any]) -> Table:
             str(f.get("errors", 0)),
             _pct(f.get("error_rate")) + _interval(f.get("error_interval")),
             str(f.get("timeouts", 0)),
-            _ms(f.get("p50_ms")),
+            _ms(f.get("p50_ms")) + _interval(f.get("p50_interval_ms"), "ms"),
             _ms(f.get("p99_ms")) + _interval(f.get("p99_interval_ms"), "ms"),
             agreement,
         )
@@ -167,6 +167,12 @@ def rollout(ctx: click.Context, config_file: str | None) -> None:
     "Example: --max-p99-increase 1.2 (the default).",
 )
 @click.option(
+    "--max-p50-increase",
+    type=click.FloatRange(min=1.0),
+    help="How many times production's median latency the canary's may be. "
+    "Example: --max-p50-increase 1.5 (default 1.2).",
+)
+@click.option(
     "--min-agreement",
     type=click.FloatRange(0.0, 1.0),
     help="Least share of the canary's answers equal to production's, where compared. "
@@ -181,7 +187,7 @@ def rollout(ctx: click.Context, config_file: str | None) -> None:
 @click.option(
     "--on-slow",
     type=click.Choice(["rollback", "hold"]),
-    help="What a p99 above the limit does. Example: --on-slow hold (default rollback).",
+    help="What a latency above its limit does. Example: --on-slow hold (default rollback).",
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @click.pass_context

@@ -55,6 +55,7 @@ class RolloutOptions(BaseModel):
     )
     max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
     max_p99_increase: float = Field(default=1.2, ge=1.0)
+    max_p50_increase: float = Field(default=1.2, ge=1.0)
     min_agreement: float = Field(default=0.95, ge=0.0, le=1.0)
     shadow_share: float = Field(default=0.0, ge=0.0, le=1.0)
     on_slow: Literal["rollback", "hold"] = "rollback"
@@ -94,6 +95,7 @@ class RolloutOptions(BaseModel):
             self.max_p99_increase,
             self.min_agreement,
             self.on_slow,
+            self.max_p50_increase,
         )
 
 

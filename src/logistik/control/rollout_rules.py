@@ -17,6 +17,7 @@ Z = 1.959964  # two-sided 95 %: each bound holds with 97.5 %
 ALPHA_BOUND = 0.025  # the chance that one order-statistic bound is wrong
 SEQUENTIAL_ALPHA = 0.001  # the chance that the sequential test ever rolls back a good canary
 SEQUENTIAL_GRID = 20  # alternatives the sequential test mixes
+NORMAL_FROM = 200.0  # n * share * (1 - share) above which quantile ranks use the normal curve
 
 
 class Outcome(StrEnum):
@@ -94,7 +95,12 @@ def quantile_ranks(n: int, share: float, alpha: float = ALPHA_BOUND) -> tuple[in
 
     The low one is below the quantile with probability at least 1 - alpha, the high one above
     it likewise (distribution-free). `low` is 0 and `high` None where n is too small to say.
+    Exact binomial tails; for large samples their normal approximation.
     """
+    spread = n * share * (1 - share)
+    if spread > NORMAL_FROM:
+        half = Z * math.sqrt(spread)
+        return max(0, math.floor(n * share - half)), min(n, math.ceil(n * share + half) + 1)
     low, high = 0, None
     tail = 0.0  # P(Binomial(n, share) >= k), growing as k falls from n
     for k in range(n, 0, -1):
@@ -126,10 +132,10 @@ def quantile_s(latency: dict[int, int], share: float) -> float | None:
     return ranked_s(latency, max(1, math.ceil(share * n))) if n else None
 
 
-def p99_bounds_s(latency: dict[int, int]) -> tuple[float | None, float | None]:
-    """Order-statistic bounds of the 99th percentile; None where the sample cannot say."""
+def quantile_bounds_s(latency: dict[int, int], share: float) -> tuple[float | None, float | None]:
+    """Order-statistic bounds of a quantile; None where the sample cannot say."""
     n = sum(latency.values())
-    low, high = quantile_ranks(n, 0.99)
+    low, high = quantile_ranks(n, share)
     return (
         ranked_s(latency, low, upper_edge=False) if low else None,
         ranked_s(latency, high) if high else None,
@@ -146,6 +152,7 @@ class Limits:
     max_p99_increase: float
     min_agreement: float
     on_slow: str = "rollback"  # or "hold"
+    max_p50_increase: float = 1.2
 
 
 @dataclass
@@ -181,7 +188,8 @@ def _rounded(values: tuple[float, float]) -> list[float]:
 
 def side_figures(counts: Counts, with_agreement: bool) -> dict[str, Any]:
     """One side's figures: counts, rates with intervals, latency percentiles."""
-    low, high = p99_bounds_s(counts.latency)
+    low, high = quantile_bounds_s(counts.latency, 0.99)
+    p50_low, p50_high = quantile_bounds_s(counts.latency, 0.5)
     figures: dict[str, Any] = {
         "calls": counts.calls,
         "errors": counts.errors,
@@ -189,6 +197,7 @@ def side_figures(counts: Counts, with_agreement: bool) -> dict[str, Any]:
         "error_rate": round(counts.errors / counts.calls, 6) if counts.calls else None,
         "error_interval": _rounded(wilson(counts.errors, counts.calls)),
         "p50_ms": _ms(quantile_s(counts.latency, 0.5)),
+        "p50_interval_ms": [_ms(p50_low), _ms(p50_high)],
         "p99_ms": _ms(quantile_s(counts.latency, 0.99)),
         "p99_interval_ms": [_ms(low), _ms(high)],
     }
@@ -217,16 +226,15 @@ def _error_check(window: Window, limits: Limits) -> tuple[Check, dict[str, Any]]
     return state, {"state": state, "increase_interval": _rounded((low, high)), "limit": limit}
 
 
-def _p99_check(window: Window, limits: Limits) -> tuple[Check, dict[str, Any]]:
-    """Slower: the canary's p99 is above the limit even taking its lower bound against
-    production's upper bound. Not slower: its upper bound is within the limit of production's
-    p99, which takes about 300 canary answers in the window (fewer cannot bound a p99)."""
-    ratio = limits.max_p99_increase
-    production_p99 = quantile_s(window.production.latency, 0.99)
-    canary_low, canary_high = p99_bounds_s(window.canary.latency)
-    _, production_high = p99_bounds_s(window.production.latency)
-    canary_p99 = quantile_s(window.canary.latency, 0.99)
-    if canary_p99 is None or production_p99 is None:
+def _latency_check(window: Window, share: float, ratio: float) -> tuple[Check, dict[str, Any]]:
+    """Slower: the canary's quantile is above `ratio` x production's even taking its lower
+    bound against production's upper bound. Not slower: its upper bound is within `ratio` x
+    production's quantile (a p99 takes about 300 canary answers to bound from above)."""
+    canary_q = quantile_s(window.canary.latency, share)
+    production_q = quantile_s(window.production.latency, share)
+    canary_low, canary_high = quantile_bounds_s(window.canary.latency, share)
+    _, production_high = quantile_bounds_s(window.production.latency, share)
+    if canary_q is None or production_q is None:
         state = Check.UNSURE
     elif (
         canary_low is not None
@@ -234,16 +242,23 @@ def _p99_check(window: Window, limits: Limits) -> tuple[Check, dict[str, Any]]:
         and canary_low > ratio * production_high
     ):
         state = Check.FAIL
-    elif canary_high is not None and canary_high <= ratio * production_p99:
+    elif canary_high is not None and canary_high <= ratio * production_q:
         state = Check.PASS
     else:
         state = Check.UNSURE
     return state, {
         "state": state,
         "limit": ratio,
-        "ratio": round(canary_p99 / production_p99, 4)
-        if canary_p99 is not None and production_p99
+        "ratio": round(canary_q / production_q, 4)
+        if canary_q is not None and production_q
         else None,
+    }
+
+
+def _latency_checks(window: Window, limits: Limits) -> dict[str, tuple[Check, dict[str, Any]]]:
+    return {
+        "p50": _latency_check(window, 0.5, limits.max_p50_increase),
+        "p99": _latency_check(window, 0.99, limits.max_p99_increase),
     }
 
 
@@ -295,7 +310,7 @@ def figures_of(window: Window, limits: Limits) -> dict[str, Any]:
     _, sequential = _sequential(window, limits)
     checks = {
         "errors": _error_check(window, limits)[1],
-        "p99": _p99_check(window, limits)[1],
+        **{name: check[1] for name, check in _latency_checks(window, limits).items()},
         "sequential": sequential,
     }
     if window.needs_agreement:
@@ -334,12 +349,12 @@ def decide(window: Window, limits: Limits) -> Verdict:
 
 def _at_step_end(window: Window, limits: Limits, figures: dict[str, Any]) -> Verdict:
     errors, _ = _error_check(window, limits)
-    p99, _ = _p99_check(window, limits)
+    latency = {name: check[0] for name, check in _latency_checks(window, limits).items()}
     # Production's latency from earlier steps was measured under another load: there it can
-    # hold a canary that is slower, never roll it back, and a p99 it cannot tell passes.
+    # hold a canary that is slower, never roll it back, and a latency it cannot tell passes.
     earlier = window.production_from != "this step"
-    if earlier and p99 is Check.UNSURE:
-        p99 = Check.PASS
+    if earlier:
+        latency = {n: Check.PASS if c is Check.UNSURE else c for n, c in latency.items()}
     agreement = _agreement_check(window, limits)[0] if window.needs_agreement else Check.PASS
     checks = figures["checks"]
     if errors is Check.FAIL:
@@ -353,20 +368,21 @@ def _at_step_end(window: Window, limits: Limits, figures: dict[str, Any]) -> Ver
         high = wilson(window.canary.agreed, window.canary.compared)[1]
         reason = f"agreement with production at most {high:.1%} (needed {limits.min_agreement:.1%})"
         return Verdict(Outcome.ROLLBACK, "agreement", reason, figures)
-    if p99 is Check.FAIL:
-        reason = (
-            f"p99 latency: the canary's is above {limits.max_p99_increase:g} x production's "
-            "even at the bounds"
+    slow = [name for name, state in latency.items() if state is Check.FAIL]
+    if slow:
+        reason = "latency: the canary's " + " and ".join(
+            f"{name} is above {checks[name]['limit']:g} x production's" for name in slow
         )
+        reason += " even at the bounds"
         if earlier:
             reason += " of earlier steps; held (no production events in this window)"
-            return Verdict(Outcome.HOLD, "p99", reason, figures)
+            return Verdict(Outcome.HOLD, "latency", reason, figures)
         if limits.on_slow == "hold":
-            return Verdict(Outcome.HOLD, "p99", reason + "; held as asked", figures)
-        return Verdict(Outcome.ROLLBACK, "p99", reason, figures)
+            return Verdict(Outcome.HOLD, "latency", reason + "; held as asked", figures)
+        return Verdict(Outcome.ROLLBACK, "latency", reason, figures)
     unsure = [
         name
-        for name, state in (("error rate", errors), ("p99", p99), ("agreement", agreement))
+        for name, state in (("error rate", errors), *latency.items(), ("agreement", agreement))
         if state is Check.UNSURE
     ]
     if unsure:

@@ -36,7 +36,7 @@ function figuresTable(figures) {
       h("td", { dataset: { label: "Calls" } }, num(f.calls)),
       h("td", { dataset: { label: "Errors" } }, `${num(f.errors)} (${pct(f.error_rate)}${interval(f.error_interval, pct)})`),
       h("td", { dataset: { label: "Timeouts" } }, num(f.timeouts)),
-      h("td", { dataset: { label: "p50" } }, ms(f.p50_ms)),
+      h("td", { dataset: { label: "p50" } }, `${ms(f.p50_ms)}${interval(f.p50_interval_ms, ms)}`),
       h("td", { dataset: { label: "p99" } }, `${ms(f.p99_ms)}${interval(f.p99_interval_ms, ms)}`),
       h("td", { dataset: { label: "Agreement" } }, f.compared ? `${pct(f.agreement)} of ${num(f.compared)}${interval(f.agreement_interval, pct)}` : "–"));
   });
@@ -45,7 +45,7 @@ function figuresTable(figures) {
   const window = figures.window || {};
   return h("div", { class: "rollout-figures" },
     h("div", { class: "table-wrap" }, h("table", { class: "rollout-table" },
-      h("thead", {}, h("tr", {}, ["", "Calls", "Errors (rate, 95% interval)", "Timeouts", "p50", "p99 (bounds)", "Agreement"].map((c) => h("th", { scope: "col" }, c)))),
+      h("thead", {}, h("tr", {}, ["", "Calls", "Errors (rate, 95% interval)", "Timeouts", "p50 (bounds)", "p99 (bounds)", "Agreement"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, rows))),
     h("p", { class: "muted small" }, notes, window.production_from && window.production_from !== "this step" ? ` · production: ${window.production_from}` : "",
       window.processes && window.processes.length ? ` · counted by ${window.processes.length} process(es)` : ""));
@@ -121,9 +121,10 @@ function startForm(onStart) {
       input("rollout-step-wait", "Step lasts at least", { type: "text", value: "10m", required: true }, "90, 30s, 10m, 1h"),
       input("rollout-max-error", "Error rate may rise by (points %)", { type: "number", min: "0", max: "100", step: "0.1", value: "1", required: true }),
       input("rollout-max-p99", "p99 may be (times production's)", { type: "number", min: "1", step: "0.05", value: "1.2", required: true }),
+      input("rollout-max-p50", "Median may be (times production's)", { type: "number", min: "1", step: "0.05", value: "1.2", required: true }),
       input("rollout-min-agreement", "Agreement at least (%)", { type: "number", min: "0", max: "100", step: "0.5", value: "95", required: true }),
       input("rollout-shadow", "Shadow share (%)", { type: "number", min: "0", max: "100", step: "1", value: "0", required: true }, "canary events also sent to production"),
-      h("div", { class: "field" }, h("label", { class: "field-label", for: "rollout-on-slow" }, "A slow p99"),
+      h("div", { class: "field" }, h("label", { class: "field-label", for: "rollout-on-slow" }, "A slower canary"),
         h("select", { id: "rollout-on-slow", name: "rollout-on-slow" }, h("option", { value: "rollback" }, "rolls back"), h("option", { value: "hold" }, "holds")))),
     h("div", { class: "rollout-form-actions" }, h("button", { type: "submit", class: "btn primary" }, "Start rollout")));
   form.addEventListener("submit", (event) => {
@@ -136,6 +137,7 @@ function startForm(onStart) {
       step_wait: value("rollout-step-wait"),
       max_error_rate_increase: Number(value("rollout-max-error")) / 100,
       max_p99_increase: Number(value("rollout-max-p99")),
+      max_p50_increase: Number(value("rollout-max-p50")),
       min_agreement: Number(value("rollout-min-agreement")) / 100,
       shadow_share: Number(value("rollout-shadow")) / 100,
       on_slow: value("rollout-on-slow"),
