@@ -112,6 +112,7 @@ def test_a_decoy_like_production_shadows_then_is_promoted_after_its_steps(
             step_wait="1s",
             max_error_rate_increase=0.15,
             max_p99_increase=1.5,
+            max_p50_increase=1.5,
             min_agreement=0.8,
         )
         view = wait_for_rollout(database_url, rollout_id, status="promoted")

@@ -41,6 +41,7 @@ def test_a_rollout_started_from_the_detail_page_advances_on_its_timeline(
         form.get_by_label("Step lasts at least").fill("1s")
         form.get_by_label("Error rate may rise by (points %)").fill("20")
         form.get_by_label("p99 may be (times production's)").fill("3")
+        form.get_by_label("Median may be (times production's)").fill("3")
         form.get_by_role("button", name="Start rollout").click()
         status = page.locator("#rollout-status")
         expect(status).to_have_text("running")
