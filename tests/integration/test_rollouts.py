@@ -34,6 +34,15 @@ StartRouter = Callable[[dict[str, Any]], RouterThread]
 PRODUCTION = "face-127.0.0.1-model-0"
 CANARY = "face-127.0.0.1-canary-1"
 DECOY = "face-127.0.0.1-decoy-1"
+# Restarts and rebalances stall a test machine's in-process models in bursts: the tests of them
+# leave latency room, since what they check is that the rollout goes on.
+RELAXED: dict[str, Any] = {
+    "steps": "50,100",
+    "step_wait": "2s",
+    "max_error_rate_increase": 0.1,
+    "max_p99_increase": 3.0,
+    "max_p50_increase": 3.0,
+}
 
 
 def steady(delay_s: float) -> Callable[[dict[str, Any], int], Reply]:
@@ -111,8 +120,8 @@ def test_a_decoy_like_production_shadows_then_is_promoted_after_its_steps(
             min_events=40,
             step_wait="1s",
             max_error_rate_increase=0.15,
-            max_p99_increase=1.5,
-            max_p50_increase=1.5,
+            max_p99_increase=2.0,
+            max_p50_increase=2.0,
             min_agreement=0.8,
         )
         view = wait_for_rollout(database_url, rollout_id, status="promoted")
@@ -255,9 +264,7 @@ def test_a_restart_in_the_middle_of_a_step_resumes_the_rollout_where_it_was(
     first = router_process(settings)
     with EventFlow(servers, topic) as flow:
         warm(production)
-        rollout_id = start_rollout(
-            url, CANARY, steps="50,100", min_events=150, step_wait="2s", max_error_rate_increase=0.1
-        )
+        rollout_id = start_rollout(url, CANARY, **RELAXED, min_events=150)
         wait_until(
             lambda: (
                 (rollout_view(url, rollout_id)["current"] or {})
@@ -299,9 +306,7 @@ def test_two_processes_on_one_postgresql_decide_each_step_once_from_both_counts(
     routers = [router(settings), router(other)]
     with EventFlow(servers, topic, per_s=150) as flow:
         warm(production)
-        rollout_id = start_rollout(
-            url, CANARY, steps="50,100", min_events=80, step_wait="2s", max_error_rate_increase=0.1
-        )
+        rollout_id = start_rollout(url, CANARY, **RELAXED, min_events=80)
         # Two consumers joining one group may rebalance more than once on the way.
         view = wait_for_rollout(url, rollout_id, timeout_s=60, status="promoted")
         sent = flow.stop()
