@@ -10,6 +10,7 @@ from logistik.commands.handlers import handlers
 from logistik.commands.hash_password import hash_password_command
 from logistik.commands.register import register
 from logistik.commands.replay import replay
+from logistik.commands.rollout import rollout
 from logistik.commands.run import run
 from logistik.commands.send import send
 from logistik.commands.tail import tail
@@ -27,6 +28,7 @@ main.add_command(handlers)
 main.add_command(hash_password_command)
 main.add_command(register)
 main.add_command(replay)
+main.add_command(rollout)
 main.add_command(run)
 main.add_command(send)
 main.add_command(tail)

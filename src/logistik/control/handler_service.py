@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from logistik.config import describe_validation
+from logistik.control.rollout_store import RolloutStore, process_name
 from logistik.control.store import HandlerRecord, Store
 from logistik.errors import ActionError
 from logistik.handler import Handler, ModelType
@@ -80,14 +81,17 @@ class HandlerService:
 
     async def disable(self, node_id: str) -> HandlerRecord:
         """Stop sending events to a handler until it is enabled again."""
+        await self._by_hand("disable", await self.store.get(node_id))
         return await self.store.set_admin(node_id, disabled_by_admin=True)
 
     async def retire(self, node_id: str) -> HandlerRecord:
         """Take a handler out of rotation for good; discovery never brings it back."""
+        await self._by_hand("retire", await self.store.get(node_id))
         return await self.store.set_admin(node_id, retired=True)
 
     async def delete(self, node_id: str) -> None:
         """Remove a handler from the store (discovery adds it again if it is still registered)."""
+        await self._by_hand("delete", await self.store.get(node_id))
         await self.store.delete(node_id)
 
     async def set_traffic(self, node_id: str, share: float) -> HandlerRecord:
@@ -100,13 +104,15 @@ class HandlerService:
                 f"{node_id} is a {record.handler.model_type.value}; only a canary "
                 "takes a traffic share"
             )
+        await self._by_hand("traffic", record)
         return await self.store.set_admin(node_id, admin_traffic=share)
 
-    async def promote(self, node_id: str) -> list[HandlerRecord]:
+    async def promote(self, node_id: str, by_hand: bool = True) -> list[HandlerRecord]:
         """Make a canary, deploy or decoy production, with its version's replicas in the group.
 
         The group's current production instances become canaries with traffic 0, so a
-        promotion is undone by promoting them back. Returns every handler changed.
+        promotion is undone by promoting them back. Returns every handler changed. A
+        promotion by hand ends the group's rollout; a rollout's own is not by hand.
         """
         target = await self.store.get(node_id)
         kind = target.handler.model_type
@@ -121,6 +127,8 @@ class HandlerService:
             and not r.handler.retired
         ]
         falling = [r for r in group if r.handler.model_type == ModelType.MODEL]
+        if by_hand:
+            await self._by_hand("promote", target)
         # One transaction: a router reloading in between would see both versions in production.
         return await self.store.set_admin_many(
             [(r.node_id, {"admin_model_type": PRODUCTION, "admin_traffic": None}) for r in rising]
@@ -145,9 +153,14 @@ class HandlerService:
                 f"{node_id} is the last active production instance of group "
                 f"{target.handler.group_id}; promote another one first"
             )
+        await self._by_hand("demote", target)
         return await self.store.set_admin(
             node_id, admin_model_type=ModelType.CANARY.value, admin_traffic=0.0
         )
+
+    async def _by_hand(self, action: str, record: HandlerRecord) -> None:
+        """End the rollout of the handler's group before acting: what an operator does wins."""
+        await RolloutStore(self.store).end_by_hand(record.handler, action, process_name())
 
     async def _group(self, record: HandlerRecord) -> list[HandlerRecord]:
         handler = record.handler

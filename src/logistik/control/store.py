@@ -278,6 +278,11 @@ class Store:
         """Release the connections."""
         await self._engine.dispose()
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The database, for the tables other modules keep in it (rollouts)."""
+        return self._engine
+
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to a revision, serialised between processes on PostgreSQL."""
         async with self._engine.begin() as connection:

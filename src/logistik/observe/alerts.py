@@ -90,6 +90,15 @@ class Alerter:
         state.sent_status, state.last_sent = state.status, time.monotonic()
         if state.status == OK:
             state.failed_events, state.handlers = 0, {}
+        self._post_soon(payload)
+
+    def rolled_back(self, topic: str, group_id: str, node_id: str, why: str) -> None:
+        """Post at once that a rollout rolled its canary back: one message per rollback."""
+        if not self._config.url:
+            return
+        self._post_soon(render_rollback(self._config, topic, group_id, node_id, why))
+
+    def _post_soon(self, payload: str) -> None:
         task = asyncio.create_task(self._post(payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -164,6 +173,36 @@ def render(config: WebhookConfig, state: GroupAlert) -> str:
             "error": state.last_error,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        quoted = {k: json.dumps(str(v))[1:-1] for k, v in values.items()}
-        return string.Template(config.template).safe_substitute(quoted)
+        return _fill(config.template, values)
+    return json.dumps({"text": text, "username": "logistik"})
+
+
+def _fill(template: str, values: dict[str, object]) -> str:
+    """A template body with each value escaped for a JSON string."""
+    quoted = {k: json.dumps(str(v))[1:-1] for k, v in values.items()}
+    return string.Template(template).safe_substitute(quoted)
+
+
+def render_rollback(
+    config: WebhookConfig, topic: str, group_id: str, node_id: str, why: str
+) -> str:
+    """The JSON body posted when a rollout rolls its canary back."""
+    title = f"logistik: rollout of {node_id} ({group_id} on {topic}) rolled back"
+    line = f"Its traffic is 0 again: {why}"
+    if config.format == "slack":
+        return json.dumps({"text": f"*{title}*\n{line}", "username": "logistik"})
+    text = f"#### :leftwards_arrow_with_hook: {title}\n{line}"
+    if config.format == "template" and config.template:
+        values: dict[str, object] = {
+            "title": title,
+            "status": CRITICAL,
+            "text": text,
+            "table": "",
+            "group": group_id,
+            "topic": topic,
+            "failed_events": 0,
+            "error": why,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        return _fill(config.template, values)
     return json.dumps({"text": text, "username": "logistik"})

@@ -17,6 +17,7 @@ from logistik.config import Config
 from logistik.control.discovery import ConsulDiscovery
 from logistik.control.follower import StoreFollower
 from logistik.control.handler_service import HandlerService
+from logistik.control.rollout_controller import RolloutController
 from logistik.control.store import Store
 from logistik.errors import BackgroundTaskError, BrokerError
 from logistik.kafka import EventConsumer, EventProducer, OffsetBook, base_config, cluster_metadata
@@ -33,6 +34,7 @@ from logistik.routing.consume_loop import ConsumeLoop
 from logistik.routing.decoy import DecoyTally
 from logistik.routing.model_client import ModelClient
 from logistik.routing.registry import Registry
+from logistik.routing.rollout_tally import RolloutTally
 from logistik.routing.router import Router
 from logistik.web import AppState, add_operations_routes, bind, create_app, serve
 
@@ -44,6 +46,7 @@ DISCOVERY = "consul discovery"
 WEB = "web server"
 PRODUCER = "kafka producer"
 FAILED_RECORDS = "failed-record writer"
+ROLLOUTS = "rollout controller"
 FLUSH_TIMEOUT_S = 10.0
 START_RETRY_BASE_S = 0.5  # first wait for a broker that does not answer at start
 START_RETRY_CAP_S = 15.0
@@ -59,6 +62,9 @@ class Runner:
         self.registry = Registry(config.routing.max_concurrency_per_handler)
         self.figures = Figures()
         self.decoys = DecoyTally()
+        self.tally = RolloutTally()
+        self.rollouts: RolloutController | None = None
+        self._alerter: Alerter | None = None
         self.ready = asyncio.Event()  # set once the consume loop has polled
         self.store: Store | None = None
         self.discovery: ConsulDiscovery | None = None
@@ -107,6 +113,8 @@ class Runner:
                     self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
                     supervisor.start(DISCOVERY, self.discovery.run(halt))
                 supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
+                rollouts = self.rollouts = RolloutController(store, self.tally, self._alerter)
+                supervisor.start(ROLLOUTS, rollouts.run(halt))
                 loop = self._consume_loop(stack, router)
                 if self._after_start is not None:
                     self._after_start()
@@ -117,8 +125,9 @@ class Runner:
                     halt.set()
                     await supervisor.join(CONSUME)
                     await loop.drain(self.config.routing.shutdown_grace_s)
-                    await supervisor.cancel(FOLLOWER, DISCOVERY, PRODUCER, FAILED_RECORDS)
+                    await supervisor.cancel(FOLLOWER, DISCOVERY, ROLLOUTS, PRODUCER, FAILED_RECORDS)
                     await follower.final_refresh()  # writes the last decoy counts
+                    await rollouts.flush()
         finally:
             relay.cancel()
         if supervisor.failure is not None:
@@ -169,7 +178,7 @@ class Runner:
             ModelClient(max_answer_bytes=config.routing.max_answer_bytes)
         )
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        alerter = Alerter(config.webhook, session)
+        alerter = self._alerter = Alerter(config.webhook, session)
         stack.push_async_callback(alerter.drain)
         cache = None
         if config.cache is not None:
@@ -192,6 +201,7 @@ class Runner:
             figures=self.figures,
             decoys=self.decoys,
             on_unwritable=unwritable.report,
+            rollouts=self.tally,
         )
         return router, session
 

@@ -14,7 +14,7 @@ from logistik.answer import Answer, Outcome
 from logistik.config import RoutingConfig
 from logistik.errors import InvalidEventError, PublishError, one_line
 from logistik.event import Event, actor_key, channel_groups, decode_record, event_id
-from logistik.handler import Handler
+from logistik.handler import Handler, ModelType
 from logistik.kafka import Headers
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
@@ -37,6 +37,7 @@ from logistik.routing.backoff import Backoff
 from logistik.routing.cache import ResponseCache
 from logistik.routing.decoy import DecoyTally, agrees
 from logistik.routing.registry import Circuit, Group, LiveHandler, Registry
+from logistik.routing.rollout_tally import RolloutTally
 
 logger = logging.getLogger(__name__)
 events_log = logging.getLogger(EVENTS_LOGGER)
@@ -133,6 +134,7 @@ class Router:
         figures: Figures | None = None,
         decoys: DecoyTally | None = None,
         on_unwritable: Callable[[str], None] | None = None,
+        rollouts: RolloutTally | None = None,
     ) -> None:
         self._registry = registry
         # Called when a failed record cannot be written at all: the process must stop.
@@ -149,6 +151,7 @@ class Router:
         )
         self._max_retry_wait_s = max(routing.backoff_cap_s, routing.retry_after_cap_s)
         self.decoys = decoys or DecoyTally()
+        self.rollouts = rollouts or RolloutTally()
         self.figures = figures or Figures()
 
     async def handle(
@@ -303,7 +306,7 @@ class Router:
         try:
             # Shadows compare first answers: a replay or a retry is for recovery only.
             shadow = delivery.attempt == 0 and delivery.source.only_groups is None
-            if delivery.group.decoys and shadow:
+            if shadow and (delivery.group.decoys or self.rollouts.shadowing(delivery.group)):
                 await self._shadowed(delivery)
             else:
                 await self._answer(delivery)
@@ -319,9 +322,13 @@ class Router:
             await self.write_failed(failed_topic(delivery.group.topic), record)
 
     async def _shadowed(self, delivery: Delivery) -> None:
-        """Answer as usual while every decoy gets the event too; compare, never publish."""
+        """Answer as usual while every decoy gets the event too; compare, never publish.
+
+        Under a rollout with a shadow share, production shadows some of the canary's events.
+        """
         now = time.monotonic()
         decoys = [d for d in delivery.group.decoys if d.callable(now)]
+        decoys += self.rollouts.shadows(delivery.group, delivery.event)
         shadows = asyncio.gather(*(self._call(decoy, delivery.body) for decoy in decoys))
         try:
             answer = await self._answer(delivery)
@@ -331,7 +338,10 @@ class Router:
             return
         for decoy, decoy_answer in zip(decoys, decoy_answers, strict=True):
             if not decoy_answer.held:  # a busy decoy was not asked: nothing to compare
-                self.decoys.record(decoy.node_id, agrees(answer, decoy_answer))
+                agreed = agrees(answer, decoy_answer)
+                if decoy.handler.model_type is ModelType.DECOY:
+                    self.decoys.record(decoy.node_id, agreed)
+                self.rollouts.compared(decoy.handler, agreed)
 
     async def _answer(self, delivery: Delivery) -> Answer | None:
         """Get one answer from the group (or the cache); None when the event failed."""
@@ -550,6 +560,7 @@ class Router:
         finally:
             instance.in_flight -= 1
         self.figures.call(instance.node_id, answer, retry)
+        self.rollouts.call(handler, answer)
         if self._statsd is not None:
             self._statsd.call(handler.name, answer)
         if answer.outcome is Outcome.RETRY:

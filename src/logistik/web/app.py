@@ -18,7 +18,7 @@ from logistik.errors import (
 )
 from logistik.web.auth import Auth
 from logistik.web.pages import mount_ui
-from logistik.web.routes import actions, docs, edits, oidc, query, reads, session
+from logistik.web.routes import actions, docs, edits, oidc, query, reads, rollouts, session
 from logistik.web.state import AppState
 from logistik.web.uwsgi import UwsgiStats
 from logistik.web.views import live_views
@@ -39,6 +39,7 @@ def create_app(state: AppState) -> FastAPI:
         actions.router(state.service, auth, views),
         edits.router(state.service, auth, views),
         query.router(state, auth),
+        rollouts.router(state, auth),
         session.router(auth),
         oidc.router(auth),
         docs.router(),

@@ -3,6 +3,7 @@
 import { ApiError, get, send } from "./api.js";
 import { barChart, latencyChart, perMinute } from "./charts.js";
 import { ago, duration, fill, h, ms, num, pct, stamp, stateBadge, typeBadge } from "./dom.js";
+import { rolloutSection } from "./rollout.js";
 
 function actionsFor(v) {
   const retired = v.retired || v.state === "retired";
@@ -110,8 +111,10 @@ export function detailPage(ctx, nodeId) {
   const uwsgi = h("div");
   const fields = h("div", { class: "field-groups" });
   const missing = h("div", { class: "empty", hidden: true });
+  const rollout = rolloutSection(ctx, nodeId);
   const body = h("div", { class: "detail-body" },
     h("section", { class: "card actions-card", "aria-labelledby": "actions-title" }, h("h2", { id: "actions-title" }, "Rollout"), actions, result),
+    rollout.node,
     h("section", { class: "card", "aria-labelledby": "figures-title" }, h("h2", { id: "figures-title" }, "What logistik saw"), figuresBox, charts),
     h("div", { class: "two" },
       h("section", { class: "card", "aria-labelledby": "fields-title" }, h("h2", { id: "fields-title" }, "Fields"), fields),
@@ -227,6 +230,7 @@ export function detailPage(ctx, nodeId) {
     fill(fields, JSON.stringify([v, ago(v.updated_at)]), fieldsOf(v).map(([title, rows]) =>
       h("div", { class: "field-group" }, h("h3", {}, title), h("dl", { class: "fields" }, rows.map(([label, value, cls]) => field(label, value, cls))))));
     fill(uwsgi, JSON.stringify(v.uwsgi), uwsgiBlock(v));
+    await rollout.refresh(v);
     document.title = `${v.name} · logistik`;
   }
 
