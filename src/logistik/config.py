@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from logistik.errors import ConfigError
 from logistik.handler import Handler
@@ -19,6 +22,7 @@ from logistik.handler import Handler
 DEFAULT_PATH = "logistik.yaml"
 ENV_PATH = "LK_CONFIG"
 EMBEDDED = "embedded"
+SQLITE_PREFIXES = ("sqlite:///", "sqlite+aiosqlite:///")
 
 _VAR = re.compile(
     r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
@@ -241,7 +245,21 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
-    return parse_config(text, str(path), env)
+    return resolve_paths(parse_config(text, str(path), env), path.parent)
+
+
+def resolve_paths(config: Config, folder: Path) -> Config:
+    """The config with a relative SQLite path taken from `folder` (the config file's), so that
+    every command run from anywhere opens the same store."""
+    url = config.database.url
+    for prefix in SQLITE_PREFIXES:
+        if url.startswith(prefix):
+            path = url.removeprefix(prefix)
+            if path and not path.startswith("/") and not path.startswith(":memory:"):
+                url = prefix + str((folder / path).resolve())
+                database = config.database.model_copy(update={"url": url})
+                return config.model_copy(update={"database": database})
+    return config
 
 
 def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
@@ -273,7 +291,7 @@ def describe_validation(exc: ValidationError, source: str) -> str:
     for error in exc.errors():
         key = _dotted(error["loc"])
         if error["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            lines.append(f"{source}: unknown key '{key}'{_did_you_mean(error['loc'])}")
         elif error["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'")
         else:
@@ -294,3 +312,34 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
         else:
             parts.append(f".{item}" if parts else item)
     return "".join(parts) or "(top level)"
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """` (did you mean 'x'?)` when a known key at the same place is close to the unknown one."""
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        if isinstance(part, str):
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return ""
+    known = set(model.model_fields)
+    for field in model.model_fields.values():
+        if isinstance(field.validation_alias, AliasChoices):
+            known |= {c for c in field.validation_alias.choices if isinstance(c, str)}
+    close = difflib.get_close_matches(str(loc[-1]), sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside an annotation such as `X | None` or `list[X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for argument in typing.get_args(annotation):
+            found = _model_in(argument)
+            if found is not None:
+                return found
+    return None
