@@ -22,6 +22,7 @@ from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.health import Readiness
 from logistik.observe.metrics import metrics_registry
+from logistik.observe.reachability import Reachability
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
 from logistik.process.supervisor import Supervisor
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 CONSUME = "consume loop"
 FOLLOWER = "store follower"
 DISCOVERY = "consul discovery"
+REACHABILITY = "model probes"
 WEB = "web server"
 FLUSH_TIMEOUT_S = 10.0
 
@@ -54,6 +56,7 @@ class Runner:
         self.ready = asyncio.Event()  # set once the consume loop has polled
         self.store: Store | None = None
         self.discovery: ConsulDiscovery | None = None
+        self.reachability: Reachability | None = None
         self.loop: ConsumeLoop | None = None
         self._consumer: EventConsumer | None = None
         self._supervisor: Supervisor | None = None
@@ -80,6 +83,9 @@ class Runner:
             if not self.registry.topics():
                 logger.warning("no enabled handler yet: nothing to consume until one is added")
             router, session = await self._router(stack)
+            self.reachability = Reachability(self.registry, session)
+            refresh_s = self.config.discovery.refresh_s
+            supervisor.start(REACHABILITY, self.reachability.watch(halt, refresh_s))
             if self.config.discovery.consul is not None:
                 self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
                 supervisor.start(DISCOVERY, self.discovery.run(halt))
@@ -98,7 +104,7 @@ class Runner:
                 halt.set()
                 await supervisor.join(CONSUME)
                 await loop.drain(self.config.routing.shutdown_grace_s)
-                await supervisor.cancel(FOLLOWER, DISCOVERY)
+                await supervisor.cancel(FOLLOWER, DISCOVERY, REACHABILITY)
                 await follower.final_refresh()  # writes the last decoy counts
         if supervisor.failure is not None:
             raise BackgroundTaskError(supervisor.failure)
@@ -158,7 +164,12 @@ class Runner:
         self, stack: AsyncExitStack, sock: socket.socket, store: Store, supervisor: Supervisor
     ) -> None:
         state = AppState(
-            self.config, HandlerService(store), self.figures, self.registry, self.status
+            self.config,
+            HandlerService(store),
+            self.figures,
+            self.registry,
+            self.status,
+            self.reachability,
         )
         app = create_app(state)
         readiness = Readiness(self.config.kafka, store, self._loop_age_s, supervisor.status)
@@ -195,6 +206,7 @@ class Runner:
                 "taken_back": dict(self.figures.retried),
             },
             "tasks": tasks,
+            "unreachable": [] if self.reachability is None else self.reachability.unreachable(),
             "consul": None
             if discovery is None or consul is None
             else {"url": consul.url, "error": discovery.error},

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from logistik.control.store import HandlerRecord
+from logistik.observe.reachability import Reach
 from logistik.routing.registry import LiveHandler
 from logistik.web.state import AppState
 from logistik.web.uwsgi import UwsgiStats
@@ -47,6 +48,7 @@ def handler_view(
         },
         "in_flight": instance.in_flight if instance else 0,
         "circuit": circuit_view(instance),
+        "reachable": reach.view() if (reach := _reach(state, record.node_id)) else None,
         "figures": state.figures.handler(record.node_id),
         "uwsgi": uwsgi,
         "updated_at": _utc(record.updated_at).isoformat(),
@@ -64,6 +66,11 @@ def circuit_view(instance: LiveHandler | None) -> dict[str, Any] | None:
         "failures": instance.consecutive_failures,
         "last_error": instance.last_error or None,
     }
+
+
+def _reach(state: AppState, node_id: str) -> Reach | None:
+    """The last probe of a routed model, None when it was not probed (or is not routed)."""
+    return None if state.reachability is None else state.reachability.get(node_id)
 
 
 def live_views(state: AppState, stats: UwsgiStats) -> Views:
