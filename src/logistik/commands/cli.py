@@ -8,6 +8,7 @@ from logistik.commands.check import check
 from logistik.commands.demo import demo
 from logistik.commands.handlers import handlers
 from logistik.commands.hash_password import hash_password_command
+from logistik.commands.init import init
 from logistik.commands.register import register
 from logistik.commands.replay import replay
 from logistik.commands.run import run
@@ -25,6 +26,7 @@ main.add_command(check)
 main.add_command(demo)
 main.add_command(handlers)
 main.add_command(hash_password_command)
+main.add_command(init)
 main.add_command(register)
 main.add_command(replay)
 main.add_command(run)

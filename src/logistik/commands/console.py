@@ -37,8 +37,16 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def required_config(config_file: str | None) -> Config:
     """The config file (--config, else $LK_CONFIG, else logistik.yaml); exit 2 when it is wrong."""
+    path = config_path(config_file)
+    if not path.exists():
+        fail(
+            f"{path}: config file not found; `logistik init` writes a commented starter "
+            "(`logistik init --help`), and examples/quickstart.yaml in logistik's source is "
+            "one that runs as it is",
+            EXIT_CONFIG,
+        )
     try:
-        return load_config(config_path(config_file))
+        return load_config(path)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
 
