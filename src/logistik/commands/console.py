@@ -51,11 +51,14 @@ def required_config(config_file: str | None) -> Config:
         fail(str(exc), EXIT_CONFIG)
 
 
+def config_given(config_file: str | None) -> bool:
+    """Whether a config file is named (--config, $LK_CONFIG) or present (logistik.yaml)."""
+    return bool(config_file or os.environ.get(ENV_PATH) or Path(DEFAULT_PATH).exists())
+
+
 def optional_config(config_file: str | None) -> Config:
     """Like required_config when a config file is named or present, else the defaults."""
-    if config_file or os.environ.get(ENV_PATH) or Path(DEFAULT_PATH).exists():
-        return required_config(config_file)
-    return Config()
+    return required_config(config_file) if config_given(config_file) else Config()
 
 
 def kafka_settings(config_file: str | None, bootstrap_servers: str | None) -> KafkaConfig:
