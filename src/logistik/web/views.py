@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from logistik.control.store import HandlerRecord
+from logistik.handler import Handler
+from logistik.observe.figures import RATE_WINDOW_S
 from logistik.observe.reachability import Reach
 from logistik.routing.registry import LiveHandler
 from logistik.web.state import AppState
@@ -49,6 +52,7 @@ def handler_view(
         "in_flight": instance.in_flight if instance else 0,
         "circuit": circuit_view(instance),
         "reachable": reach.view() if (reach := _reach(state, record.node_id)) else None,
+        "share": measured_share(state, record.handler),
         "figures": state.figures.handler(record.node_id),
         "uwsgi": uwsgi,
         "updated_at": _utc(record.updated_at).isoformat(),
@@ -66,6 +70,25 @@ def circuit_view(instance: LiveHandler | None) -> dict[str, Any] | None:
         "failures": instance.consecutive_failures,
         "last_error": instance.last_error or None,
     }
+
+
+def measured_share(state: AppState, handler: Handler) -> dict[str, Any] | None:
+    """The share of its group's recent calls an answering instance took (the last five
+    minutes), beside the configured traffic; None when the group had no calls."""
+    group = state.registry.group(handler.event, handler.group_id)
+    if group is None:
+        return None
+    now_s = time.time()
+    calls = {
+        instance.node_id: figures.recent_calls(now_s)
+        for instance in (*group.production, *group.canaries)
+        if (figures := state.figures.handlers.get(instance.node_id)) is not None
+    }
+    total = sum(calls.values())
+    if handler.node_id not in calls or total == 0:
+        return None
+    measured = calls[handler.node_id] / total
+    return {"measured": measured, "of_calls": total, "window_s": RATE_WINDOW_S}
 
 
 def _reach(state: AppState, node_id: str) -> Reach | None:
