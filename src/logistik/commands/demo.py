@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,8 +110,10 @@ async def serve_model(model: DemoModel) -> web.AppRunner:
     return runner
 
 
-def demo_config(broker: str, workdir: Path, models: list[DemoModel], web_port: int) -> Config:
-    """The config the demo runs logistik with."""
+def demo_config(
+    broker: str, workdir: Path, models: list[DemoModel], web_port: int, token: str
+) -> Config:
+    """The config the demo runs logistik with: its UI takes the token made at start."""
     handlers = [
         {
             "name": m.name,
@@ -138,7 +141,7 @@ def demo_config(broker: str, workdir: Path, models: list[DemoModel], web_port: i
             },
             "database": {"url": f"sqlite:///{workdir / 'logistik.db'}"},
             "discovery": {"handlers": handlers, "refresh_s": 1.0},
-            "web": {"port": web_port},
+            "web": {"host": "127.0.0.1", "port": web_port, "auth": {"tokens": [token]}},
         }
     )
 
@@ -185,14 +188,19 @@ async def run_demo(stop: asyncio.Event, web_port: int, rate: float, broker: Embe
         )
     servers = [await serve_model(m) for m in models]
     with tempfile.TemporaryDirectory(prefix="logistik-demo-") as workdir:
-        config = demo_config(broker.bootstrap_servers, Path(workdir), models, web_port)
+        token = secrets.token_urlsafe(18)
+        config = demo_config(broker.bootstrap_servers, Path(workdir), models, web_port, token)
         runner = Runner(config)
         routing = asyncio.create_task(runner.run(stop), name="router")
         producer = EventProducer(config.kafka)
         producer.start()
+        ui = f"http://127.0.0.1:{web_port}/"
         print(
-            f"logistik demo: web UI on http://127.0.0.1:{web_port}/ ; broker "
-            f"{broker.bootstrap_servers}; answers on topic {RESULTS}. Ctrl-C stops.",
+            f"logistik demo: web UI on {ui} ; broker {broker.bootstrap_servers}; answers on "
+            f"topic {RESULTS}.\n"
+            f"logistik demo: to promote the canary or query a model, log in with this link "
+            f"(valid until the demo stops): {ui}#login={token}\n"
+            f"logistik demo: Ctrl-C stops.",
             flush=True,
         )
         feeder = asyncio.create_task(stream(producer, samples, rate, stop), name="stream")

@@ -329,8 +329,24 @@ document.querySelector(".skip").addEventListener("click", (event) => {
   main.focus();
 });
 
+/** A login link (`#login=<token>`, as `logistik demo` prints one): log in with its token and
+ *  take the token out of the address at once, so it stays in neither history nor bookmarks. */
+async function loginFromLink() {
+  const match = /^#login=([^&]+)$/.exec(location.hash);
+  if (!match) return;
+  history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  try {
+    await login({ token: decodeURIComponent(match[1]) });
+  } catch (error) {
+    setBanner("login", h("div", { class: "banner error", role: "alert" }, h("strong", {}, "The login link did not work: "),
+      error.status === 401 ? "its token is not valid here (a demo makes a new one at each start: use the link it printed last). " : `${error.message}. `,
+      h("button", { type: "button", class: "btn small", onclick: () => { setBanner("login", null); openLogin(); } }, "Log in")));
+  }
+}
+
 async function start() {
   try {
+    await loginFromLink();
     await loadSession();
   } catch {
     // The router is not reachable: the refresh shows it and keeps trying.
