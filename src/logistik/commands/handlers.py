@@ -267,6 +267,10 @@ def promote(ctx: click.Context, node_id: str) -> None:
     """
     for record in _call(ctx, lambda s: s.promote(node_id)):
         click.echo(f"{record.node_id}: now {record.handler.model_type.value}")
+    click.echo(
+        "(a node id keeps the type it was registered with: a promotion changes the type only)",
+        err=True,
+    )
 
 
 @handlers.command()
