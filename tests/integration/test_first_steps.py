@@ -64,7 +64,7 @@ def test_an_unreachable_model_is_said_and_shown_and_a_reachable_one_is_not(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     topic = unique("reach")
-    there = model_server(info={"event": topic})
+    there = model_server()
     nobody = free_port()
     running = router(
         make_config(
@@ -81,7 +81,7 @@ def test_an_unreachable_model_is_said_and_shown_and_a_reachable_one_is_not(
     wait_until(lambda: all(v["reachable"] for v in views().values()), 30, "both models probed")
     found = views()
     assert found["there"]["reachable"]["ok"] is True
-    assert found["there"]["reachable"]["detail"] == "accepts connections; serves /info"
+    assert found["there"]["reachable"]["detail"] == f"accepts connections at 127.0.0.1:{there.port}"
     assert found["absent"]["reachable"] == {
         **found["absent"]["reachable"],
         "ok": False,
@@ -89,6 +89,7 @@ def test_an_unreachable_model_is_said_and_shown_and_a_reachable_one_is_not(
     }
     with urllib.request.urlopen(f"{web}/api/status", timeout=10) as response:
         assert json.loads(response.read())["unreachable"] == ["absent-h2-model-0"]
+    assert there.requests == []  # probing is not a request: it counts in no model's figures
     warnings = [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()]
     assert warnings == [
         f"model absent (absent-h2-model-0, now model) cannot be reached: cannot connect to "

@@ -179,7 +179,8 @@ def test_send_finds_the_embedded_broker_named_in_the_config(
     lines.write_text('{"verb": "a", "actor": {"id": "x"}}\n')
     result = run_cli("send", topic, str(lines), "--config", str(config), "--timeout-s", "10")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == f"sent 1 event(s) to {topic}\n"
+    # (A warning follows: no handler of that config reads the topic.)
+    assert result.stderr.splitlines()[0] == f"sent 1 event(s) to {topic}"
     with TopicReader(broker.bootstrap_servers, topic) as reader:
         [record] = reader.wait_for(topic, 1)
     assert record.key == b"x" and record.json()["verb"] == "a"

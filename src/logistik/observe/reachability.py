@@ -1,4 +1,4 @@
-"""Whether each model can be reached: probed when it is added, again while it cannot be."""
+"""Whether each model accepts connections: probed when it is added, again while it does not."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-import aiohttp
 
 from logistik.errors import describe
 from logistik.handler import Handler
@@ -41,21 +39,11 @@ class Reach:
         }
 
 
-def info_url(handler: Handler) -> str:
-    """Where a model serves its settings: /info, or /info/<environment>."""
-    suffix = f"/{handler.environment}" if handler.environment else ""
-    return f"http://{handler.endpoint}:{handler.port}/info{suffix}"
+async def probe(handler: Handler, timeout_s: float = PROBE_TIMEOUT_S) -> Reach:
+    """Open a connection to a model's address and close it again.
 
-
-async def probe(
-    handler: Handler,
-    session: aiohttp.ClientSession | None = None,
-    timeout_s: float = PROBE_TIMEOUT_S,
-) -> Reach:
-    """Connect to a model's address, then ask GET /info (which it may not serve).
-
-    A model that accepts the connection is reachable, whatever /info answers: the probe only
-    tells an address nobody listens on (or that does not answer at all) from a working one.
+    Only a connection: a request would count in the model's own figures (its uWSGI requests,
+    its access log), and whatever it answers, a model that accepts connections is there.
     """
     address = f"{handler.endpoint}:{handler.port}"
     try:
@@ -69,19 +57,7 @@ async def probe(
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
-    url = info_url(handler)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            if session is None:
-                session = await stack.enter_async_context(aiohttp.ClientSession())
-            timeout = aiohttp.ClientTimeout(total=timeout_s)
-            async with session.get(url, timeout=timeout) as response:
-                status = response.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        detail = describe(exc) or type(exc).__name__
-        return Reach(True, f"accepts connections; GET /info failed: {detail}", now())
-    served = "serves /info" if status == 200 else f"GET /info: HTTP {status}"
-    return Reach(True, f"accepts connections; {served}", now())
+    return Reach(True, f"accepts connections at {address}", now())
 
 
 def _reason(exc: OSError) -> str:
@@ -103,9 +79,8 @@ class Reachability:
     does not make the process unready: routing goes on, and its events are retried.
     """
 
-    def __init__(self, registry: Registry, session: aiohttp.ClientSession) -> None:
+    def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._session = session
         self._found: dict[str, Reach] = {}
 
     def get(self, node_id: str) -> Reach | None:
@@ -129,7 +104,7 @@ class Reachability:
         ]
         if not due:
             return
-        found = await asyncio.gather(*(probe(h, self._session) for h in due))
+        found = await asyncio.gather(*(probe(h) for h in due))
         for handler, reach in zip(due, found, strict=True):
             self._report(handler, self._found.get(handler.node_id), reach)
             self._found[handler.node_id] = reach

@@ -83,7 +83,7 @@ class Runner:
             if not self.registry.topics():
                 logger.warning("no enabled handler yet: nothing to consume until one is added")
             router, session = await self._router(stack)
-            self.reachability = Reachability(self.registry, session)
+            self.reachability = Reachability(self.registry)
             refresh_s = self.config.discovery.refresh_s
             supervisor.start(REACHABILITY, self.reachability.watch(halt, refresh_s))
             if self.config.discovery.consul is not None:
