@@ -252,14 +252,21 @@ def resolve_paths(config: Config, folder: Path) -> Config:
     """The config with a relative SQLite path taken from `folder` (the config file's), so that
     every command run from anywhere opens the same store."""
     url = config.database.url
+    path = sqlite_path(url)
+    if path is None or path.is_absolute():
+        return config
+    prefix = url[: url.index(":///") + len(":///")]
+    database = config.database.model_copy(update={"url": prefix + str((folder / path).resolve())})
+    return config.model_copy(update={"database": database})
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite store URL, None for any other database (or an in-memory one)."""
     for prefix in SQLITE_PREFIXES:
         if url.startswith(prefix):
-            path = url.removeprefix(prefix)
-            if path and not path.startswith("/") and not path.startswith(":memory:"):
-                url = prefix + str((folder / path).resolve())
-                database = config.database.model_copy(update={"url": url})
-                return config.model_copy(update={"database": database})
-    return config
+            rest = url.removeprefix(prefix)
+            return Path(rest) if rest and not rest.startswith(":memory:") else None
+    return None
 
 
 def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from sqlalchemy.engine import make_url
 
 from logistik.config import (
     DEFAULT_PATH,
@@ -20,6 +21,7 @@ from logistik.config import (
     KafkaConfig,
     config_path,
     load_config,
+    sqlite_path,
 )
 from logistik.errors import ConfigError
 from logistik.kafka import loopback_servers
@@ -80,3 +82,9 @@ async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await work(stop)
+
+
+def store_name(url: str) -> str:
+    """The store as people name it: a SQLite file's path, else the URL without its password."""
+    path = sqlite_path(url)
+    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)

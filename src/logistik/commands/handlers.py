@@ -6,17 +6,15 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import yaml
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
-from logistik.commands.console import EXIT_CONFIG, fail, required_config
-from logistik.config import SQLITE_PREFIXES
+from logistik.commands.console import EXIT_CONFIG, fail, required_config, store_name
+from logistik.config import sqlite_path
 from logistik.control.handler_service import HandlerService, with_service
 from logistik.control.store import HandlerRecord
 from logistik.errors import LogistikError
@@ -57,21 +55,6 @@ def _call(
 
 def _store_url(ctx: click.Context) -> str:
     return required_config(ctx.obj["config"]).database.url
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite store URL, None for any other database (or an in-memory one)."""
-    for prefix in SQLITE_PREFIXES:
-        if url.startswith(prefix):
-            rest = url.removeprefix(prefix)
-            return Path(rest) if rest and not rest.startswith(":memory:") else None
-    return None
-
-
-def store_name(url: str) -> str:
-    """The store as people name it: a SQLite file's path, else the URL without its password."""
-    path = sqlite_path(url)
-    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
 
 
 def _row(record: HandlerRecord) -> dict[str, Any]:

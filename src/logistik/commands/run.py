@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 
 import click
 
-from logistik.commands.console import EXIT_ERROR, fail, required_config, until_signal
+from logistik.commands.console import (
+    EXIT_ERROR,
+    fail,
+    required_config,
+    store_name,
+    until_signal,
+)
 from logistik.config import EMBEDDED, Config
 from logistik.errors import LogistikError
 from logistik.kafka import EmbeddedBroker
 from logistik.observe.logs import setup_logging
+
+logger = logging.getLogger("logistik.run")
 
 STOPPED_STARTING = "logistik: stopped during start-up"
 
@@ -52,6 +61,7 @@ def run(config_file: str | None, log_level: str | None) -> None:
     try:
         config = required_config(config_file)
         setup_logging(log_level or config.log_level, config.log_format == "json")
+        logger.info("handler store: %s", store_name(config.database.url))
         if config.kafka.bootstrap_servers == EMBEDDED:
             broker = EmbeddedBroker(config.kafka.embedded_port).start()
             kafka = config.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
