@@ -10,6 +10,7 @@ from playwright.sync_api import Page, expect
 
 from logistik.control.handler_service import HandlerService
 from logistik.control.store import HandlerRecord
+from logistik.kafka.embedded import free_port
 from tests.support.harness import RouterThread, handler, make_config, on_store
 from tests.support.kafkatools import create_topics, event, produce, unique
 from tests.support.models import ModelServer, Reply
@@ -254,3 +255,35 @@ def test_live_refresh_shows_a_model_added_while_the_page_is_open(
     expect(search).to_be_focused()
     expect(page.get_by_label("Topic")).to_have_value(topic)
     expect(page.locator(".count")).to_have_text(re.compile("2 of 2 models"))
+
+
+def test_an_unreachable_model_is_marked_with_its_error_and_charts_change_span(
+    servers: str, model_server: Callable[..., ModelServer], router: Router, page: Page
+) -> None:
+    topic = unique("ui")
+    model = model_server()
+    nobody = free_port()
+    running = start(
+        servers,
+        router,
+        [handler("here", topic, model.port), handler("gone", topic, nobody, hostname="h2")],
+    )
+    page.goto(web(running))
+    state = page.locator(row(page, "gone-h2-model-0")).locator('td[data-label="State"]')
+    expect(state).to_contain_text("unreachable")
+    expect(state.locator(".health-mark")).to_have_attribute(
+        "title", re.compile(f"cannot connect to 127.0.0.1:{nobody}: Connection refused")
+    )
+    gone = page.locator(row(page, "gone-h2-model-0"))
+    expect(gone.locator('td[data-label="Last error"]')).to_contain_text("cannot connect")
+    here = page.locator(row(page, "here-127.0.0.1-model-0"))
+    expect(here.locator('td[data-label="State"]')).to_have_text("active")
+    expect(page.locator("#top-status")).to_contain_text("1 unreachable")
+
+    page.goto(f"{web(running)}/#/handler/gone-h2-model-0")
+    expect(page.locator(".health")).to_contain_text("no: cannot connect")
+    # A model logistik has not called yet: charts over the last 5 minutes, 10 s a bar.
+    expect(page.locator(".chart").first).to_contain_text("calls per 10 s")
+    page.get_by_role("button", name="24 hours").click()
+    expect(page.locator(".chart").first).to_contain_text("calls per hour")
+    assert "span=24h" in page.url

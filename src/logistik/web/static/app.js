@@ -178,12 +178,17 @@ async function refreshStatus() {
     h("span", { class: "pill plain", title: "events being routed now / the most at once" },
       `${num(status.in_flight)} / ${num(status.max_in_flight)} in flight`),
   ];
+  const unreachable = status.unreachable || [];
+  if (unreachable.length) {
+    pills.push(h("span", { class: "pill bad", title: `cannot be reached: ${unreachable.join(", ")}` },
+      h("span", { class: "dot" }), `${num(unreachable.length)} unreachable`));
+  }
   const consul = status.consul;
   if (consul) {
     pills.push(h("span", { class: `pill ${consul.error ? "bad" : "good"}`, title: consul.url || "Consul" },
       h("span", { class: "dot" }), consul.error ? "Consul error" : "Consul"));
   }
-  fill(topStatus, JSON.stringify([consuming, status.in_flight, status.max_in_flight, consul, status.group_id]), pills);
+  fill(topStatus, JSON.stringify([consuming, status.in_flight, status.max_in_flight, consul, status.group_id, unreachable]), pills);
   setBanner("consul", consul && consul.error ? h("div", { class: "banner error", role: "alert" },
     h("strong", {}, "Consul cannot be reached: "), consul.error,
     h("span", { class: "muted" }, ` (${consul.url}). Routing goes on with the last known models.`)) : null);

@@ -12,9 +12,10 @@ export const SPANS = {
   "24h": { buckets: 24, label: "24 hours", per: "hour", last: "the last 24 hours" },
 };
 
-/** The span that fits what logistik saw of a model: 5 min for a new one, else an hour. */
+/** The span that fits what logistik saw of a model: 5 min for a new one (or one not called
+ *  yet), else an hour. */
 export function fittingSpan(watchedSeconds) {
-  return watchedSeconds !== null && watchedSeconds !== undefined && watchedSeconds < 300 ? "5m" : "1h";
+  return watchedSeconds === null || watchedSeconds === undefined || watchedSeconds < 300 ? "5m" : "1h";
 }
 
 /** A series of buckets up to now, oldest first; buckets without calls are zero. */
