@@ -14,7 +14,7 @@ from logistik.commands.console import (
     config_given,
     fail,
     kafka_settings,
-    optional_config,
+    required_config,
 )
 from logistik.config import KafkaConfig, config_path
 from logistik.errors import InvalidEventError, LogistikError, PublishError
@@ -100,8 +100,13 @@ def send(
 
 
 def unread_warning(config_file: str | None, topic: str) -> str | None:
-    """Why no model may get events sent to `topic`, when the router or the config says so."""
-    config = optional_config(config_file)
+    """Why no model may get events sent to `topic`, when the router or the config says so.
+
+    Only with a config: its web section names the logistik that reads its broker.
+    """
+    if not config_given(config_file):
+        return None
+    config = required_config(config_file)
     web = config.web
     host = "127.0.0.1" if web.host in ("0.0.0.0", "::", "") else web.host
     url = f"http://{host}:{web.port}"
@@ -111,8 +116,6 @@ def unread_warning(config_file: str | None, topic: str) -> str | None:
             return None
         reads = ", ".join(sorted(routed)) or "nothing yet"
         return f"the logistik at {url} routes no handler on {topic} (it reads: {reads})"
-    if not config_given(config_file):
-        return None
     if config.discovery.consul is not None or any(
         h.event == topic for h in config.discovery.handlers
     ):
