@@ -1,10 +1,16 @@
-"""Measures logistik's throughput and added latency against a direct HTTP loop and a plain loop.
+"""Measures logistik against the loops a user would write and against the model's own limit.
 
-Every part is real and on 127.0.0.1: a fresh embedded Tansu broker per Kafka measurement, one
-fast model server in its own process, and `logistik run` as a subprocess.
+Every part is a process of its own on 127.0.0.1: the model server (bench/model_server.py, a
+raw HTTP server on uvloop), a fresh embedded Tansu broker per Kafka measurement, the router
+under measurement, the load generator (bench/load.py) and the answer reader (bench/reader.py).
+The routers are `logistik run --config FILE` with its shipped defaults, and two plain loops as
+most people would write them (bench/plain_aiokafka.py, bench/plain_confluent.py). The direct
+load calls the model without Kafka at the same concurrency, with a Python client and with wrk:
+that is the limit.
 
-    python bench/benchmark.py [--events N] [--concurrency N] [--partitions N] [--rate R]
-                              [--paced-seconds S] [--phases direct,plain,logistik] [--rounds N]
+    python bench/benchmark.py [--events N] [--rounds N] [--phases burst,paced,...]
+                              [--report PATH] [--soak-events N]
+    python bench/benchmark.py --markdown REPORT.json
 """
 
 from __future__ import annotations
@@ -13,871 +19,147 @@ import argparse
 import asyncio
 import os
 import platform
-import random
+import re
+import shutil
 import signal
-import string
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any, Protocol
+from typing import Any
 
-import aiohttp
 import orjson
 import yaml
-from aiohttp import web
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from logistik.event import actor_key
-from logistik.kafka import EmbeddedBroker, Headers, free_port, produce
+from benchkit import (
+    BenchError,
+    Child,
+    EventMaker,
+    command_name,
+    cpu_seconds,
+    die_with_parent,
+    event_id,
+    free_port,
+    machine,
+    percentiles,
+    process_tree,
+    rss_kb,
+    script,
+    wait_for_port,
+)
+from http_clients import CLIENTS, installed
+from logistik.kafka.embedded import EmbeddedBroker
+from logistik.protocol import failed_topic
 
-SCRIPT = Path(__file__).resolve()
-PHASES = ("direct", "plain", "logistik")
-PHASE_TITLES = {"direct": "direct", "plain": "plain loop", "logistik": "logistik"}
-MODES = ("burst", "paced")
+PHASES = ("burst", "paced", "groups", "slow", "soak")
+ROUTERS = ("direct-wrk", "direct", "plain-aiokafka", "plain-confluent", "logistik")
+PLAIN = ("plain-aiokafka", "plain-confluent")
+TITLES = {
+    "direct-wrk": "direct load, wrk",
+    "direct": "direct load, {client}",
+    "plain-aiokafka": "plain loop, aiokafka + aiohttp",
+    "plain-confluent": "plain loop, confluent-kafka + aiohttp",
+    "logistik": "logistik run",
+}
+FASTEST_CLIENTS = ("pycurl", "pyreqwest-unbounded", "aiohttp-unbounded")
 TOPIC = "bench-events"
-RESULTS = f"{TOPIC}-results"
-FAILED = f"{TOPIC}-failed"
-EVENT_ID_HEADER = "logistik.event_id"
-JSON_HEADERS = {"Content-Type": "application/json"}
-MIN_EVENT_BYTES, MAX_EVENT_BYTES = 300, 1000
-MAX_BATCH = 500
-START_TIMEOUT_S = 15.0
+RESULTS = "bench-results"
+FAILED = failed_topic(TOPIC)
+WARM_UP, MEASURED = "warm", "m"
 WARM_UP_TIMEOUT_S = 60.0
 STALL_TIMEOUT_S = 30.0
-CALL_TIMEOUT_S = 10.0
-STOP_GRACE_S = 10.0
-LOG_TAIL_LINES = 20
-
-
-class BenchError(Exception):
-    """A benchmark step failed or timed out; the message says which and why."""
+POLL_S = 0.05
+RSS_SAMPLE_S = 1.0
 
 
 @dataclass(frozen=True)
 class Params:
     """What to measure, from the command line."""
 
-    events: int
-    concurrency: int
-    partitions: int
-    rate: float
-    paced_seconds: float
-    phases: tuple[str, ...]
+    events: int = 20_000
+    concurrency: int = 64
+    partitions: int = 4
     rounds: int = 1
-
-    @property
-    def paced_events(self) -> int:
-        """How many events a paced measurement sends."""
-        return max(1, round(self.rate * self.paced_seconds))
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One benchmark event: its id, Kafka key (the actor id) and JSON body."""
-
-    event_id: str
-    key: bytes
-    body: bytes
-
-
-@dataclass
-class Result:
-    """One measurement: how many events, how long, each event's latency, CPU per process."""
-
-    phase: str
-    mode: str
-    events: int
-    seconds: float
-    latencies_ms: list[float]
-    cpu_s: dict[str, float] = field(default_factory=dict)
-    round: int = 1
-
-    @property
-    def rate(self) -> float:
-        """Events per second."""
-        return self.events / self.seconds if self.seconds > 0 else 0.0
-
-    def percentile(self, q: float) -> float:
-        """The q-th percentile latency in ms (nearest rank)."""
-        ordered = sorted(self.latencies_ms)
-        if not ordered:
-            return float("nan")
-        rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-        return ordered[rank - 1]
-
-
-class Router(Protocol):
-    """A running router under measurement: the plain loop or a logistik process."""
-
-    name: str
-
-    @property
-    def pid(self) -> int | None:
-        """Its process id when it runs in a process of its own."""
-        ...
-
-    def check(self) -> None:
-        """Raise BenchError if it stopped."""
-        ...
-
-    def tail(self) -> str:
-        """The end of its log, for error messages."""
-        ...
-
-
-# ---------------------------------------------------------------- events and model server
-
-
-def make_events(count: int, prefix: str, seed: int) -> list[Event]:
-    """Events of 300-1000 bytes of JSON with `id`, `verb`, `actor.id` and some content."""
-    rng = random.Random(seed)
-    text = "".join(rng.choices(string.ascii_letters + " ", k=4 * MAX_EVENT_BYTES))
-    events = []
-    for i in range(count):
-        event_id = f"{prefix}-{i:06d}"
-        actor = f"user-{rng.randrange(1000)}"
-        event: dict[str, Any] = {
-            "id": event_id,
-            "verb": "detect",
-            "actor": {"id": actor, "objectType": "user"},
-            "object": {"objectType": "image", "content": ""},
-        }
-        filler = rng.randint(MIN_EVENT_BYTES, MAX_EVENT_BYTES) - len(orjson.dumps(event))
-        start = rng.randrange(len(text) - MAX_EVENT_BYTES)
-        event["object"]["content"] = text[start : start + max(0, filler)]
-        events.append(Event(event_id, actor.encode(), orjson.dumps(event)))
-    return events
-
-
-async def predict(request: web.Request) -> web.Response:
-    """Answer one event at once with its id and a label."""
-    event = orjson.loads(await request.read())
-    body = orjson.dumps({"id": event.get("id"), "label": "cat", "score": 0.93})
-    return web.Response(body=body, content_type="application/json")
-
-
-def serve_model(port: int) -> None:
-    """Serve the benchmark model on POST /predict until SIGINT or SIGTERM."""
-    app = web.Application()
-    app.router.add_post("/predict", predict)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-# ---------------------------------------------------------------- processes
-
-
-class Child:
-    """A subprocess with its output in a log file; stopped with SIGTERM, then SIGKILL."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, cwd: Path) -> None:
-        self.name = name
-        self._argv = argv
-        self._log_path = log_path
-        self._cwd = cwd
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Child:
-        """Start it apart from the terminal's process group: a Ctrl-C stops it only via `stop`."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self._log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                self._argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self._cwd,
-                env=env,
-                start_new_session=True,
-            )
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        """Its process id once started."""
-        return self._process.pid if self._process is not None else None
-
-    def check(self) -> None:
-        """Raise BenchError if it has exited."""
-        if self._process is not None and self._process.poll() is not None:
-            raise BenchError(
-                f"{self.name} exited with code {self._process.returncode}; its log:\n{self.tail()}"
-            )
-
-    def logged(self) -> bool:
-        """Whether it wrote anything to its log."""
-        try:
-            return self._log_path.stat().st_size > 0
-        except OSError:
-            return False
-
-    def tail(self) -> str:
-        """The last lines of its log, indented."""
-        try:
-            lines = self._log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        return "\n".join(f"    {line}" for line in lines[-LOG_TAIL_LINES:]) or "    (empty)"
-
-    def stop(self) -> int | None:
-        """Ask it to stop, kill it if it has not within the grace period; its exit code."""
-        process = self._process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
-
-
-async def wait_for_port(port: int, child: Child, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Wait until something accepts connections on the port, failing if the child exits."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        child.check()
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"{child.name} did not listen on port {port} within {timeout_s:g} s; "
-                    f"its log:\n{child.tail()}"
-                ) from None
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far; 0 when it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def broker_pids() -> list[int]:
-    """Process ids of the Tansu brokers this process started."""
-    pids = []
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        try:
-            pids += [int(p) for p in children.read_text().split()]
-        except OSError:
-            continue
-    return [p for p in pids if "tansu" in _command_name(p)]
-
-
-def _command_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def cpu_snapshot(model: Child, router: Router | None) -> dict[str, float]:
-    """CPU seconds so far of the benchmark, the model server, the broker and the router."""
-    snapshot = {"bench": cpu_seconds(os.getpid())}
-    if model.pid is not None:
-        snapshot["model"] = cpu_seconds(model.pid)
-    snapshot["broker"] = sum(cpu_seconds(pid) for pid in broker_pids())
-    if router is not None and router.pid is not None:
-        snapshot["router"] = cpu_seconds(router.pid)
-    return snapshot
-
-
-def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds each process used between two snapshots."""
-    return {name: after[name] - before.get(name, 0.0) for name in after}
-
-
-# ---------------------------------------------------------------- phase a: direct HTTP
-
-
-@asynccontextmanager
-async def http_client(concurrency: int) -> AsyncIterator[aiohttp.ClientSession]:
-    """An aiohttp client with at most `concurrency` connections."""
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-        yield client
-
-
-async def call_model(http: aiohttp.ClientSession, url: str, body: bytes) -> bytes:
-    """POST one event to the model and return its answer; anything but 200 is a BenchError."""
-    try:
-        async with http.post(url, data=body, headers=JSON_HEADERS) as response:
-            answer = await response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise BenchError(f"the model at {url} did not answer: {exc!r}") from None
-    if response.status != 200:
-        raise BenchError(f"the model at {url} answered HTTP {response.status}: {answer[:200]!r}")
-    return answer
-
-
-async def direct_burst(url: str, events: list[Event], concurrency: int) -> Result:
-    """Post every event with `concurrency` requests in flight; time each request."""
-    latencies: list[float] = []
-    bodies = iter([e.body for e in events])
-
-    async def worker(http: aiohttp.ClientSession) -> None:
-        for body in bodies:
-            started = time.perf_counter()
-            await call_model(http, url, body)
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    async with http_client(concurrency) as http:
-        await asyncio.gather(*(call_model(http, url, e.body) for e in events[:concurrency]))
-        started = time.perf_counter()
-        await _bounded(
-            asyncio.gather(*(worker(http) for _ in range(concurrency))),
-            f"direct: the model answered {{done}} of {len(events)} requests within {{s}} s",
-            lambda: len(latencies),
-            answer_budget_s(len(events)),
-        )
-        seconds = time.perf_counter() - started
-    return Result("direct", "burst", len(events), seconds, latencies)
-
-
-async def direct_paced(url: str, events: list[Event], rate: float, concurrency: int) -> Result:
-    """Post events at `rate` per second (at most `concurrency` in flight); time each request."""
-    latencies: list[float] = []
-    slots = asyncio.Semaphore(concurrency)
-
-    async def one(http: aiohttp.ClientSession, body: bytes) -> None:
-        started = time.perf_counter()
-        async with slots:
-            await call_model(http, url, body)
-        latencies.append((time.perf_counter() - started) * 1000)
-
-    async def pace(http: aiohttp.ClientSession) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        tasks = []
-        for i, event in enumerate(events):
-            delay = start + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(http, event.body)))
-        await asyncio.gather(*tasks)
-
-    async with http_client(concurrency) as http:
-        await asyncio.gather(*(call_model(http, url, e.body) for e in events[:concurrency]))
-        started = time.perf_counter()
-        await _bounded(
-            pace(http),
-            f"direct: the model answered {{done}} of {len(events)} paced requests within {{s}} s",
-            lambda: len(latencies),
-            len(events) / rate + answer_budget_s(len(events)),
-        )
-        seconds = time.perf_counter() - started
-    return Result("direct", "paced", len(events), seconds, latencies)
-
-
-async def _bounded(
-    work: Awaitable[object], message: str, done: Callable[[], int], timeout_s: float
-) -> None:
-    """Await work within timeout_s; on timeout raise BenchError(message with {done} and {s})."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await work
-    except TimeoutError:
-        raise BenchError(message.format(done=done(), s=f"{timeout_s:g}")) from None
-
-
-def answer_budget_s(count: int) -> float:
-    """The longest a measurement of `count` events may take before it is called stuck."""
-    return max(60.0, count / 100)
-
-
-# ---------------------------------------------------------------- Kafka helpers
-
-
-def client_config(servers: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Settings of the benchmark's own Kafka clients: this broker, librdkafka warnings only."""
-    return {"bootstrap.servers": servers, "log_level": 4, **(extra or {})}
-
-
-def create_topics(servers: str, partitions: int) -> None:
-    """Create the events, results and failed topics, so every router sees the same topology."""
-    admin = AdminClient(client_config(servers))
-    topics = [
-        NewTopic(t, num_partitions=partitions, replication_factor=1)
-        for t in (TOPIC, RESULTS, FAILED)
-    ]
-    for topic, future in admin.create_topics(topics, operation_timeout=10).items():
-        try:
-            future.result(START_TIMEOUT_S)
-        except Exception as exc:
-            raise BenchError(f"cannot create topic {topic}: {exc}") from None
-
-
-def produce_events(
-    servers: str, events: Sequence[Event], rate: float | None, stop: threading.Event
-) -> dict[str, float]:
-    """Produce events as fast as possible or at `rate` per second; returns each one's send time."""
-    producer = Producer(client_config(servers, {"linger.ms": 1, "acks": "all"}))
-    sent: dict[str, float] = {}
-    start = time.time()
-    for i, event in enumerate(events):
-        if stop.is_set():
-            break
-        if rate is not None:
-            time.sleep(max(0.0, start + i / rate - time.time()))
-        sent[event.event_id] = time.time()
-        produce(producer, TOPIC, event.body, event.key, full_wait_s=0.01)
-    if stop.is_set():
-        producer.purge()  # cancelled: drop what is queued instead of waiting for it
-    left = int(producer.flush(0 if stop.is_set() else 30))
-    if left and not stop.is_set():
-        raise BenchError(f"{left} event(s) not acknowledged by the broker within 30 s")
-    return sent
-
-
-async def send_events(
-    servers: str, events: Sequence[Event], rate: float | None
-) -> dict[str, float]:
-    """Produce events on a thread, so routers on this event loop keep running meanwhile."""
-    stop = threading.Event()
-    try:
-        return await asyncio.to_thread(produce_events, servers, events, rate, stop)
-    finally:
-        stop.set()
-
-
-class AnswerReader:
-    """Reads the results and failed topics on a thread; keeps each event's first answer time."""
-
-    def __init__(self, servers: str, partitions: int) -> None:
-        self._consumer = Consumer(
-            {
-                **client_config(servers),
-                "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        self._consumer.assign(
-            [
-                TopicPartition(t, p, OFFSET_BEGINNING)
-                for t in (RESULTS, FAILED)
-                for p in range(partitions)
-            ]
-        )
-        self._answers: dict[str, float] = {}
-        self._expected: frozenset[str] = frozenset()
-        self._hits = 0
-        self.duplicates = 0
-        self.failed = 0
-        self.last_failure = ""
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="answer-reader", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            first = self._consumer.poll(0.05)
-            if first is None:
-                continue
-            received = time.time()
-            for message in [first, *self._consumer.consume(MAX_BATCH - 1, 0)]:
-                if message.error() is None:
-                    self._record(message, received)
-        self._consumer.close()
-
-    def _record(self, message: Message, received: float) -> None:
-        headers = dict(message.headers() or [])
-        if message.topic() == FAILED:
-            self.last_failure = " ".join(
-                _text(headers.get(f"logistik.{name}")) for name in ("reason", "error")
-            )
-            self.failed += 1
-            return
-        raw_id = headers.get(EVENT_ID_HEADER)
-        if isinstance(raw_id, bytes):
-            event_id = raw_id.decode()
-        else:
-            event_id = raw_id or str(orjson.loads(message.value() or b"{}").get("id"))
-        kind, stamp_ms = message.timestamp()
-        at = received if kind == TIMESTAMP_NOT_AVAILABLE else stamp_ms / 1000
-        with self._lock:
-            if event_id in self._answers:
-                self.duplicates += 1
-                return
-            self._answers[event_id] = at
-            if event_id in self._expected:
-                self._hits += 1
-
-    def expect(self, ids: Collection[str]) -> None:
-        """Count answers to these events from now on (and those already read)."""
-        with self._lock:
-            self._expected = frozenset(ids)
-            self._hits = sum(1 for i in self._expected if i in self._answers)
-
-    def answered(self) -> int:
-        """How many of the expected events have an answer."""
-        return self._hits
-
-    def times(self, ids: Collection[str]) -> dict[str, float]:
-        """When each of these events' answer was written (its Kafka timestamp), in epoch seconds."""
-        with self._lock:
-            return {i: self._answers[i] for i in ids}
-
-    def close(self) -> None:
-        """Stop reading and leave."""
-        self._stop.set()
-        self._thread.join(STOP_GRACE_S)
-
-
-def _text(value: str | bytes | None) -> str:
-    """A header value as text."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
-
-
-# ---------------------------------------------------------------- phase b: the plain loop
-
-
-class PlainLoop:
-    """The reference: a hand-written consume → call → produce → commit loop in this process."""
-
-    name = "the plain loop"
-
-    def __init__(self, servers: str, url: str, concurrency: int) -> None:
-        self._url = url
-        self._concurrency = concurrency
-        self._consumer = Consumer(
-            {
-                **client_config(servers),
-                "group.id": f"bench-plain-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,
-                "session.timeout.ms": 6000,
-            }
-        )
-        # The same delivery settings as logistik's producer, so both pay for the same acks.
-        self._producer = Producer(
-            {
-                **client_config(servers),
-                "linger.ms": 2,
-                "acks": "all",
-                "enable.idempotence": True,
-            }
-        )
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plain-consumer")
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """None: it runs inside the benchmark process."""
-        return None
-
-    def check(self) -> None:
-        """Raise BenchError if the loop stopped with an error."""
-        task = self._task
-        if task is not None and task.done() and not task.cancelled():
-            error = task.exception()
-            raise BenchError(
-                f"the plain loop stopped: {error!r}" if error else "the plain loop ended"
-            )
-
-    def tail(self) -> str:
-        """No log: it runs in this process."""
-        return "    (in-process, no log)"
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Route batches until `stop` is set, then close the consumer."""
-        self._task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._consumer.subscribe, [TOPIC])
-        try:
-            async with http_client(self._concurrency) as http:
-                while not stop.is_set():
-                    batch = await loop.run_in_executor(self._thread, self._poll)
-                    if batch:
-                        await self._route_batch(http, batch)
-        finally:
-            await loop.run_in_executor(self._thread, self._consumer.close)
-            self._thread.shutdown()
-            self._producer.purge()  # answers of an unfinished batch: never committed, so dropped
-            self._producer.close()
-
-    def _poll(self) -> list[Message]:
-        first = self._consumer.poll(0.1)
-        if first is None:
-            return []
-        batch = [first, *self._consumer.consume(MAX_BATCH - 1, 0)]
-        for message in batch:
-            error = message.error()
-            if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                raise BenchError(f"the plain loop's consumer: {error.str()}")
-        return [m for m in batch if m.error() is None]
-
-    async def _route_batch(self, http: aiohttp.ClientSession, batch: list[Message]) -> None:
-        """Call the model for each event, publish each answer, wait for acks, commit once."""
-        messages = iter(batch)
-
-        async def worker() -> None:
-            for message in messages:
-                await self._route(http, message)
-
-        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(batch)))))
-        left = await asyncio.to_thread(self._producer.flush, CALL_TIMEOUT_S)
-        if left:
-            raise BenchError(f"the plain loop: {left} answer(s) not acknowledged")
-        await asyncio.get_running_loop().run_in_executor(
-            self._thread, lambda: self._consumer.commit(asynchronous=True)
-        )
-
-    async def _route(self, http: aiohttp.ClientSession, message: Message) -> None:
-        value = message.value() or b""
-        event = orjson.loads(value)
-        answer = await call_model(http, self._url, value)
-        headers: Headers = [(EVENT_ID_HEADER, str(event["id"]).encode())]
-        produce(self._producer, RESULTS, answer, actor_key(event), headers, full_wait_s=0.01)
-
-
-@asynccontextmanager
-async def plain_router(servers: str, ctx: Context) -> AsyncIterator[Router]:
-    """Run the plain loop on this event loop while the block runs."""
-    stop = asyncio.Event()
-    plain = PlainLoop(servers, ctx.model_url, ctx.params.concurrency)
-    task = asyncio.create_task(plain.run(stop))
-    try:
-        yield plain
-    finally:
-        stop.set()
-        with suppress(Exception):  # its error, if any, was reported while waiting for answers
-            await asyncio.wait_for(task, STOP_GRACE_S)
-
-
-# ---------------------------------------------------------------- phase c: logistik
-
-
-def logistik_config(servers: str, params: Params, model_port: int) -> dict[str, Any]:
-    """A config for `logistik run`: this broker, a fresh group, one handler on the model."""
-    handler = {
-        "name": "bench-model",
-        "event": TOPIC,
-        "endpoint": "127.0.0.1",
-        "port": model_port,
-        "path": "/predict",
-        "return_to": RESULTS,
-    }
-    return {
-        "kafka": {
-            "bootstrap_servers": servers,
-            "group_id": f"bench-logistik-{uuid.uuid4().hex[:8]}",
-            "session_timeout_ms": 6000,
-            "partitions": params.partitions,
-        },
-        "discovery": {"handlers": [handler]},
-        "routing": {"max_concurrency_per_handler": params.concurrency, "shutdown_grace_s": 5},
-        "log_level": "warning",
-    }
-
-
-def start_logistik(servers: str, ctx: Context, label: str) -> Child:
-    """Write a config file and start `python -m logistik run` on it."""
-    path = ctx.tmp / f"logistik-{label}.yaml"
-    path.write_text(yaml.safe_dump(logistik_config(servers, ctx.params, ctx.model_port)))
-    argv = [sys.executable, "-m", "logistik", "run", "--config", str(path)]
-    return Child("logistik", argv, path.with_suffix(".log"), ctx.tmp).start()
-
-
-@asynccontextmanager
-async def logistik_router(servers: str, ctx: Context, label: str) -> AsyncIterator[Router]:
-    """Run `logistik run` as a subprocess while the block runs."""
-    child = start_logistik(servers, ctx, label)
-    try:
-        yield child
-    except BaseException:
-        await asyncio.to_thread(child.stop)
-        raise
-    else:
-        code = await asyncio.to_thread(child.stop)
-        if code != 0:
-            progress(f"warning: logistik exited with code {code}; its log:\n{child.tail()}")
-        elif child.logged():
-            progress(f"note: logistik logged warnings:\n{child.tail()}")
-
-
-# ---------------------------------------------------------------- measuring through Kafka
+    phases: tuple[str, ...] = PHASES
+    routers: tuple[str, ...] = ROUTERS
+    client: str = "aiohttp-unbounded"
+    wrk_seconds: float = 5.0
+    paced_rate: float | None = None
+    paced_seconds: float = 10.0
+    groups: tuple[int, ...] = (3, 10)
+    slow_delay_s: float = 2.0
+    slow_seconds: float = 30.0
+    soak_events: int = 50_000
+    soak_rate: float | None = None
+    logistik_settings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
+class Group:
+    """One consumer group of the router: a handler, its model, the topic its answers go to."""
+
+    name: str
+    port: int
+    results: str
+
+
+@dataclass
+class Measurement:
+    """One measurement: events answered, how long, latency, CPU and memory per process."""
+
+    phase: str
+    router: str
+    round: int
+    events: int
+    seconds: float
+    latency_ms: dict[str, float]
+    cpu_s: dict[str, float]
+    groups: int = 1
+    rss_mb: dict[str, float] = field(default_factory=dict)  # the router's: start, middle, end
+    rss_peak_mb: dict[str, float] = field(default_factory=dict)  # every process's peak
+    complete: bool = True
+    note: str = ""
+    # Paced Kafka loads: from send to the reader reading the event itself, a floor of latency.
+    hop_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The measurement with its derived figures, for the report."""
+        rate = self.events / self.seconds if self.seconds > 0 else 0.0
+        return {
+            **asdict(self),
+            "events_per_s": rate,
+            "calls_per_s": rate * self.groups,
+            "cpu_us_per_event": {
+                role: seconds / self.events * 1e6 if self.events else 0.0
+                for role, seconds in self.cpu_s.items()
+            },
+        }
+
+
+@dataclass
 class Context:
-    """What every measurement shares: parameters, scratch directory, model server, events."""
+    """What the measurements share: parameters, scratch directory, model servers."""
 
     params: Params
     tmp: Path
+    stack: AsyncExitStack
     model: Child
     model_port: int
-    burst: list[Event]
-    paced: list[Event]
-    warm_up: list[Event]
+    slow_model: tuple[Child, int] | None = None
+    runs: int = 0  # Kafka measurements so far, numbering their scratch directories
 
     @property
     def model_url(self) -> str:
-        """Where the model answers."""
+        """Where the fast model answers."""
         return f"http://127.0.0.1:{self.model_port}/predict"
-
-
-async def wait_answers(
-    reader: AnswerReader, router: Router, ids: Collection[str], what: str, timeout_s: float
-) -> None:
-    """Wait until every event has an answer; fail on a stall, a timeout or a dead router."""
-    reader.expect(ids)
-    started = last_progress = time.monotonic()
-    last = -1
-    while (count := reader.answered()) < len(ids):
-        router.check()
-        if reader.failed:
-            raise BenchError(
-                f"{router.name} sent {reader.failed} event(s) to {FAILED} (last: "
-                f"{reader.last_failure}); its log:\n{router.tail()}"
-            )
-        now = time.monotonic()
-        if count != last:
-            last, last_progress = count, now
-        if now - started > timeout_s or now - last_progress > STALL_TIMEOUT_S:
-            stalled = f" (none for the last {now - last_progress:.0f} s)" if count else ""
-            raise BenchError(
-                f"{router.name} produced {count} of {len(ids)} {what} answers within "
-                f"{now - started:.0f} s{stalled}; its log:\n{router.tail()}"
-            )
-        await asyncio.sleep(0.05)
-
-
-@asynccontextmanager
-async def start_router(phase: str, servers: str, ctx: Context, label: str) -> AsyncIterator[Router]:
-    """The router of a Kafka phase, running while the block runs."""
-    factory = (
-        plain_router(servers, ctx) if phase == "plain" else logistik_router(servers, ctx, label)
-    )
-    async with factory as router:
-        yield router
-
-
-async def measure_kafka(phase: str, mode: str, ctx: Context) -> Result:
-    """One Kafka measurement on a fresh broker: start, warm up, produce, wait for every answer."""
-    events = ctx.burst if mode == "burst" else ctx.paced
-    rate = None if mode == "burst" else ctx.params.rate
-    label = f"{phase}-{mode}"
-    async with AsyncExitStack() as stack:
-        broker = EmbeddedBroker(log_path=ctx.tmp / f"tansu-{label}.log")
-        # Started on this (the main) thread: the broker ends when the thread that started it does.
-        stack.enter_context(broker)
-        servers = broker.bootstrap_servers
-        await asyncio.to_thread(create_topics, servers, ctx.params.partitions)
-        reader = AnswerReader(servers, ctx.params.partitions)
-        stack.callback(reader.close)
-        router = await stack.enter_async_context(start_router(phase, servers, ctx, label))
-        await send_events(servers, ctx.warm_up, None)
-        warm_ids = [e.event_id for e in ctx.warm_up]
-        await wait_answers(reader, router, warm_ids, "warm-up", WARM_UP_TIMEOUT_S)
-        before = cpu_snapshot(ctx.model, router)
-        sent = await send_events(servers, events, rate)
-        budget = (len(events) / rate if rate else 0.0) + answer_budget_s(len(events))
-        await wait_answers(reader, router, sent.keys(), mode, budget)
-        cpu = cpu_used(before, cpu_snapshot(ctx.model, router))
-        answered = reader.times(sent.keys())
-        if reader.duplicates:
-            progress(f"  note: {reader.duplicates} event(s) answered more than once")
-    return kafka_result(phase, mode, sent, answered, cpu)
-
-
-def kafka_result(
-    phase: str, mode: str, sent: dict[str, float], answered: dict[str, float], cpu: dict[str, float]
-) -> Result:
-    """Throughput from the first send to the last answer; latency per event, matched by id."""
-    start = min(sent.values())
-    end = max(answered.values())
-    latencies = [(answered[i] - at) * 1000 for i, at in sent.items()]
-    return Result(phase, mode, len(sent), end - start, latencies, cpu)
-
-
-async def measure_direct(mode: str, ctx: Context) -> Result:
-    """One direct-HTTP measurement, with the CPU each process used."""
-    before = cpu_snapshot(ctx.model, None)
-    if mode == "burst":
-        result = await direct_burst(ctx.model_url, ctx.burst, ctx.params.concurrency)
-    else:
-        result = await direct_paced(
-            ctx.model_url, ctx.paced, ctx.params.rate, ctx.params.concurrency
-        )
-    result.cpu_s = cpu_used(before, cpu_snapshot(ctx.model, None))
-    return result
-
-
-async def start_model(stack: AsyncExitStack, tmp: Path) -> tuple[Child, int]:
-    """Start the model server in its own process; it is stopped when the stack closes."""
-    port = free_port()
-    argv = [sys.executable, str(SCRIPT), "--serve-model", str(port)]
-    model = Child("the model server", argv, tmp / "model.log", tmp).start()
-    stack.callback(model.stop)
-    await wait_for_port(port, model)
-    return model, port
-
-
-async def run(params: Params) -> list[Result]:
-    """Every chosen phase, burst then paced, against one model server."""
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="logistik-bench-") as tmp:
-        async with AsyncExitStack() as stack:
-            model, port = await start_model(stack, Path(tmp))
-            ctx = Context(
-                params,
-                Path(tmp),
-                model,
-                port,
-                make_events(params.events, "event", 1),
-                make_events(params.paced_events, "paced", 2),
-                make_events(params.concurrency, "warm-up", 3),
-            )
-            # Bursts are repeated in turn (direct, plain, logistik, direct, ...) so that a slow
-            # spell of the machine falls on every phase alike; the ratios use the medians.
-            for mode in MODES:
-                for round_ in range(1, (params.rounds if mode == "burst" else 1) + 1):
-                    for phase in params.phases:
-                        progress(f"{PHASE_TITLES[phase]}, {mode}, round {round_} ...")
-                        if phase == "direct":
-                            result = await measure_direct(mode, ctx)
-                        else:
-                            result = await measure_kafka(phase, mode, ctx)
-                        result.round = round_
-                        results.append(result)
-                        progress(
-                            f"  {result.rate:,.0f} events/s, p50 {result.percentile(50):.1f} ms"
-                        )
-    return results
 
 
 def progress(message: str) -> None:
@@ -885,102 +167,997 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------- output
+# ---------------------------------------------------------------- processes
 
 
-def table(results: list[Result]) -> list[str]:
-    """One row per measurement."""
-    header = (
-        f"{'phase':<11}{'mode':<7}{'round':>5}{'events':>8}{'seconds':>9}{'events/s':>10}"
-        f"{'p50 ms':>9}{'p99 ms':>9}   CPU s: {'bench':>6}{'model':>7}{'broker':>8}{'router':>8}"
+async def start_model(
+    ctx_tmp: Path, stack: AsyncExitStack, delay_s: float = 0.0
+) -> tuple[Child, int]:
+    """Start a model server in its own process; it is stopped when the stack closes."""
+    port = free_port()
+    argv = [sys.executable, script("model_server.py"), "--port", str(port)]
+    if delay_s:
+        argv += ["--delay-s", str(delay_s)]
+    name = "the slow model server" if delay_s else "the model server"
+    log = ctx_tmp / f"model-{port}.log"
+    model = Child(name, argv, log, ctx_tmp).start()
+    stack.callback(model.stop)
+    await wait_for_port(port, model)
+    return model, port
+
+
+async def slow_model(ctx: Context) -> tuple[Child, int]:
+    """The slow model server, started the first time it is needed."""
+    if ctx.slow_model is None:
+        ctx.slow_model = await start_model(ctx.tmp, ctx.stack, ctx.params.slow_delay_s)
+    return ctx.slow_model
+
+
+async def run_json(argv: list[str], what: str, timeout_s: float) -> dict[str, Any]:
+    """Run a process to its end and return the JSON line it printed last; killed if cancelled."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        cpu = "".join(
-            f"{r.cpu_s[name]:>{width}.1f}" if name in r.cpu_s else f"{'-':>{width}}"
-            for name, width in (("bench", 6), ("model", 7), ("broker", 8), ("router", 8))
-        )
-        lines.append(
-            f"{PHASE_TITLES[r.phase]:<11}{r.mode:<7}{r.round:>5}{r.events:>8}{r.seconds:>9.2f}"
-            f"{r.rate:>10,.0f}{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}          {cpu}"
-        )
-    return lines
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError:
+        raise BenchError(f"{what} did not finish within {timeout_s:g} s") from None
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        raise BenchError(f"{what} failed:\n{err.decode(errors='replace')[-2000:]}")
+    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return result
 
 
-def ratios(results: list[Result]) -> list[str]:
-    """logistik's throughput against the others, and the latency it adds over a direct call."""
-    found = {(r.phase, r.mode): r for r in results}
-    bursts = {
-        phase: [r for r in results if r.phase == phase and r.mode == "burst"] for phase in PHASES
+def run_with_rusage(argv: list[str], timeout_s: float) -> tuple[str, float]:
+    """Run a process to its end; its output and the CPU seconds it used (from wait4)."""
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+    )
+    killer = threading.Timer(timeout_s, process.kill)
+    killer.start()
+    try:
+        assert process.stdout is not None
+        output = process.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        killer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise BenchError(f"{argv[0]} exited with code {process.returncode}:\n{output[-2000:]}")
+    return output, usage.ru_utime + usage.ru_stime
+
+
+def broker_pid() -> int | None:
+    """The Tansu broker this process started (one runs at a time)."""
+    for pid in process_tree(os.getpid()):
+        if "tansu" in command_name(pid):
+            return pid
+    return None
+
+
+def create_topics(servers: str, topics: Sequence[str], partitions: int) -> None:
+    """Create the topics, so that every router sees the same layout."""
+    admin = AdminClient({"bootstrap.servers": servers, "log_level": 4})
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics],
+        operation_timeout=10,
+    )
+    for topic, future in futures.items():
+        try:
+            future.result(15)
+        except Exception as exc:
+            raise BenchError(f"cannot create topic {topic}: {exc}") from None
+
+
+class AnswerReader:
+    """bench/reader.py in its own process; its progress lines are followed as they come."""
+
+    def __init__(self, process: asyncio.subprocess.Process, out: Path, log: Path) -> None:
+        self._process = process
+        self._out = out
+        self._log = log
+        self._state: dict[str, Any] = {}
+        self._follow = asyncio.create_task(self._read_progress())
+
+    @classmethod
+    async def start(
+        cls, servers: str, topics: Sequence[str], partitions: int, run_dir: Path
+    ) -> AnswerReader:
+        """Start reading the answer topics and the failed topic."""
+        out, log = run_dir / "answers.json", run_dir / "reader.log"
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                script("reader.py"),
+                "--servers",
+                servers,
+                "--topics",
+                ",".join(topics),
+                "--failed",
+                FAILED,
+                "--partitions",
+                str(partitions),
+                "--out",
+                str(out),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_fd,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            os.close(log_fd)
+        return cls(process, out, log)
+
+    async def _read_progress(self) -> None:
+        assert self._process.stdout is not None
+        async for line in self._process.stdout:
+            self._state = orjson.loads(line)
+
+    @property
+    def pid(self) -> int:
+        """Its process id."""
+        return self._process.pid
+
+    def answered(self, topic: str, prefix: str) -> int:
+        """How many events of a load have an answer on a topic."""
+        return int(self._state.get("counts", {}).get(topic, {}).get(prefix, 0))
+
+    def check(self) -> None:
+        """Raise BenchError if it stopped, or if a router sent an event to the failed topic."""
+        if self._process.returncode is not None:
+            raise BenchError(f"the answer reader exited: {self._log.read_text()[-2000:]}")
+        if self._state.get("failed"):
+            raise BenchError(
+                f"{self._state['failed']} event(s) went to {FAILED} (last: "
+                f"{self._state.get('last_failure')})"
+            )
+
+    @property
+    def duplicates(self) -> int:
+        """Answers to events that already had one."""
+        return int(self._state.get("duplicates", 0))
+
+    async def finish(self) -> dict[str, dict[str, float]]:
+        """Stop reading; every answer's read time by topic and event id."""
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            await asyncio.wait_for(self._process.wait(), 60)
+        except TimeoutError:
+            self._process.kill()
+            raise BenchError("the answer reader did not stop within 60 s") from None
+        await self._follow
+        answers: dict[str, dict[str, float]] = orjson.loads(self._out.read_bytes())
+        return answers
+
+    async def kill(self) -> None:
+        """Stop it at once (a measurement failed)."""
+        if self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        self._follow.cancel()
+
+
+async def produce(
+    servers: str, prefix: str, count: int, rate: float | None, run_dir: Path
+) -> tuple[array[float], float]:
+    """Run the load generator; each event's send time and the CPU seconds the sending took."""
+    times = run_dir / f"sent-{prefix}.bin"
+    argv = [
+        sys.executable,
+        script("load.py"),
+        "produce",
+        "--servers",
+        servers,
+        "--topic",
+        TOPIC,
+        "--prefix",
+        prefix,
+        "--count",
+        str(count),
+        "--times",
+        str(times),
+    ]
+    if rate:
+        argv += ["--rate", str(rate)]
+    budget_s = (count / rate if rate else 0.0) + answer_budget_s(count)
+    result = await run_json(argv, "the load generator", budget_s)
+    sent = array("d")
+    sent.frombytes(times.read_bytes())
+    return sent, float(result["cpu_s"])
+
+
+def answer_budget_s(count: int) -> float:
+    """The longest a load of `count` events may take to be answered before it is called stuck."""
+    return max(120.0, count / 100)
+
+
+# ---------------------------------------------------------------- routers
+
+
+def set_dotted(config: dict[str, Any], setting: str) -> None:
+    """Apply one `section.key=value` setting (the value read as YAML) to a config tree."""
+    path, _, raw = setting.partition("=")
+    *sections, key = path.strip().split(".")
+    node = config
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[key] = yaml.safe_load(raw)
+
+
+def logistik_config(
+    servers: str, groups: Sequence[Group], web_port: int, settings: Sequence[str]
+) -> dict[str, Any]:
+    """What a user must write for `logistik run`: broker, group, handlers, web port."""
+    config: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": servers, "group_id": "bench-logistik"},
+        "discovery": {
+            "handlers": [
+                {
+                    "name": group.name,
+                    "event": TOPIC,
+                    "endpoint": "127.0.0.1",
+                    "port": group.port,
+                    "path": "/predict",
+                    "return_to": group.results,
+                }
+                for group in groups
+            ]
+        },
+        "web": {"port": web_port},
     }
-    logistik = bursts["logistik"]
-    lines = []
-    for phase, what in (("direct", "direct req/s"), ("plain", "plain-loop events/s")):
-        other = bursts[phase]
-        if logistik and other:
-            lines.append(
-                f"  logistik events/s / {what:<20} {_ratio(logistik, other, lambda r: r.rate)}"
+    for setting in settings:
+        set_dotted(config, setting)
+    return config
+
+
+def start_router(
+    router: str, servers: str, groups: Sequence[Group], ctx: Context, run_dir: Path
+) -> Child:
+    """Start the router of a Kafka measurement in its own process."""
+    if router == "logistik":
+        path = run_dir / "logistik.yaml"
+        config = logistik_config(servers, groups, free_port(), ctx.params.logistik_settings)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        argv = [sys.executable, "-m", "logistik", "run", "--config", str(path)]
+        return Child("logistik", argv, run_dir / "logistik.log", run_dir).start()
+    (group,) = groups
+    argv = [
+        sys.executable,
+        script(f"{router.replace('-', '_')}.py"),
+        "--bootstrap",
+        servers,
+        "--topic",
+        TOPIC,
+        "--group",
+        "bench-plain",
+        "--url",
+        f"http://127.0.0.1:{group.port}/predict",
+        "--results",
+        group.results,
+        "--concurrency",
+        str(ctx.params.concurrency),
+    ]
+    return Child(TITLES[router], argv, run_dir / "router.log", run_dir).start()
+
+
+# ---------------------------------------------------------------- measuring
+
+
+async def wait_answers(
+    reader: AnswerReader,
+    router: Child,
+    topics: Sequence[str],
+    prefix: str,
+    count: int,
+    timeout_s: float,
+    cap_s: float | None = None,
+    every: Callable[[int], None] | None = None,
+) -> bool:
+    """Wait until every event has an answer on every topic; False when `cap_s` ran out first.
+
+    Fails on a stall, on a timeout, on an event sent to the failed topic and when the router or
+    the reader stops. `every` is called about every RSS_SAMPLE_S with the answers so far.
+    """
+    started = last_progress = sampled = time.monotonic()
+    last = -1
+    while (done := min(reader.answered(t, prefix) for t in topics)) < count:
+        router.check()
+        reader.check()
+        now = time.monotonic()
+        if done != last:
+            last, last_progress = done, now
+        if every is not None and now - sampled >= RSS_SAMPLE_S:
+            every(done)
+            sampled = now
+        if cap_s is not None and now - started > cap_s:
+            return False
+        if now - started > timeout_s or now - last_progress > STALL_TIMEOUT_S:
+            stalled = f" (none for the last {now - last_progress:.0f} s)" if done else ""
+            raise BenchError(
+                f"{router.name} produced {done} of {count} answers within "
+                f"{now - started:.0f} s{stalled}; its log:\n{router.tail()}"
             )
-    plain = bursts["plain"]
-    if logistik and plain and all("router" in r.cpu_s for r in logistik):
-        # The plain loop shares the bench process with the load generator and answer reader,
-        # whose own cost is the bench CPU of a logistik run (the same work, nothing else).
-        bench_us = median(r.cpu_s["bench"] / r.events * 1e6 for r in logistik)
-        plain_us = median(r.cpu_s["bench"] / r.events * 1e6 for r in plain) - bench_us
-        logistik_us = median(r.cpu_s["router"] / r.events * 1e6 for r in logistik)
-        lines.append(
-            f"  router CPU per event (burst{_median_note(logistik)}): logistik "
-            f"{logistik_us:.0f} µs, plain loop ~{plain_us:.0f} µs"
+        await asyncio.sleep(POLL_S)
+    return True
+
+
+class MemoryTrace:
+    """The router's resident memory at the start, the middle and the end of a load."""
+
+    def __init__(self, pid: int, count: int) -> None:
+        self._pid = pid
+        self._count = count
+        self.figures: dict[str, float] = {"start": rss_kb(pid)[0] / 1024}
+
+    def sample(self, answered: int) -> None:
+        """Keep the first sample past half of the load as the middle."""
+        if "middle" not in self.figures and answered >= self._count / 2:
+            self.figures["middle"] = rss_kb(self._pid)[0] / 1024
+
+    def end(self) -> dict[str, float]:
+        """The figures, with the end and the peak."""
+        now, peak = rss_kb(self._pid)
+        self.figures.setdefault("middle", now / 1024)
+        return {**self.figures, "end": now / 1024, "peak": peak / 1024}
+
+
+@dataclass(frozen=True)
+class KafkaLoad:
+    """One Kafka measurement: which router, which groups, how many events, how fast."""
+
+    phase: str
+    router: str
+    round: int
+    groups: tuple[Group, ...]
+    count: int
+    rate: float | None = None
+    wait_for: tuple[str, ...] = ()  # the answer topics that end it (default: every group's)
+    cap_s: float | None = None  # the longest it may take; the events answered by then count
+    hop: bool = False  # whether the reader reads the events too (paced: latency is the point)
+
+
+async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
+    """On a fresh broker: start reader and router, warm up, send the load, await its answers."""
+    ctx.runs += 1
+    run_dir = ctx.tmp / f"{ctx.runs:02d}-{load.phase}-{load.router}-{load.round}"
+    run_dir.mkdir()
+    topics = [g.results for g in load.groups]
+    wait_for = list(load.wait_for or topics)
+    warm = ctx.params.concurrency * 2
+    async with AsyncExitStack() as stack:
+        broker = EmbeddedBroker(log_path=run_dir / "tansu.log")
+        # Started on this (the main) thread: the broker ends when the thread that started it does.
+        stack.enter_context(broker)
+        servers = broker.bootstrap_servers
+        partitions = ctx.params.partitions
+        await asyncio.to_thread(create_topics, servers, [TOPIC, FAILED, *topics], partitions)
+        read = [*topics, TOPIC] if load.hop else topics
+        reader = await AnswerReader.start(servers, read, partitions, run_dir)
+        stack.push_async_callback(reader.kill)
+        router = start_router(load.router, servers, load.groups, ctx, run_dir)
+        stack.callback(router.stop)
+        await produce(servers, WARM_UP, warm, None, run_dir)
+        await wait_answers(reader, router, wait_for, WARM_UP, warm, WARM_UP_TIMEOUT_S)
+        roles = {"router": router.pid, "model": ctx.model.pid, "reader": reader.pid}
+        if ctx.slow_model is not None and any(g.port == ctx.slow_model[1] for g in load.groups):
+            roles["slow model"] = ctx.slow_model[0].pid
+        if (pid := broker_pid()) is not None:
+            roles["broker"] = pid
+        before = {role: cpu_seconds(pid) for role, pid in roles.items()}
+        memory = MemoryTrace(router.pid, load.count)
+        sending = asyncio.create_task(produce(servers, MEASURED, load.count, load.rate, run_dir))
+        budget_s = (load.count / load.rate if load.rate else 0.0) + answer_budget_s(load.count)
+        try:
+            complete = await wait_answers(
+                reader,
+                router,
+                wait_for,
+                MEASURED,
+                load.count,
+                budget_s,
+                load.cap_s,
+                memory.sample,
+            )
+        except BaseException:
+            sending.cancel()
+            raise
+        cpu = {role: cpu_seconds(pid) - before[role] for role, pid in roles.items()}
+        rss = memory.end()
+        peaks = {role: rss_kb(pid)[1] / 1024 for role, pid in roles.items()}
+        duplicates = reader.duplicates
+        # Sending takes a fraction of answering, so it has ended even when the cap stopped us.
+        sent, cpu["load"] = await sending
+        answers = await reader.finish()
+        code = await asyncio.to_thread(router.stop)
+    result = kafka_result(load, sent, answers, wait_for, cpu, rss, complete, code, duplicates)
+    result.rss_peak_mb = peaks
+    if load.hop:
+        arrived = answers.get(TOPIC, {})
+        hops = [
+            (at - sent[i]) * 1000
+            for i in range(len(sent))
+            if (at := arrived.get(event_id(MEASURED, i))) is not None
+        ]
+        result.hop_ms = percentiles(hops)
+    return result
+
+
+def kafka_result(
+    load: KafkaLoad,
+    sent: array[float],
+    answers: dict[str, dict[str, float]],
+    wait_for: Sequence[str],
+    cpu: dict[str, float],
+    rss: dict[str, float],
+    complete: bool,
+    exit_code: int | None,
+    duplicates: int,
+) -> Measurement:
+    """Throughput from the first send to the last answer; latency per answer, matched by id."""
+    latencies: list[float] = []
+    answered, last = load.count, 0.0
+    for topic in wait_for:
+        got = answers.get(topic, {})
+        count = 0
+        for index in range(load.count):
+            at = got.get(event_id(MEASURED, index))
+            if at is None:
+                continue
+            count += 1
+            last = max(last, at)
+            if index < len(sent):
+                latencies.append((at - sent[index]) * 1000)
+        answered = min(answered, count)
+    notes = []
+    if exit_code not in (0, None):
+        notes.append(f"exited with code {exit_code} when stopped")
+    if duplicates:
+        notes.append(f"{duplicates} duplicate answer(s)")
+    if not complete:
+        notes.append(f"stopped after {load.cap_s:g} s")
+    return Measurement(
+        load.phase,
+        load.router,
+        load.round,
+        answered,
+        last - sent[0] if answered else 0.0,
+        percentiles(latencies),
+        cpu,
+        groups=len(load.groups),
+        rss_mb=rss,
+        complete=complete,
+        note="; ".join(notes),
+    )
+
+
+async def measure_direct(
+    ctx: Context, phase: str, round_: int, count: int, rate: float | None
+) -> Measurement:
+    """The model called without Kafka by bench/load.py with the chosen Python client."""
+    argv = [
+        sys.executable,
+        script("load.py"),
+        "http",
+        "--url",
+        ctx.model_url,
+        "--client",
+        ctx.params.client,
+        "--count",
+        str(count),
+        "--concurrency",
+        str(ctx.params.concurrency),
+    ]
+    if rate:
+        argv += ["--rate", str(rate)]
+    model_before = cpu_seconds(ctx.model.pid)
+    budget_s = (count / rate if rate else 0.0) + answer_budget_s(count)
+    result = await run_json(argv, "the direct load", budget_s)
+    return Measurement(
+        phase,
+        "direct",
+        round_,
+        count,
+        result["seconds"],
+        result["latency_ms"],
+        # The model's CPU includes the client's warm-up calls (4 per connection).
+        {"load": result["cpu_s"], "model": cpu_seconds(ctx.model.pid) - model_before},
+    )
+
+
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[{body}]]
+"""
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(output: str) -> tuple[int, float, dict[str, float]]:
+    """Requests, seconds and latency percentiles (ms) from wrk's --latency output."""
+
+    def ms(text: str) -> float:
+        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+        return float(number) * _WRK_UNITS[unit]
+
+    if "Non-2xx" in output or "Socket errors" in output:
+        raise BenchError(f"wrk saw errors:\n{output}")
+    done = re.search(r"(\d+) requests in ([\d.]+\w+)", output)
+    if done is None:
+        raise BenchError(f"cannot read wrk's output:\n{output}")
+    latency = {f"p{q}": ms(v) for q, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", output, re.M)}
+    peak = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", output, re.M)
+    latency["max"] = ms(peak.group(1)) if peak else 0.0
+    return int(done.group(1)), ms(done.group(2)) / 1000, latency
+
+
+async def measure_wrk(ctx: Context, round_: int) -> Measurement:
+    """The model called by wrk (one thread, the same connections in flight) for wrk_seconds."""
+    body = EventMaker(seed=1).make(event_id("wrk", 0), 0)[1].decode()
+    lua = ctx.tmp / "wrk.lua"
+    lua.write_text(WRK_SCRIPT.format(body=body))
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    argv = [
+        wrk,
+        "-t1",
+        f"-c{ctx.params.concurrency}",
+        f"-d{ctx.params.wrk_seconds:g}s",
+        "--latency",
+        "-s",
+        str(lua),
+        ctx.model_url,
+    ]
+    model_before = cpu_seconds(ctx.model.pid)
+    output, cpu_s = await asyncio.to_thread(
+        run_with_rusage, argv, ctx.params.wrk_seconds + answer_budget_s(0)
+    )
+    requests, seconds, latency = parse_wrk(output)
+    return Measurement(
+        "burst",
+        "direct-wrk",
+        round_,
+        requests,
+        seconds,
+        latency,
+        {"load": cpu_s, "model": cpu_seconds(ctx.model.pid) - model_before},
+    )
+
+
+def one_group(ctx: Context) -> tuple[Group, ...]:
+    """The single group of the burst and paced measurements."""
+    return (Group("bench-model", ctx.model_port, RESULTS),)
+
+
+async def measure(
+    ctx: Context, phase: str, router: str, round_: int, rate: float | None
+) -> Measurement:
+    """One burst or paced measurement of one router."""
+    count = ctx.params.events if rate is None else max(1, round(rate * ctx.params.paced_seconds))
+    if router == "direct-wrk":
+        return await measure_wrk(ctx, round_)
+    if router == "direct":
+        return await measure_direct(ctx, phase, round_, count, rate)
+    load = KafkaLoad(phase, router, round_, one_group(ctx), count, rate, hop=rate is not None)
+    return await measure_kafka(ctx, load)
+
+
+async def measure_groups(ctx: Context, groups: int) -> Measurement:
+    """logistik with `groups` groups on one topic, each with its own answer topic."""
+    chosen = tuple(Group(f"group-{i}", ctx.model_port, f"{RESULTS}-{i}") for i in range(groups))
+    return await measure_kafka(ctx, KafkaLoad("groups", "logistik", 1, chosen, ctx.params.events))
+
+
+async def measure_slow(ctx: Context) -> Measurement:
+    """logistik with a fast group beside a group whose model answers in slow_delay_s."""
+    _, slow_port = await slow_model(ctx)
+    fast = Group("fast", ctx.model_port, f"{RESULTS}-fast")
+    slow = Group("slow", slow_port, f"{RESULTS}-slow")
+    load = KafkaLoad(
+        "slow",
+        "logistik",
+        1,
+        (fast, slow),
+        ctx.params.events,
+        wait_for=(fast.results,),
+        cap_s=ctx.params.slow_seconds,
+    )
+    result = await measure_kafka(ctx, load)
+    result.groups = 1  # the figures are the fast group's
+    return result
+
+
+def half_peak(results: Sequence[Measurement], params: Params) -> float:
+    """The paced rate: given, or half of logistik's median burst rate in this run."""
+    if params.paced_rate:
+        return params.paced_rate
+    rates = [r.events / r.seconds for r in results if r.phase == "burst" and r.router == "logistik"]
+    if not rates:
+        raise BenchError("paced needs logistik's burst rate: add the burst phase or --paced-rate")
+    return median(rates) / 2
+
+
+async def run(params: Params, record: Callable[[Measurement], None]) -> None:
+    """Every chosen phase: bursts and paced loads in rounds, router after router, then the rest."""
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    results: list[Measurement] = []
+
+    def keep(result: Measurement) -> None:
+        results.append(result)
+        record(result)
+        rate = result.events / result.seconds if result.seconds else 0.0
+        progress(
+            f"  {rate:,.0f} events/s, p50 {result.latency_ms['p50']:.1f} ms, "
+            f"p99 {result.latency_ms['p99']:.1f} ms{'; ' + result.note if result.note else ''}"
         )
-    direct = found.get(("direct", "paced"))
-    for phase in ("logistik", "plain"):
-        paced = found.get((phase, "paced"))
-        if paced is not None and direct is not None:
-            p50, p99 = (paced.percentile(q) - direct.percentile(q) for q in (50, 99))
-            lines.append(
-                f"  latency {PHASE_TITLES[phase]} adds over a direct call (paced): "
-                f"p50 {p50:+.1f} ms, p99 {p99:+.1f} ms"
-            )
-    return lines
+
+    with tempfile.TemporaryDirectory(prefix="logistik-bench-") as tmp:
+        async with AsyncExitStack() as stack:
+            model, port = await start_model(Path(tmp), stack)
+            ctx = Context(params, Path(tmp), stack, model, port)
+            # Rounds in turn (direct, plain loops, logistik, direct, ...) so that a slow spell of
+            # the machine falls on every router alike; the ratios are taken round by round.
+            for phase in ("burst", "paced"):
+                if phase not in params.phases:
+                    continue
+                routers = [r for r in params.routers if phase == "burst" or r != "direct-wrk"]
+                rate = half_peak(results, params) if phase == "paced" else None
+                for round_ in range(1, params.rounds + 1):
+                    for router in routers:
+                        progress(f"{phase}, {router}, round {round_} ...")
+                        keep(await measure(ctx, phase, router, round_, rate))
+            if "groups" in params.phases:
+                for groups in params.groups:
+                    progress(f"groups: logistik with {groups} groups on one topic ...")
+                    keep(await measure_groups(ctx, groups))
+            if "slow" in params.phases:
+                progress(f"slow: a fast group beside one answering in {params.slow_delay_s:g} s")
+                keep(await measure_slow(ctx))
+            if "soak" in params.phases:
+                progress(f"soak: logistik, {params.soak_events:,} events ...")
+                soak = KafkaLoad(
+                    "soak", "logistik", 1, one_group(ctx), params.soak_events, params.soak_rate
+                )
+                keep(await measure_kafka(ctx, soak))
 
 
-def _ratio(ours: list[Result], theirs: list[Result], figure: Callable[[Result], float]) -> str:
-    """The median of per-round ratios, with their range when there are several rounds."""
-    by_round = {r.round: figure(r) for r in theirs}
-    values = sorted(figure(r) / by_round[r.round] for r in ours if by_round.get(r.round))
+# ---------------------------------------------------------------- the report
+
+
+def ratio_of(
+    ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]], figure: str
+) -> dict[str, Any] | None:
+    """The median of per-round ratios ours/theirs of a figure, with their range."""
+    by_round = {m["round"]: m[figure] for m in theirs}
+    values = sorted(m[figure] / by_round[m["round"]] for m in ours if by_round.get(m["round"]))
     if not values:
-        return "n/a"
-    text = f"{median(values):6.2f}"
-    if len(values) > 1:
-        text += f"  (median of {len(values)} rounds, {values[0]:.2f}-{values[-1]:.2f})"
+        return None
+    return {"median": median(values), "low": values[0], "high": values[-1], "rounds": len(values)}
+
+
+def faster_plain(bursts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Round by round, the plain loop that moved more events/s."""
+    rounds: dict[int, dict[str, Any]] = {}
+    for router in PLAIN:
+        for m in bursts.get(router, []):
+            best = rounds.get(m["round"])
+            if best is None or m["events_per_s"] > best["events_per_s"]:
+                rounds[m["round"]] = m
+    return list(rounds.values())
+
+
+def latency_added(
+    ours: Sequence[dict[str, Any]], direct: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Median (and range) over rounds of the p50 and p99 added over a direct call."""
+    by_round = {m["round"]: m["latency_ms"] for m in direct}
+    pairs = [(m["latency_ms"], by_round[m["round"]]) for m in ours if m["round"] in by_round]
+    if not pairs:
+        return None
+    added = {}
+    for q in ("p50", "p99"):
+        values = sorted(o[q] - d[q] for o, d in pairs)
+        added[q] = {"median": median(values), "low": values[0], "high": values[-1]}
+    return added
+
+
+def summarise(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Ratios, added latency, groups, slow group and memory, from the measurements."""
+
+    def of(phase: str) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for m in measurements:
+            if m["phase"] == phase:
+                found.setdefault(m["router"], []).append(m)
+        return found
+
+    bursts, paced = of("burst"), of("paced")
+    logistik = bursts.get("logistik", [])
+    summary: dict[str, Any] = {"throughput": {}, "latency_added": {}}
+    references = {r: bursts.get(r, []) for r in ROUTERS if r != "logistik"}
+    references["plain-faster"] = faster_plain(bursts)
+    for name, theirs in references.items():
+        ratio = ratio_of(logistik, theirs, "events_per_s")
+        if ratio is not None:
+            summary["throughput"][name] = ratio
+    for router in ("logistik", *PLAIN):
+        added = latency_added(paced.get(router, []), paced.get("direct", []))
+        if added is not None:
+            summary["latency_added"][router] = added
+    alone = median(m["events_per_s"] for m in logistik) if logistik else None
+    summary.update(beside_one_group(measurements, alone))
+    for m in measurements:
+        if m["phase"] == "soak":
+            summary["soak"] = {"events": m["events"], **m["rss_mb"]}
+    return summary
+
+
+def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None) -> dict[str, Any]:
+    """Several groups, and a slow group beside a fast one, against logistik's one-group rate."""
+    found: dict[str, Any] = {
+        "groups": [
+            {
+                "groups": m["groups"],
+                "events_per_s": m["events_per_s"],
+                "calls_per_s": m["calls_per_s"],
+                "calls_vs_one_group": m["calls_per_s"] / alone if alone else None,
+            }
+            for m in measurements
+            if m["phase"] == "groups"
+        ]
+    }
+    for m in measurements:
+        if m["phase"] == "slow":
+            found["slow"] = {
+                "fast_events_per_s": m["events_per_s"],
+                "alone_events_per_s": alone,
+                "change": m["events_per_s"] / alone - 1 if alone else None,
+                "complete": m["complete"],
+            }
+    return found
+
+
+def goals(summary: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """The issue's goals: what each asks, what was measured, whether it is met."""
+    found: list[tuple[str, str, bool | None]] = []
+    throughput = summary["throughput"]
+    if "plain-faster" in throughput:
+        value = throughput["plain-faster"]["median"]
+        found.append(("≥ 1.5 x the faster plain loop", f"{value:.2f} x", value >= 1.5))
+    for name, how in (("direct", "a Python client"), ("direct-wrk", "wrk")):
+        if name in throughput:
+            value = throughput[name]["median"]
+            found.append((f"≥ 0.8 x the direct load ({how})", f"{value:.2f} x", value >= 0.8))
+    added = summary["latency_added"].get("logistik")
+    if added:
+        p50, p99 = added["p50"]["median"], added["p99"]["median"]
+        found.append(("added p50 ≤ 2 ms at half peak", f"{p50:+.1f} ms", p50 <= 2))
+        found.append(("added p99 ≤ 10 ms at half peak", f"{p99:+.1f} ms", p99 <= 10))
+    for row in summary.get("groups", []):
+        value = row["calls_vs_one_group"]
+        if value is None:
+            continue
+        found.append(
+            (
+                f"{row['groups']} groups: model calls/s ≥ 1 group's",
+                f"{value:.2f} x",
+                value >= 1.0,
+            )
+        )
+    if "slow" in summary and summary["slow"]["change"] is not None:
+        change = summary["slow"]["change"]
+        found.append(
+            ("a slow group changes the fast one < 10 %", f"{change:+.0%}", abs(change) < 0.1)
+        )
+    if "soak" in summary:
+        soak = summary["soak"]
+        found.append(
+            (
+                f"memory flat over {soak['events']:,} events",
+                f"{soak['start']:.0f} → {soak['middle']:.0f} → {soak['end']:.0f} MB",
+                None,  # judged by eye: a few MB of caches filling up is not growth
+            )
+        )
+    return found
+
+
+def _range(figure: dict[str, Any], fmt: str = "{:.2f}") -> str:
+    """A median with its range, e.g. `0.83 (0.52-1.14)`; signed figures read `+1.0 (-0.5 to +2)`."""
+    text = fmt.format(figure["median"])
+    if figure.get("rounds", 2) > 1 and figure["low"] != figure["high"]:
+        between = " to " if "+" in fmt else "-"
+        text += f" ({fmt.format(figure['low'])}{between}{fmt.format(figure['high'])})"
     return text
 
 
-def _median_note(results: list[Result]) -> str:
-    return f", median of {len(results)} rounds" if len(results) > 1 else ""
+def title(router: str, report: dict[str, Any]) -> str:
+    """A router's name as the tables show it."""
+    return TITLES[router].format(client=report["parameters"]["client"])
 
 
-def report(params: Params, results: list[Result]) -> str:
-    """The printed summary: machine, parameters, table, ratios."""
+def markdown(report: dict[str, Any]) -> str:
+    """The README's tables, from a JSON report."""
+    params, host = report["parameters"], report["machine"]
+    measurements = report["measurements"]
+    summary = summarise(measurements)  # recomputed: a report's tables follow this code
     lines = [
-        "logistik benchmark",
-        f"  machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.machine()}",
-        f"  parameters: events={params.events} ({MIN_EVENT_BYTES}-{MAX_EVENT_BYTES} B JSON), "
-        f"concurrency={params.concurrency}, partitions={params.partitions}, "
-        f"paced: {params.rate:g} events/s for {params.paced_seconds:g} s "
-        f"({params.paced_events} events), phases={','.join(params.phases)}, "
-        f"rounds={params.rounds}",
-        "  burst: every event sent at once; paced: sent at the given rate. Latency: answer's",
-        "  Kafka timestamp (direct: response) minus send time. CPU: seconds each process used",
-        "  while measuring; bench = load generator and answer reader, plus the plain loop itself.",
-        "",
-        *table(results),
+        f"{host['cores']} cores ({host['cpu'] or 'unknown CPU'}), Python {report['python']}, "
+        f"load average {host['load_average'][0]:.2f} at the start; {params['events']:,} events "
+        f"of 300-1000 B per burst, {params['partitions']} partitions, {params['concurrency']} "
+        f"calls in flight, {params['rounds']} round(s), medians of per-round figures (range).",
     ]
-    extra = ratios(results)
-    if extra:
-        lines += ["", "ratios:", *extra]
+    if params.get("logistik_settings"):
+        lines.append(f"logistik settings changed: {', '.join(params['logistik_settings'])}.")
+    lines += burst_table(measurements, summary, report)
+    lines += cpu_table(measurements, report)
+    lines += paced_table(measurements, summary, report)
+    lines += rest_table(summary, params)
+    found = goals(summary)
+    if found:
+        lines += ["", "| goal | measured | met |", "|---|---|---|"]
+        for goal, value, met in found:
+            verdict = "see figures" if met is None else ("yes" if met else "**no**")
+            lines.append(f"| {goal} | {value} | {verdict} |")
     return "\n".join(lines)
+
+
+def burst_table(
+    measurements: Sequence[dict[str, Any]], summary: dict[str, Any], report: dict[str, Any]
+) -> list[str]:
+    """Throughput of every router in bursts, with logistik's ratio to each."""
+    lines: list[str] = []
+    for router in ROUTERS:
+        runs = [m for m in measurements if m["phase"] == "burst" and m["router"] == router]
+        if not runs:
+            continue
+        rates = sorted(m["events_per_s"] for m in runs)
+        rate = {"median": median(rates), "low": rates[0], "high": rates[-1], "rounds": len(runs)}
+        ratio = summary["throughput"].get(router)
+        cpu = [m["cpu_us_per_event"] for m in runs]
+        router_cpu = [c["router"] for c in cpu if "router" in c]
+        rss = [m["rss_mb"]["end"] for m in runs if "end" in m["rss_mb"]]
+        lines.append(
+            f"| {title(router, report)} | {_range(rate, '{:,.0f}')} | "
+            f"{_range(ratio) if ratio else '-'} | "
+            f"{median(m['latency_ms']['p50'] for m in runs):.1f} | "
+            f"{median(m['latency_ms']['p99'] for m in runs):.1f} | "
+            f"{f'{median(router_cpu):.0f}' if router_cpu else '-'} | "
+            f"{median(sum(c.values()) for c in cpu):.0f} | "
+            f"{f'{median(rss):.0f}' if rss else '-'} |"
+        )
+    if not lines:
+        return []
+    header = [
+        "",
+        "| burst | events/s | logistik ÷ it | p50 ms | p99 ms | router CPU µs/event "
+        "| all CPU µs/event | router RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    plain = summary["throughput"].get("plain-faster")
+    if plain:
+        lines += ["", f"logistik ÷ the faster plain loop, round by round: {_range(plain)}."]
+    return header + lines
+
+
+def cpu_table(measurements: Sequence[dict[str, Any]], report: dict[str, Any]) -> list[str]:
+    """CPU µs per event of every process, burst medians."""
+    roles = ("router", "model", "broker", "load", "reader")
+    lines = []
+    for router in ROUTERS:
+        runs = [m for m in measurements if m["phase"] == "burst" and m["router"] == router]
+        if not runs:
+            continue
+        cells = []
+        for role in roles:
+            values = [m["cpu_us_per_event"][role] for m in runs if role in m["cpu_us_per_event"]]
+            cells.append(f"{median(values):.0f}" if values else "-")
+        lines.append(f"| {title(router, report)} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["", "| CPU µs/event (burst) | " + " | ".join(roles) + " |", "|---" * 6 + "|", *lines]
+
+
+def paced_table(
+    measurements: Sequence[dict[str, Any]], summary: dict[str, Any], report: dict[str, Any]
+) -> list[str]:
+    """Latency at half of logistik's peak, and what each router adds over a direct call."""
+    paced = [m for m in measurements if m["phase"] == "paced"]
+    if not paced:
+        return []
+    rate = median(m["events_per_s"] for m in paced)
+    lines = [
+        "",
+        f"| paced, ~{rate:,.0f} events/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| Kafka hop p50 / p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for router in ROUTERS:
+        runs = [m for m in paced if m["router"] == router]
+        if not runs:
+            continue
+        added = summary["latency_added"].get(router)
+        hops = [m["hop_ms"] for m in runs if m.get("hop_ms")]
+        hop = (
+            f"{median(h['p50'] for h in hops):.1f} / {median(h['p99'] for h in hops):.1f}"
+            if hops
+            else "-"
+        )
+        lines.append(
+            f"| {title(router, report)} | {median(m['latency_ms']['p50'] for m in runs):.1f} | "
+            f"{median(m['latency_ms']['p99'] for m in runs):.1f} | "
+            + (
+                f"{_range(added['p50'], '{:+.1f}')} | {_range(added['p99'], '{:+.1f}')} | "
+                if added
+                else "- | - | "
+            )
+            + f"{hop} |"
+        )
+    return lines
+
+
+def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """Groups on one topic, a slow group beside a fast one, memory over a long run."""
+    lines: list[str] = []
+    if summary.get("groups"):
+        lines += [
+            "",
+            "| logistik, groups on one topic | events/s | model calls/s | calls/s ÷ 1 group's |",
+            "|---|---|---|---|",
+        ]
+        for row in summary["groups"]:
+            lines.append(
+                f"| {row['groups']} | {row['events_per_s']:,.0f} | {row['calls_per_s']:,.0f} | "
+                + (f"{row['calls_vs_one_group']:.2f} |" if row["calls_vs_one_group"] else "- |")
+            )
+    if "slow" in summary:
+        slow = summary["slow"]
+        alone = (
+            f" against {slow['alone_events_per_s']:,.0f} alone ({slow['change']:+.0%})"
+            if slow["change"] is not None
+            else ""
+        )
+        capped = "" if slow["complete"] else f", measured for {params['slow_seconds']:g} s"
+        lines += [
+            "",
+            f"A group whose model answers in {params['slow_delay_s']:g} s beside a fast group: "
+            f"the fast group moved {slow['fast_events_per_s']:,.0f} events/s{alone}{capped}.",
+        ]
+    if "soak" in summary:
+        soak = summary["soak"]
+        rate = params.get("soak_rate")
+        sent = f"sent at {rate:,.0f} events/s" if rate else "sent at once"
+        lines += [
+            "",
+            f"logistik's RSS over {soak['events']:,} events ({sent}): {soak['start']:.0f} MB "
+            "at the start, "
+            f"{soak['middle']:.0f} MB in the middle, {soak['end']:.0f} MB at the end "
+            f"(peak {soak['peak']:.0f} MB).",
+        ]
+    return lines
+
+
+def build_report(params: Params, measurements: Sequence[Measurement]) -> dict[str, Any]:
+    """The JSON report: machine, parameters, every measurement and the summary."""
+    rows = [m.to_json() for m in measurements]
+    return {
+        "machine": {**machine(), "system": f"{platform.system()} {platform.machine()}"},
+        "python": platform.python_version(),
+        "parameters": asdict(params),
+        "model_server": "bench/model_server.py raw (asyncio Protocol on uvloop)",
+        "measurements": rows,
+        "summary": summarise(rows),
+    }
 
 
 # ---------------------------------------------------------------- command line
@@ -988,58 +1165,120 @@ def report(params: Params, results: list[Result]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=20_000, help="events per burst")
-    parser.add_argument("--concurrency", type=int, default=64, help="model calls in flight")
-    parser.add_argument("--partitions", type=int, default=3, help="partitions per topic")
-    parser.add_argument("--rate", type=float, default=500.0, help="events/s when paced")
-    parser.add_argument("--paced-seconds", type=float, default=5.0, help="length of paced runs")
-    parser.add_argument(
-        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+    defaults = Params()
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="burst measurements per phase, taken in turn"
+    add = parser.add_argument
+    add("--events", type=int, default=defaults.events, help="events per burst")
+    add("--concurrency", type=int, default=defaults.concurrency, help="model calls in flight")
+    add("--partitions", type=int, default=defaults.partitions, help="partitions per topic")
+    add("--rounds", type=int, default=defaults.rounds, help="burst and paced rounds, in turn")
+    add("--phases", default=",".join(PHASES), help="comma-separated subset of these")
+    add("--routers", default=",".join(ROUTERS), help="comma-separated subset of these")
+    add("--client", help="the direct load's Python client (default: the fastest installed)")
+    add("--wrk-seconds", type=float, default=defaults.wrk_seconds, help="length of a wrk run")
+    add("--paced-rate", type=float, help="events/s of paced runs (default: half logistik's peak)")
+    add("--paced-seconds", type=float, default=defaults.paced_seconds, help="length of paced runs")
+    add("--groups", default="3,10", help="group counts of the groups phase")
+    add("--slow-delay-s", type=float, default=defaults.slow_delay_s, help="the slow model's delay")
+    add("--slow-seconds", type=float, default=defaults.slow_seconds, help="cap of the slow phase")
+    add("--soak-events", type=int, default=defaults.soak_events, help="events of the long run")
+    add("--soak-rate", type=float, help="events/s of the long run (default: all at once)")
+    add(
+        "--logistik-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a logistik setting, e.g. log_level=warning (to measure a lever; "
+        "the report says so)",
     )
-    parser.add_argument("--serve-model", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    add("--report", metavar="PATH", help="write the JSON report here")
+    add("--markdown", metavar="REPORT", help="print the README tables of a JSON report and exit")
     return parser.parse_args(argv)
+
+
+def choose_client(asked: str | None) -> str:
+    """The direct load's client: the one asked for, or the fastest one installed."""
+    if asked:
+        if asked not in CLIENTS:
+            sys.exit(f"--client: choose from {', '.join(CLIENTS)}")
+        if installed(asked) is None:
+            sys.exit(f"--client {asked}: not installed (pip install 'logistik[bench]')")
+        return asked
+    return next(c for c in FASTEST_CLIENTS if installed(c) is not None)
 
 
 def params_from(args: argparse.Namespace) -> Params:
     """Validated parameters; a bad value exits with a one-line message."""
-    phases = tuple(p.strip() for p in str(args.phases).split(",") if p.strip())
-    unknown = [p for p in phases if p not in PHASES]
-    if unknown or not phases:
-        sys.exit(f"--phases: unknown {', '.join(unknown) or '(none)'}; choose from {PHASES}")
-    for name in ("events", "concurrency", "partitions", "rate", "paced_seconds", "rounds"):
+
+    def subset(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
+        chosen = [p.strip() for p in text.split(",") if p.strip()]
+        unknown = [p for p in chosen if p not in allowed]
+        if unknown or not chosen:
+            sys.exit(f"{flag}: unknown {', '.join(unknown) or '(none)'}; choose from {allowed}")
+        return tuple(p for p in allowed if p in chosen)
+
+    for name in ("events", "concurrency", "partitions", "rounds", "soak_events", "wrk_seconds"):
         if getattr(args, name) <= 0:
             sys.exit(f"--{name.replace('_', '-')} must be positive")
-    ordered = tuple(p for p in PHASES if p in phases)
+    routers = subset(args.routers, ROUTERS, "--routers")
+    if "direct-wrk" in routers and shutil.which("wrk") is None:
+        progress("wrk is not installed (Debian package wrk): the wrk load is left out")
+        routers = tuple(r for r in routers if r != "direct-wrk")
+    for setting in args.logistik_set:
+        if "=" not in setting:
+            sys.exit(f"--logistik-set {setting}: write KEY=VALUE, e.g. log_level=warning")
     return Params(
-        args.events,
-        args.concurrency,
-        args.partitions,
-        args.rate,
-        args.paced_seconds,
-        ordered,
-        args.rounds,
+        events=args.events,
+        concurrency=args.concurrency,
+        partitions=args.partitions,
+        rounds=args.rounds,
+        phases=subset(args.phases, PHASES, "--phases"),
+        routers=routers,
+        client=choose_client(args.client),
+        wrk_seconds=args.wrk_seconds,
+        paced_rate=args.paced_rate,
+        paced_seconds=args.paced_seconds,
+        groups=tuple(int(g) for g in args.groups.split(",") if g.strip()),
+        slow_delay_s=args.slow_delay_s,
+        slow_seconds=args.slow_seconds,
+        soak_events=args.soak_events,
+        soak_rate=args.soak_rate,
+        logistik_settings=tuple(args.logistik_set),
     )
 
 
 def main() -> None:
-    """Serve the model (internal) or run the benchmark and print its report."""
+    """Run the benchmark and print its tables, or print the tables of a report."""
     args = parse_args()
-    if args.serve_model is not None:
-        serve_model(args.serve_model)
+    if args.markdown:
+        try:
+            print(markdown(orjson.loads(Path(args.markdown).read_bytes())))
+        except (OSError, orjson.JSONDecodeError, KeyError) as exc:
+            sys.exit(f"--markdown: cannot read the report {args.markdown}: {exc!r}")
         return
     params = params_from(args)
+    measurements: list[Measurement] = []
+
+    def record(result: Measurement) -> None:
+        measurements.append(result)
+        if args.report:  # written after each measurement: a failed run keeps what it measured
+            report = build_report(params, measurements)
+            Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+
+    failure = None
     try:
-        results = asyncio.run(run(params))
+        asyncio.run(run(params, record))
     except BenchError as exc:
-        sys.exit(f"benchmark failed: {exc}")
+        failure = f"benchmark failed: {exc}"
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("benchmark interrupted; every process it started is stopped", file=sys.stderr)
-        sys.exit(130)
-    print(report(params, results))
+        failure = "benchmark interrupted; every process it started is stopped"
+    if measurements:
+        print(markdown(build_report(params, measurements)))
+    if failure:
+        sys.exit(failure)
 
 
 if __name__ == "__main__":

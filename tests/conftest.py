@@ -17,7 +17,7 @@ import pytest
 from logistik.kafka.embedded import EmbeddedBroker
 from tests.support.apache_kafka import ApacheKafka, Broker
 from tests.support.consul_fixtures import consul  # noqa: F401
-from tests.support.databases import PostgresServer
+from tests.support.databases import PostgresServer, own_postgres  # noqa: F401
 from tests.support.harness import RouterProcess, RouterThread
 from tests.support.models import Behaviour, ModelServer, echo
 from tests.support.system import install_hint, missing_packages

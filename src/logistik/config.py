@@ -12,21 +12,46 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from logistik.errors import ConfigError
-from logistik.handler import Handler
+from logistik.errors import ConfigError, one_line
+from logistik.handler import Handler, ModelType, is_host
 
 DEFAULT_PATH = "logistik.yaml"
 ENV_PATH = "LK_CONFIG"
 EMBEDDED = "embedded"
 SQLITE_PREFIXES = ("sqlite:///", "sqlite+aiosqlite:///")
 
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:password|passwd|pwd|secret|token|sslpassword|api_key)=)[^&;#]*", re.IGNORECASE
+)
 _VAR = re.compile(
-    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"\$(?:(?P<dollar>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+# Keys whose values are secrets, or URLs that may carry one: never echoed in messages.
+SECRET_KEYS = frozenset({"tokens", "users", "session_secret", "client_secret", "url"})
+SECRET_WORDS = ("password", "secret", "token")  # e.g. librdkafka's sasl.password
+UNION_TAGS = frozenset({"str", "int", "float", "bool"})
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DATABASE_DRIVERS = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgres", "postgresql+asyncpg")
+SECRET_MIN = 6  # shorter values are masked nowhere: they would blank out ordinary words
+_BOOTSTRAP_ENTRY = re.compile(
+    r"(?:[A-Za-z_]+://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>\d+))?"
 )
 
 
@@ -49,11 +74,42 @@ class KafkaConfig(_Section):
     consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
     producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        """`embedded`, or host:port entries separated by commas."""
+        if value == EMBEDDED:
+            return value
+        for entry in value.split(","):
+            match = _BOOTSTRAP_ENTRY.fullmatch(entry.strip())
+            port = int(match["port"]) if match and match["port"] else 9092
+            if match is None or not is_host(match["host"].strip("[]")) or not 0 < port < 65536:
+                raise ValueError(
+                    f"{one_line(entry, 80)!r} is not host:port "
+                    "(give host:port[,host:port...], or embedded)"
+                )
+        return value
+
 
 class DatabaseConfig(_Section):
     """Where the handler store lives."""
 
     url: str = "sqlite:///logistik.db"
+
+    @field_validator("url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        """A SQLite or PostgreSQL URL SQLAlchemy can read (never echoed: it holds a password)."""
+        try:
+            url = make_url(value)
+            _ = url.port
+        except (ArgumentError, ValueError):
+            url = None
+        if url is None or url.drivername not in DATABASE_DRIVERS:
+            raise ValueError(
+                "not a database URL: give sqlite:///FILE or postgresql://user:password@host/db"
+            )
+        return value
 
 
 class ConsulConfig(_Section):
@@ -61,6 +117,12 @@ class ConsulConfig(_Section):
 
     url: str = "http://127.0.0.1:8500"
     tag: str = "logistik"
+
+    @field_validator("url")
+    @classmethod
+    def _agent(cls, value: str) -> str:
+        """The agent's http(s) URL."""
+        return http_url(value)
 
 
 class DiscoveryConfig(_Section):
@@ -72,11 +134,18 @@ class DiscoveryConfig(_Section):
 
     @model_validator(mode="after")
     def _routable(self) -> DiscoveryConfig:
-        """Every static handler must be routable as written."""
+        """Every static handler must be routable as written, under a node id of its own."""
+        seen: dict[str, int] = {}
         for index, handler in enumerate(self.handlers):
             problem = handler.problem()
             if problem:
                 raise ValueError(f"handlers[{index}] ({handler.name}): {problem}")
+            first = seen.setdefault(handler.node_id, index)
+            if first != index:
+                raise ValueError(
+                    f"handlers[{index}] ({handler.name}): node id {handler.node_id} is also "
+                    f"handlers[{first}]'s; give each instance its own node (or hostname)"
+                )
         return self
 
 
@@ -89,6 +158,17 @@ class OidcConfig(_Section):
     redirect_url: str  # this logistik's /auth/callback as the provider knows it
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
     allowed_users: list[str] = Field(default_factory=list)  # emails or subjects; empty: any
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        """https, or plain http only to a provider on this machine."""
+        if not is_secure_url(http_url(value)):
+            raise ValueError(
+                "must be an https:// URL (plain http only on loopback: logins and the client "
+                "secret would cross the network in clear)"
+            )
+        return value
 
 
 class WebAuthConfig(_Section):
@@ -125,6 +205,19 @@ class WebhookConfig(_Section):
     template: str | None = None
     failing_after: int = Field(default=5, ge=1)  # failed calls in a row that make a model critical
 
+    @field_validator("url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        """The webhook's http(s) URL (never echoed: its path is the secret)."""
+        return None if value is None else http_url(value)
+
+    @model_validator(mode="after")
+    def _template(self) -> WebhookConfig:
+        """A template format needs its template."""
+        if self.format == "template" and not self.template:
+            raise ValueError("format is template but no template is given (webhook.template)")
+        return self
+
 
 class CacheConfig(_Section):
     """The optional Redis response cache."""
@@ -134,6 +227,14 @@ class CacheConfig(_Section):
     prefix: str = "logistik:answer:"
     timeout_s: float = Field(default=0.2, gt=0)  # a slow Redis must not slow events down
     retry_after_s: float = Field(default=10.0, ge=0)  # how long to skip the cache after an error
+
+    @field_validator("url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        """A Redis URL (never echoed: it may hold a password)."""
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a Redis URL: give redis://host:port/db (or rediss://, unix://)")
+        return value
 
 
 class StatsdConfig(_Section):
@@ -169,10 +270,13 @@ class RoutingConfig(_Section):
     unhealthy_after_failures: int = Field(default=3, ge=1)
     unhealthy_cooldown_s: float = Field(default=10.0, ge=0)
     circuit_open_max_s: float = Field(default=120.0, ge=0)
-    # A call that would wait longer than this for one of the instance's free slots goes to the
-    # retry topic instead, so a slow model cannot hold the events of other models.
-    max_queue_wait_s: float = Field(default=1.0, gt=0)
-    max_waiting_retries: int = Field(default=2_000, ge=1)  # retry records held until due
+    # A call does not wait for one of the instance's slots longer than this, nor queue behind
+    # calls that waited longer: it goes to the retry topic instead, so that a slow model cannot
+    # hold the events of other models. Above max_in_flight / events per second, the wait a
+    # busy but healthy router makes every event wait.
+    max_queue_wait_s: float = Field(default=2.0, gt=0)
+    # Records of a group's retry topic held at once (waiting for their due time or a slot).
+    max_waiting_retries: int = Field(default=2_000, ge=1)
     # An event no instance could take (circuits open, or busy) waits on the retry topic
     # without using its retries, for at most this long; then it goes to the failed topic.
     max_hold_s: float = Field(default=600.0, gt=0)
@@ -193,6 +297,93 @@ class Config(_Section):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    _source: str = PrivateAttr(default="the config")  # the file, for messages
+
+    def warnings(self) -> list[str]:
+        """What runs, but likely not as meant: one line each, naming the file and the key."""
+        handlers = self.discovery.handlers
+        production = {
+            (h.event, h.group_id)
+            for h in handlers
+            if h.model_type == ModelType.MODEL and h.enabled and not h.retired
+        }
+        return [
+            f"{self._source}: discovery.handlers[{index}] ({h.name}): a canary without a "
+            f"production handler of group {h.group_id} in this file answers every event of "
+            f"{h.event}, whatever its traffic share"
+            for index, h in enumerate(handlers)
+            if h.model_type == ModelType.CANARY and (h.event, h.group_id) not in production
+        ]
+
+    def secrets(self) -> list[str]:
+        """Every secret the config holds (tokens, hashes, keys, passwords in URLs), for masking."""
+        auth = self.web.auth
+        found = [*auth.tokens, *auth.users.values(), auth.session_secret]
+        if auth.oidc is not None:
+            found.append(auth.oidc.client_secret)
+        if self.webhook.url:
+            path = urlsplit(self.webhook.url).path
+            found += [self.webhook.url, *([path] if len(path) >= SECRET_MIN else [])]
+        found += url_secrets(self.database.url)
+        if self.cache is not None:
+            found += url_secrets(self.cache.url)
+        for settings in (self.kafka.consumer, self.kafka.producer):
+            found += [str(v) for k, v in settings.items() if is_secret_key(k)]
+        return sorted({s for s in found if len(s) >= SECRET_MIN}, key=len, reverse=True)
+
+
+def is_secret_key(key: str | int) -> bool:
+    """Whether a config key holds a secret (or a URL that may hold one)."""
+    text = str(key).split("[")[0]
+    return text in SECRET_KEYS or any(word in text.lower() for word in SECRET_WORDS)
+
+
+def http_url(value: str) -> str:
+    """Check that a value is an http(s) URL with a host; ValueError (never echoing it) if not."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http:// or https:// URL with a host")
+    return value
+
+
+def is_secure_url(url: str) -> bool:
+    """Whether a URL is https, or http on loopback (a service on this machine)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password of a URL (`user:password@`, `?password=`), as written and decoded."""
+    masked = masked_url(url)
+    if masked == url:
+        return []
+    found = []
+    _, _, rest = url.partition("://")
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    credentials, at, _ = head.rpartition("@")
+    if at and ":" in credentials:
+        found.append(credentials.partition(":")[2])
+    found += [m.group(0).split("=", 1)[1] for m in _SECRET_PARAM.finditer(url)]
+    return [form for secret in found for form in {secret, unquote(secret)} if form]
+
+
+def masked_url(url: str) -> str:
+    """A URL with its password (`user:password@`, `?password=`) replaced by ***, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _SECRET_PARAM.sub(r"\1***", url)
+    ends = [i for i in (rest.find("?"), rest.find("#")) if i >= 0]
+    head, tail = rest[: min(ends, default=len(rest))], rest[min(ends, default=len(rest)) :]
+    # Up to the last '@' before the query: SQLAlchemy takes '/' in a password as it is.
+    credentials, at, host = head.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    if at and colon:
+        head = f"{user}:***@{host}"
+    return f"{scheme}://{head}" + _SECRET_PARAM.sub(r"\1***", tail)
 
 
 def require_extra(module: str, extra: str, section: str) -> ModuleType:
@@ -207,7 +398,7 @@ def require_extra(module: str, extra: str, section: str) -> ModuleType:
 
 
 def expand_env(value: Any, env: Mapping[str, str], where: str = "") -> Any:
-    """Replace `$VAR`, `${VAR}` and `${VAR:-default}` in every string of a YAML tree."""
+    """Replace `$VAR`, `${VAR}` and `${VAR:-default}` in every string of a YAML tree (`$$`: `$`)."""
     if isinstance(value, str):
         return _expand_string(value, env, where)
     if isinstance(value, list):
@@ -221,11 +412,18 @@ def expand_env(value: Any, env: Mapping[str, str], where: str = "") -> Any:
 
 def _expand_string(text: str, env: Mapping[str, str], where: str) -> str:
     def replace(match: re.Match[str]) -> str:
+        if match.group("dollar"):
+            return "$"
         name = match.group("braced") or match.group("bare")
         if name in env:
             return env[name]
         if match.group("default") is not None:
             return match.group("default")
+        if any(map(is_secret_key, where.split("."))):  # the name may be a piece of a secret
+            raise ConfigError(
+                f"{where}: a $NAME in the value names an environment variable that is not set "
+                "(write $$ for a $)"
+            )
         raise ConfigError(f"{where}: environment variable {name} is not set")
 
     return _VAR.sub(replace, text)
@@ -243,6 +441,10 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the config file as UTF-8"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     return resolve_paths(parse_config(text, str(path), env), path.parent)
@@ -279,7 +481,10 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{source}: {problem}{at}") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(
+            f"{source}: the config file is empty; give at least the sections that differ "
+            "from the defaults (e.g. kafka.bootstrap_servers)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     try:
@@ -287,28 +492,39 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     try:
-        return Config.model_validate(expanded)
+        config = Config.model_validate(expanded)
     except ValidationError as exc:
         raise ConfigError(describe_validation(exc, source)) from None
+    config._source = source
+    return config
 
 
 def describe_validation(exc: ValidationError, source: str) -> str:
     """One line per problem, each naming the key and the file."""
-    lines = []
+    return "\n".join(f"{source}: {problem}" for problem in field_problems(exc))
+
+
+def field_problems(exc: ValidationError) -> list[str]:
+    """Each problem as `key: what is wrong`; values are echoed short, secrets never."""
+    problems: dict[str, str] = {}
     for error in exc.errors():
-        key = _dotted(error["loc"])
+        loc = error["loc"]
+        if loc and loc[-1] in UNION_TAGS:  # one error per member of a union: say it once
+            loc = loc[:-1]
+        key = _dotted(loc)
+        if key in problems:
+            continue
         if error["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'{_did_you_mean(error['loc'])}")
+            problems[key] = f"unknown key '{key}'{_did_you_mean(loc)}"
         elif error["type"] == "missing":
-            lines.append(f"{source}: missing key '{key}'")
+            problems[key] = f"missing key '{key}'"
         else:
             message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(
-                f"{source}: {key}: {message} (got {error.get('input')!r})"
-                if error["type"] != "value_error"
-                else f"{source}: {key}: {message}"
-            )
-    return "\n".join(lines)
+            secret = any(map(is_secret_key, error["loc"]))
+            echo = error["type"] != "value_error" and not secret
+            got = f" (got {one_line(repr(error.get('input')), 80)})" if echo else ""
+            problems[key] = f"{key}: {message}{got}"
+    return list(problems.values())
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

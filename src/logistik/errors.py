@@ -5,8 +5,9 @@ LogistikError
  ├── InvalidEventError    a record is not an event logistik can route (not JSON, no verb, ...)
  ├── BrokerError          the Kafka broker cannot be reached or refused a request
  │    └── PublishError    a record could not be written to a topic
- ├── StoreError           the handler store cannot be opened or refused a change
+ ├── StoreError           the handler store refused a change (a node id taken, fields not valid)
  │    └── HandlerNotFoundError   no handler has the given node id
+ ├── StoreUnavailableError  the database cannot be reached, read or written (down, read-only)
  ├── ActionError          a rollout action that makes no sense for this handler
  ├── DiscoveryError       Consul or a model's /info could not be read
  │    └── ConsulError     Consul could not be reached or refused a request (logistik.consul)
@@ -46,11 +47,15 @@ class EmbeddedBrokerError(LogistikError):
 
 
 class StoreError(LogistikError):
-    """The handler store cannot be opened or refused a change."""
+    """The handler store refused a change: a node id taken, fields that are not valid."""
 
 
 class HandlerNotFoundError(StoreError):
     """No handler has the given node id."""
+
+
+class StoreUnavailableError(LogistikError):
+    """The store's database cannot be reached, read or written (down, read-only): try later."""
 
 
 class ActionError(LogistikError):
@@ -65,10 +70,10 @@ class BackgroundTaskError(LogistikError):
     """A task the process depends on (consume loop, store follower, discovery, web) ended."""
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    """Text on one line, cut to `limit` characters: for logs and answers a person reads."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def one_line(text: str, limit: int | None = None) -> str:
+    """Text as one line: its non-blank lines stripped and joined by `; `, cut at `limit` chars."""
+    line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if limit is None else line[:limit]
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

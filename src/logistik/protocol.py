@@ -6,6 +6,8 @@ record's headers, is named here, so producers, the router, replay and tail agree
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +19,8 @@ from logistik.errors import InvalidEventError
 HEADER_PREFIX = "logistik."
 FAILED_SUFFIX = "-failed"
 RETRY_SUFFIX = "-retry"
+MAX_TOPIC_CHARS = 249  # Kafka's limit
+_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_GROUPS_HEADER_BYTES = 64 * 1024  # a replay for more groups than this is not a replay
 
 HeaderValue = str | bytes | None
@@ -90,9 +94,16 @@ def failed_topic(topic: str) -> str:
     return topic + FAILED_SUFFIX
 
 
-def retry_topic(topic: str) -> str:
-    """Where (event, group) pairs of a topic wait for their next call."""
-    return topic + RETRY_SUFFIX
+def retry_topic(topic: str, group_id: str) -> str:
+    """Where events of a topic wait for one group's next call: each group has its own, so that
+    a group's backlog is paced apart from the others'."""
+    safe = _TOPIC_UNSAFE.sub("_", group_id)
+    name = f"{topic}{RETRY_SUFFIX}-{safe}"
+    if safe == group_id and len(name) <= MAX_TOPIC_CHARS:
+        return name
+    # Told apart by a digest of the group id when its own text cannot be a topic name.
+    digest = hashlib.sha256(group_id.encode()).hexdigest()[:12]
+    return f"{topic}{RETRY_SUFFIX}-{safe[:40]}-{digest}"[:MAX_TOPIC_CHARS]
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,8 +42,8 @@ def test_a_hanging_model_holds_neither_its_topic_nor_another(
     servers: str, model_server: StartModel, router: StartRouter
 ) -> None:
     shared, other = unique("shared"), unique("other")
-    create_topics(servers, shared, f"{shared}-results", f"{shared}-failed", f"{shared}-retry")
-    create_topics(servers, other, f"{other}-results", f"{other}-failed", f"{other}-retry")
+    create_topics(servers, shared, f"{shared}-results", f"{shared}-failed")
+    create_topics(servers, other, f"{other}-results", f"{other}-failed")
     healed = threading.Event()
     hanging, fast, elsewhere = (
         model_server(hanging_until(healed)),

@@ -315,7 +315,7 @@ def test_seed_start_a_model_script(consul: ConsulTarget, start: Start, tmp_path:
     }
     running = start("bash", str(script), env=env, start_new_session=True)
 
-    wait_until(lambda: bool(consul.passing(name)), 20, "the seed script's service to pass")
+    wait_until(lambda: bool(consul.passing(name)), 20, "the start script's service to pass")
     [entry] = consul.passing(name)
     service_id = entry["Service"]["ID"]
     consul.track(service_id)
@@ -334,7 +334,7 @@ def test_seed_start_a_model_script(consul: ConsulTarget, start: Start, tmp_path:
 
 
 def uuidgen_dir(tmp_path: Path) -> Path:
-    """A directory to put first on PATH so the seed script finds `uuidgen` on any machine."""
+    """A directory to put first on PATH so the start script finds `uuidgen` on any machine."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     if shutil.which("uuidgen") is None:

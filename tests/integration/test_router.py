@@ -1,4 +1,4 @@
-"""The answer table of design.md, end to end: real broker, real model servers, logistik's router."""
+"""The README's answer table, end to end: real broker, real model servers, logistik's router."""
 
 from __future__ import annotations
 
@@ -131,18 +131,19 @@ def test_permanent_errors_go_to_failed_topic_without_retry(
 def test_answer_the_broker_refuses_goes_to_failed_topic(
     servers: str, topic: str, model_server: StartModel, router: StartRouter
 ) -> None:
-    model = model_server()
+    model = model_server(lambda e, _n: Reply(200, {"id": e["id"], "pad": "x" * 4000}))
     sent = [event() for _ in range(3)]
-    # A return topic whose name the broker refuses: the answer's delivery report is an error.
-    bad = handler("m", topic, model.port, return_to="no such topic!")
+    # An answer larger than the producer takes: the answer's delivery report is an error.
+    producer = {"message.max.bytes": 3000}
     with TopicReader(servers, f"{topic}-failed") as reader:
-        run_one(servers, topic, router, [bad], sent, kafka={"create_topics": False})
+        config = [handler("m", topic, model.port)]
+        run_one(servers, topic, router, config, sent, kafka={"producer": producer})
         records = reader.wait_for(f"{topic}-failed", 3)
     assert model.count == 3
     assert sorted(r.json()["id"] for r in records) == sorted(e["id"] for e in sent)
     for record in records:
         assert record.headers["logistik.reason"] == "publish-failed"
-        assert "cannot write to topic 'no such topic!'" in record.headers["logistik.error"]
+        assert f"cannot write to topic '{topic}-results'" in record.headers["logistik.error"]
         assert record.headers["logistik.failed_nodes"] == "m-127.0.0.1-model-0"
 
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from logistik.config import KafkaConfig
+from logistik.control.follower import StoreFollower
 from logistik.control.handler_service import HandlerService
 from logistik.control.store import Store, async_url
-from logistik.errors import HandlerNotFoundError, StoreError
+from logistik.errors import HandlerNotFoundError, StoreError, StoreUnavailableError
 from logistik.handler import Handler
 from logistik.kafka.embedded import free_port
+from logistik.routing.registry import Registry
+from tests.support.databases import PostgresServer
 from tests.support.models import wait_until_async
 
 
@@ -177,10 +182,140 @@ async def test_add_edit_delete_and_decoy_counts(database_url: str) -> None:
 
 async def test_unreachable_database_is_one_line() -> None:
     port = free_port()
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(StoreUnavailableError) as caught:
         await Store.open(f"postgresql://logistik:secret@127.0.0.1:{port}/logistik")
     message = str(caught.value)
     assert message.startswith(
         f"cannot open the store at postgresql://logistik:***@127.0.0.1:{port}/logistik: "
     )
     assert "secret" not in message and "\n" not in message
+
+
+async def test_unreachable_database_named_with_a_query_password_is_masked() -> None:
+    port = free_port()
+    url = f"postgresql://logistik@127.0.0.1:{port}/logistik?password=pa55word-in-query"
+    with pytest.raises(StoreUnavailableError) as caught:
+        await Store.open(url)
+    message = str(caught.value)
+    assert message.startswith(
+        f"cannot open the store at postgresql://logistik@127.0.0.1:{port}/logistik?password=***: "
+    )
+    assert "pa55word" not in message
+
+
+async def test_a_malformed_database_url_is_one_line_without_the_url() -> None:
+    with pytest.raises(StoreError) as caught:
+        await Store.open("postgresql://user:secret@host:port/db")
+    assert str(caught.value).startswith("database.url: not a database URL logistik can use")
+    assert "secret" not in str(caught.value)
+
+
+async def test_a_read_only_database_is_one_line_saying_what_could_not_be_done(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "logistik.db"
+    writable = await Store.open(f"sqlite:///{path}")
+    await writable.sync([make(node="1")], "static")
+    await writable.close()
+    store = await Store.open(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        assert [r.node_id for r in await store.records()] == [make(node="1").node_id]
+        with pytest.raises(StoreUnavailableError) as caught:
+            await HandlerService(store).disable(make(node="1").node_id)
+        assert str(caught.value) == (
+            "the handler store cannot change handlers: attempt to write a readonly database"
+        )
+    finally:
+        await store.close()
+
+
+async def test_a_stored_row_that_is_no_valid_handler_is_shown_invalid_and_never_routed(
+    database_url: str,
+) -> None:
+    store = await Store.open(database_url)
+    try:
+        good = make(node="1")
+        await store.sync([good], "consul")
+        async with store._engine.begin() as connection:  # as a row written before the rules
+            await connection.execute(
+                text(
+                    "INSERT INTO handlers (node_id, name, service_id, group_id, event, endpoint, "
+                    "hostname, port, path, method, version, node, model_type, enabled, traffic, "
+                    "environment, tags, consul_service_id, retired, disabled_by_admin, source, "
+                    "registered, decoy_compared, decoy_agreed, created_at, updated_at) VALUES "
+                    "('face-h-model-2', 'face', 'face', 'face', 'detect', '127.0.0.2:9/x#', 'h', "
+                    "5000, '/', 'GET /x', '', '2', 'model', true, 0, '', '[]', '', false, false, "
+                    "'consul', true, 0, 0, :now, :now)"
+                ),
+                {"now": datetime.now(UTC)},
+            )
+        by_id = {r.node_id: r for r in await store.records()}
+        broken = by_id["face-h-model-2"]
+        assert broken.state == "invalid"
+        assert broken.problem is not None
+        assert "endpoint: not a host name or IP address" in broken.problem
+        assert "method: must be one of GET, POST, PUT, PATCH, DELETE" in broken.problem
+        registry = Registry(4)
+        follower = StoreFollower(store, registry, KafkaConfig(create_topics=False))
+        assert await follower.refresh()
+        assert [h.node_id for h in registry.handlers()] == [good.node_id]
+    finally:
+        await store.close()
+
+
+async def test_the_follower_outlives_a_database_outage_and_follows_changes_after_it(
+    own_postgres: PostgresServer,
+) -> None:
+    url = own_postgres.create_database()
+    store, operator = await Store.open(url), await Store.open(url)
+    registry = Registry(4)
+    follower = StoreFollower(store, registry, KafkaConfig(create_topics=False))
+    stop = asyncio.Event()
+    following = asyncio.create_task(follower.follow(stop, 0.05))
+    try:
+        handler = make(node="1")
+        await store.sync([handler], "static")
+        await wait_until_async(lambda: registry.topics() == {"detect"}, timeout_s=10)
+        await asyncio.to_thread(own_postgres.pause)
+        await wait_until_async(lambda: follower.error is not None, timeout_s=20)
+        assert registry.topics() == {"detect"}  # routing with the last known handlers
+        await asyncio.to_thread(own_postgres.resume)
+        await wait_until_async(lambda: follower.error is None, timeout_s=60)
+        await HandlerService(operator).disable(handler.node_id)
+        await wait_until_async(lambda: registry.topics() == set(), timeout_s=20)
+        assert not following.done()
+    finally:
+        stop.set()
+        await following
+        await operator.close()
+        await store.close()
+
+
+async def test_every_field_at_its_bound_fits_the_columns(database_url: str) -> None:
+    longest = make(
+        "n" * 200,
+        service_id="s" * 100,
+        group_id="g" * 255,
+        event="e" * 242,
+        endpoint="a" * 63 + "." + "b" * 63 + "." + "c" * 63,
+        hostname="h" * 63,
+        path="/" + "p" * 1023,
+        method="DELETE",
+        version="v" * 255,
+        node="9" * 64,
+        model_type="canary",
+        return_to="r" * 249,
+        failed_topic="f" * 249,
+        environment="x" * 255,
+        tags=["t" * 255] * 64,
+        consul_service_id="c" * 255,
+        timeout=3600,
+        retries=100,
+    )
+    assert len(longest.node_id) == 100 + 63 + len("canary") + 64 + 3
+    store = await Store.open(database_url)
+    try:
+        assert await store.sync([longest], "consul") == 1
+        assert (await store.get(longest.node_id)).handler == longest
+    finally:
+        await store.close()

@@ -21,7 +21,8 @@ Consul's behaviour reproduced on purpose:
   the node's `serfHealth` check.
 
 Test-only controls, for what the HTTP API cannot do: `stop()`/`start()` (Consul down and back,
-state kept), `wipe()` (Consul lost every registration and its indexes went back), `requests`.
+state kept), `wipe()` (Consul lost every registration and its indexes went back), `requests`,
+and `tamper` (a hostile or broken Consul: rewrites what the catalog and health listings answer).
 """
 
 from __future__ import annotations
@@ -587,6 +588,7 @@ class Store:
 
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+Tamper = Callable[[str, Any, dict[str, str]], tuple[Any, dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -615,6 +617,8 @@ class ConsulDouble:
         self.reap_interval_s = reap_interval_s
         self.tick_s = tick_s
         self.requests: list[tuple[str, str]] = []
+        # (path, answer, headers) -> (answer, headers): rewrites the catalog and health answers.
+        self.tamper: Tamper | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -826,7 +830,7 @@ class ConsulDouble:
     async def _catalog_services(self, request: web.Request, _arg: str) -> web.StreamResponse:
         await self._block(request, lambda: self.store.catalog_services()[0])
         index, answer = self.store.catalog_services()
-        return self._indexed(answer, index)
+        return self._indexed(request, answer, index)
 
     async def _catalog_service(self, request: web.Request, name: str) -> web.StreamResponse:
         if not name:
@@ -834,7 +838,7 @@ class ConsulDouble:
         await self._block(request, lambda: self.store.index_of(name))
         tags = request.query.getall("tag", [])
         index, answer = self.store.catalog_service(name, tags)
-        return self._indexed(answer, index)
+        return self._indexed(request, answer, index)
 
     async def _health_service(self, request: web.Request, name: str) -> web.StreamResponse:
         if not name:
@@ -849,15 +853,17 @@ class ConsulDouble:
         await self._block(request, lambda: self.store.index_of(name))
         tags = request.query.getall("tag", [])
         index, answer = self.store.health_service(name, tags, passing)
-        return self._indexed(answer, index)
+        return self._indexed(request, answer, index)
 
-    @staticmethod
-    def _indexed(answer: Any, index: int) -> web.Response:
+    def _indexed(self, request: web.Request, answer: Any, index: int) -> web.Response:
         headers = {
             "X-Consul-Index": str(max(index, 1)),
             "X-Consul-KnownLeader": "true",
             "X-Consul-LastContact": "0",
         }
+        tamper = self.tamper
+        if tamper is not None:
+            answer, headers = tamper(request.path, answer, headers)
         return web.json_response(answer, headers=headers)
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -10,7 +11,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from logistik.kafka.embedded import free_port
 from tests.support.system import needs
@@ -49,10 +53,21 @@ class PostgresServer:
         self._run(
             postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
         )
+        self.resume()
+        return self
+
+    def pause(self) -> None:
+        """Stop the server at once, keeping its data: PostgreSQL down in the middle of a run."""
+        self._run(
+            postgres_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"
+        )
+
+    def resume(self) -> None:
+        """Start the server (again); returns when it accepts connections."""
         self._run(
             postgres_bin("pg_ctl"),
             "-D",
-            str(data),
+            str(self.dir / "data"),
             "-l",
             str(self.dir / "log"),
             "-w",
@@ -60,20 +75,12 @@ class PostgresServer:
             f"'-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off'",
             "start",
         )
-        return self
 
     def stop(self) -> None:
-        """Stop the server and remove its files."""
+        """Stop the server (when it runs) and remove its files."""
         try:
-            self._run(
-                postgres_bin("pg_ctl"),
-                "-D",
-                str(self.dir / "data"),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            )
+            with contextlib.suppress(subprocess.CalledProcessError):  # already paused
+                self.pause()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -155,3 +162,11 @@ class RedisServer:
             self._process.terminate()
             self._process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, which it may stop (pause) and start (resume)."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()

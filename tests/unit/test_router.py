@@ -14,7 +14,7 @@ from logistik.answer import Answer, Outcome
 from logistik.config import RoutingConfig
 from logistik.errors import PublishError
 from logistik.handler import Handler
-from logistik.protocol import Header, HeaderValue, Reason
+from logistik.protocol import Header, HeaderValue, Reason, retry_topic
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
 
@@ -194,12 +194,13 @@ async def pass_retries(router: Router, topics: MemoryTopics, **changes: str) -> 
     """Take every record of a retry topic back into the router, as the consume loop does,
     each due at once (the back-off is not what these tests look at), headers changed as asked."""
     taken = 0
-    while retries := [r for r in topics.records if r.topic.endswith("-retry")]:
+    while retries := [r for r in topics.records if "-retry-" in r.topic]:
         for record in retries:
             topics.records.remove(record)
             fields = {**record.headers, Header.DUE_AT: "0", **changes}
             headers = [(k, v.encode()) for k, v in fields.items()]
-            assert await router.retry(Source(record.topic, 0, taken), record.value, headers)
+            position = Source(record.topic, 0, taken)
+            assert await router.retry(position, record.value, headers, origin="detect")
             taken += 1
     return taken
 
@@ -209,7 +210,7 @@ async def test_a_failed_call_waits_on_the_retry_topic_not_in_the_event() -> None
     router, models, topics = router_for([handler("face")], lambda h, b: failing, retries=2)
     await router.handle(Source(*SOURCE), event(actor={"id": "alice"}))
     [waiting] = topics.records
-    assert (waiting.topic, waiting.key) == ("detect-retry", b"alice")
+    assert (waiting.topic, waiting.key) == ("detect-retry-face", b"alice")
     times = (Header.DUE_AT, Header.WAITING_SINCE)
     assert abs(int(waiting.headers[Header.WAITING_SINCE]) / 1000 - time.time()) < 60
     assert {k: v for k, v in waiting.headers.items() if k not in times} == {
@@ -268,7 +269,7 @@ async def test_a_circuit_opens_after_calls_without_an_answer_and_calls_stop() ->
         await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
     # unhealthy_after_failures (3) calls, then the open circuit sends events straight on.
     assert len(models.calls) == 3
-    waiting = [r for r in topics.records if r.topic == "detect-retry"]
+    waiting = [r for r in topics.records if r.topic == "detect-retry-face"]
     assert len(waiting) == 6
     assert waiting[-1].headers[Header.ERROR].startswith("circuit open for every instance")
     live = router._registry.instance("face-127.0.0.1-model-0")
@@ -301,7 +302,7 @@ async def test_a_half_open_circuit_closes_on_a_good_probe() -> None:
 async def test_unreadable_retry_headers_go_to_the_failed_topic() -> None:
     router, models, topics = router_for([handler("face")], lambda h, b: ok({}))
     headers: list[tuple[str, HeaderValue]] = [(Header.RETRY_GROUP, b"face"), (Header.ATTEMPT, b"x")]
-    assert await router.retry(Source("detect-retry", 0, 3), event(), headers)
+    assert await router.retry(Source("detect-retry-face", 0, 3), event(), headers, origin="detect")
     [failed] = topics.records
     assert (failed.topic, failed.headers[Header.REASON]) == ("detect-failed", "invalid-header")
     assert models.calls == []
@@ -366,7 +367,7 @@ async def test_an_open_circuit_holds_events_without_using_their_retries() -> Non
     for offset in range(5):
         await router.handle(Source("detect", 0, offset), event(id=f"e{offset}"))
     failed = [r for r in topics.records if r.topic == "detect-failed"]
-    held = [r for r in topics.records if r.topic == "detect-retry"]
+    held = [r for r in topics.records if r.topic == "detect-retry-face"]
     assert (len(failed), len(held)) == (3, 2)  # retries 0: the failed calls fail at once
     assert {r.headers[Header.ATTEMPT] for r in held} == {"0"}
     live = router._registry.instance("face-127.0.0.1-model-0")
@@ -390,3 +391,13 @@ async def test_held_events_fail_once_held_too_long() -> None:
     failed = [r for r in topics.records if r.topic == "detect-failed"]
     assert len(failed) == 4
     assert any("no instance could take it for" in r.headers[Header.ERROR] for r in failed)
+
+
+def test_each_group_has_a_retry_topic_whose_name_kafka_takes() -> None:
+    assert retry_topic("detect", "face") == "detect-retry-face"
+    odd = retry_topic("detect", "face/v2 (gpu)")
+    assert odd.startswith("detect-retry-face_v2__gpu_-") and odd != retry_topic(
+        "detect", "face_v2__gpu_"
+    )
+    assert len(retry_topic("t" * 240, "g" * 100)) == 249
+    assert all(c.isalnum() or c in "._-" for c in odd)

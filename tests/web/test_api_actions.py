@@ -171,3 +171,32 @@ def test_a_handler_without_a_stats_server_has_no_uwsgi_figures(
     node = add(api, unique("m"), unique("topic"), model.port)
     assert api.views()[node]["uwsgi"] is None
     assert api.get(f"/api/handlers/{node}").json()["uwsgi"] is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"endpoint": "127.0.0.2:9/x#"}, "endpoint: not a host name or IP address"),
+        ({"hostname": "a/b"}, "hostname: not a host name or IP address"),
+        ({"node": "1/2"}, "node: may not hold '/'"),
+        ({"method": "GET /x"}, "method: must be one of GET, POST, PUT, PATCH, DELETE"),
+        ({"path": "x#"}, "path: must start with '/'"),
+        ({"version": "v" * 300}, "version: longer than 255 characters"),
+    ],
+)
+def test_a_handler_with_a_field_that_is_no_host_path_or_method_is_refused(
+    api: Client, fields: dict[str, Any], words: str
+) -> None:
+    topic = unique("topic")
+    refused(api.post("/api/handlers", handler(unique("x"), topic, 1, **fields)), 422, words)
+    node = add(api, unique("m"), topic)
+    refused(api.patch(f"/api/handlers/{node}", fields), 422, words.partition(":")[0])
+
+
+def test_a_handler_answering_to_its_own_topic_is_refused(api: Client) -> None:
+    topic = unique("topic")
+    looped = handler(unique("x"), topic, 1, return_to=topic)
+    refused(api.post("/api/handlers", looped), 422, "return_to is the topic it handles")
+    node = add(api, unique("m"), topic)
+    refused(api.patch(f"/api/handlers/{node}", {"return_to": topic}), 422, "the topic it handles")
+    assert api.views()[node]["state"] == "active"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -209,3 +211,62 @@ def test_docs_and_openapi_load_nothing_from_elsewhere(running: RouterThread) -> 
     assert "default-src 'none'" in docs.headers["Content-Security-Policy"]
     for reply in (schema, docs):
         assert not re.search(r"(https?:)?//[a-z0-9]", reply.text, re.IGNORECASE), reply.text
+
+
+def from_address(
+    running: RouterThread,
+    source: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    token: str | None = None,
+) -> int:
+    """Send a request from another loopback address (another client); returns the status."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", running.config.web.port, timeout=10, source_address=(source, 0)
+    )
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        connection.request(method, path, json.dumps(body) if body else None, headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_failed_logins_are_throttled_per_client_and_per_user_name_never_for_everyone(
+    broker: Broker, router: Callable[[dict[str, Any]], RouterThread]
+) -> None:
+    users = {name: hash_password(PASSWORD, iterations=1000) for name in ("alice", "bob")}
+    running = router(quiet_config(broker.bootstrap_servers, {**AUTH, "users": users}))
+
+    def login_from(source: str, user: str, password: str) -> int:
+        return from_address(
+            running, source, "POST", "/auth/login", {"user": user, "password": password}
+        )
+
+    # One address guessing many names is stopped, the right password included ...
+    for n in range(20):
+        assert login_from("127.0.0.2", f"guess{n}", "wrong") == 401
+    assert login_from("127.0.0.2", "bob", PASSWORD) == 429
+    # ... while everyone else logs in.
+    assert login_from("127.0.0.1", "bob", PASSWORD) == 200
+    # Many addresses guessing one name stop that name only.
+    for n in range(10):
+        assert login_from(f"127.0.1.{n + 1}", "alice", "wrong") == 401
+    refused_alice = Client.of(running).post("/auth/login", {"user": "alice", "password": PASSWORD})
+    refused(refused_alice, 429, "too many failed attempts for this user name")
+    assert refused_alice.headers["Retry-After"].isdigit()
+    assert login_from("127.0.0.1", "bob", PASSWORD) == 200
+
+
+def test_wrong_bearer_tokens_are_throttled_per_client(
+    broker: Broker, router: Callable[[dict[str, Any]], RouterThread]
+) -> None:
+    running = router(quiet_config(broker.bootstrap_servers, AUTH))
+    for n in range(20):
+        assert from_address(running, "127.0.0.3", "GET", "/auth/session", token=f"guess{n}") == 401
+    assert from_address(running, "127.0.0.3", "GET", "/auth/session", token=TOKEN) == 429
+    assert from_address(running, "127.0.0.1", "GET", "/auth/session", token=TOKEN) == 200
+    assert from_address(running, "127.0.0.3", "GET", "/auth/session") == 200  # no token: open

@@ -124,8 +124,17 @@ def _fields(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             fail(f"'{pair}' is not key=value", EXIT_CONFIG)
-        fields[key.strip()] = yaml.safe_load(value) if value else ""
+        fields[key.strip()] = _scalar(value)
     return fields
+
+
+def _scalar(value: str) -> Any:
+    """A value read as a YAML scalar (5 is a number, true a boolean); anything else as text."""
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, str | int | float | bool) or parsed is None else value
 
 
 @click.group()

@@ -3,6 +3,8 @@
 Blocking queries follow Consul's rules (see `next_index`): pass the index of the previous
 answer as `index`, reset to 0 when an answer's index goes backwards, never block on index 0
 by mistake. A blocking query may return without a change; compare the data, not the index.
+An answer without a positive X-Consul-Index has index 0, and one of the wrong shape (not the
+object or list the endpoint answers) is a ConsulError: callers back off on both.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from logistik.errors import DiscoveryError
+from logistik.errors import DiscoveryError, one_line
 
 T = TypeVar("T")
 DEFAULT_PORT = 8500
@@ -149,7 +151,16 @@ class ConsulClient:
     ) -> Indexed[dict[str, list[str]]]:
         """GET /v1/catalog/services: every service name with its tags (blocking if index > 0)."""
         answer = await self._blocking("/v1/catalog/services", [], index, wait_s)
-        return Indexed(answer.index, {str(k): list(v or []) for k, v in answer.value.items()})
+        if not isinstance(answer.value, dict):
+            raise self._shape_error("/v1/catalog/services", "an object", answer.value)
+        return Indexed(
+            answer.index,
+            {
+                str(name): [tag for tag in tags if isinstance(tag, str)]
+                for name, tags in answer.value.items()
+                if isinstance(tags, list)
+            },
+        )
 
     async def health_service(
         self,
@@ -166,7 +177,13 @@ class ConsulClient:
             params.append(("passing", "1"))
         path = f"/v1/health/service/{quote(name, safe='')}"
         answer = await self._blocking(path, params, index, wait_s)
-        return Indexed(answer.index, list(answer.value or []))
+        if not isinstance(answer.value, list):
+            raise self._shape_error(path, "a list", answer.value)
+        return Indexed(answer.index, answer.value)
+
+    def _shape_error(self, path: str, wanted: str, value: Any) -> ConsulError:
+        got = "text" if isinstance(value, str) else type(value).__name__
+        return ConsulError(f"Consul at {self.url} answered {path} with {got}, not {wanted}")
 
     async def _blocking(
         self, path: str, params: list[tuple[str, str]], index: int, wait_s: float | None
@@ -178,10 +195,8 @@ class ConsulClient:
                 params.append(("wait", go_duration(wait_s)))
             timeout_s += (wait_s if wait_s is not None else 300.0) * (1 + 1 / JITTER_FRACTION)
         _, headers, body = await self._request("GET", path, params=params, timeout_s=timeout_s)
-        try:
-            returned = int(headers.get("X-Consul-Index", "0"))
-        except ValueError:
-            returned = 0
+        text = headers.get("X-Consul-Index", "")
+        returned = int(text) if text.isdigit() and len(text) < 20 else 0
         return Indexed(returned, body)
 
     async def _request(
@@ -205,12 +220,13 @@ class ConsulClient:
                 json=None if body is None else dict(body),
                 timeout=timeout,
             ) as response:
-                text = await response.text()
+                text = (await response.read()).decode("utf-8", "replace")
                 status, headers = response.status, dict(response.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise ConsulError(f"cannot reach Consul at {self.url}: {_reason(exc)}") from None
         if status >= 400 and not (status == 404 and allow_404):
-            first_line = text.strip().splitlines()[0] if text.strip() else "no details"
+            lines = text.strip().splitlines()
+            first_line = one_line(lines[0], 200) if lines else "no details"
             message = f"Consul at {self.url} answered {status} to {method} {path}: {first_line}"
             raise ConsulError(message, status)
         if "json" not in headers.get("Content-Type", "") or not text:

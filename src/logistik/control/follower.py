@@ -12,10 +12,13 @@ from logistik.errors import describe
 from logistik.handler import Handler
 from logistik.kafka import ensure_topics
 from logistik.protocol import failed_topic, retry_topic
+from logistik.routing.backoff import Backoff
 from logistik.routing.decoy import DecoyTally
 from logistik.routing.registry import Registry
 
 logger = logging.getLogger(__name__)
+
+RETRY_CAP_S = 15.0  # the longest wait between reloads while the store fails
 
 
 def topics_of(handlers: list[Handler]) -> set[str]:
@@ -24,7 +27,7 @@ def topics_of(handlers: list[Handler]) -> set[str]:
     for handler in handlers:
         topics |= {
             handler.event,
-            retry_topic(handler.event),
+            retry_topic(handler.event, handler.group_id),
             handler.failed_topic_name,
             failed_topic(handler.event),
         }
@@ -46,12 +49,15 @@ class StoreFollower:
         self._seen: tuple[dict[str, Handler], dict[str, Handler]] = ({}, {})
         self._topics: set[str] = set()
         self.error: str | None = None  # why the last refresh failed, None when it worked
+        self.failures = 0  # refreshes failed in a row
 
     async def refresh(self) -> bool:
         """Load the store once; returns whether the routed handlers changed."""
         if self.tally is not None:
             await self._store.count_decoy(self.tally.drain())
         records = await self._store.records()
+        # Only routable handlers, even when down: a handler without a topic never reaches the
+        # subscription (state says "invalid" for it whatever its health).
         active = {r.node_id: r.handler for r in records if r.state == "active"}
         down = {r.node_id: r.handler for r in records if r.state == "down"}
         if (active, down) == self._seen:
@@ -66,11 +72,13 @@ class StoreFollower:
         """Refresh every `refresh_s` until stopped; a failing store keeps the last handlers.
 
         Never ends before `stop`: whatever a refresh raises (a driver's own errors after a
-        database outage included) is reported once, and the next refresh tries again.
+        database outage included) is reported once, and refreshes go on with back-off.
         """
+        backoff = Backoff(base_s=refresh_s, cap_s=max(refresh_s, RETRY_CAP_S))
         while not stop.is_set():
+            wait_s = backoff.delay_s(self.failures) if self.failures else refresh_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), refresh_s)
+                await asyncio.wait_for(stop.wait(), wait_s)
             if stop.is_set():
                 return
             await self._refresh_reporting()
@@ -78,16 +86,18 @@ class StoreFollower:
     async def _refresh_reporting(self) -> None:
         try:
             await self.refresh()
-        except Exception as exc:
+        except Exception as exc:  # a driver's own errors too: the follower must never end
             if self.error is None:
                 logger.error(
-                    "cannot reload handlers (%s); routing with the last known", describe(exc)
+                    "cannot reload handlers (%s); routing with the last known, retrying",
+                    describe(exc),
                 )
             self.error = describe(exc)
+            self.failures += 1
             return
         if self.error is not None:
-            logger.info("handler store reachable again")
-        self.error = None
+            logger.info("handler store reachable again after %d failed reload(s)", self.failures)
+        self.error, self.failures = None, 0
 
     async def final_refresh(self) -> None:
         """One last refresh at exit (it writes the decoy counts); a failure is only logged."""

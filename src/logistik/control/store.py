@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import os
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +26,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -32,11 +35,20 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from logistik.config import describe_validation, require_extra
-from logistik.errors import HandlerNotFoundError, StoreError
+from logistik.config import describe_validation, field_problems, masked_url, require_extra
+from logistik.errors import (
+    HandlerNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+    describe,
+    one_line,
+)
 from logistik.handler import Handler, ModelType
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_S = 10.0  # a PostgreSQL host that does not answer fails in this time, not 60 s
+# What a database that is down, away or read-only raises (the driver's errors come wrapped).
+UNAVAILABLE = (OSError, TimeoutError, SQLAlchemyError)
 # Fields discovery (or the config) owns; admin fields are never written from discovery.
 DISCOVERED_FIELDS = (
     "name",
@@ -129,6 +141,7 @@ class HandlerRecord:
     created_at: datetime
     updated_at: datetime
     last_seen_at: datetime | None
+    broken: bool = False  # the stored fields are not a valid handler (see `problem`)
 
     @property
     def node_id(self) -> str:
@@ -137,17 +150,21 @@ class HandlerRecord:
 
     @property
     def state(self) -> str:
-        """One word: retired, disabled (by hand), gone (deregistered), down, invalid or active."""
+        """One word: retired, disabled (by hand), gone (deregistered), invalid, down or active.
+
+        A handler that cannot be routed as stored (no topic, no return_to, fields that are not
+        valid) is invalid whatever its health: it must never reach the router, not even as down.
+        """
         if self.handler.retired:
             return "retired"
         if self.disabled_by_admin:
             return "disabled"
         if not self.registered:
             return "gone"
+        if self.broken or self.handler.problem() is not None:
+            return "invalid"
         if not self.discovered_enabled:
             return "down"
-        if self.handler.problem() is not None:
-            return "invalid"
         return "active"
 
     @property
@@ -172,35 +189,55 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _effective(row: HandlerRow) -> Handler:
-    return Handler.model_validate(
-        {
-            **{f: getattr(row, f) for f in DISCOVERED_FIELDS},
-            "node_id": row.node_id,
-            "model_type": row.admin_model_type or row.model_type,
-            "traffic": row.admin_traffic if row.admin_traffic is not None else row.traffic,
-            "enabled": row.enabled and not row.disabled_by_admin,
-            "retired": row.retired,
-            "tags": list(row.tags or []),
-        }
-    )
+def _effective(row: HandlerRow) -> tuple[Handler, str | None]:
+    """The handler a row says, and why its fields are not valid (then it is never routed)."""
+    values = {
+        **{f: getattr(row, f) for f in DISCOVERED_FIELDS},
+        "node_id": row.node_id,
+        "model_type": row.admin_model_type or row.model_type,
+        "traffic": row.admin_traffic if row.admin_traffic is not None else row.traffic,
+        "enabled": row.enabled and not row.disabled_by_admin,
+        "retired": row.retired,
+        "tags": list(row.tags or []),
+    }
+    try:
+        return Handler.model_validate(values), None
+    except ValidationError as exc:
+        # Written before a rule existed, or by hand: shown with its problem, never routed.
+        problem = "stored fields are not valid: " + "; ".join(field_problems(exc))
+        return Handler.model_construct(**{**values, "enabled": False}), problem
 
 
 def _record(row: HandlerRow) -> HandlerRecord:
+    handler, invalid = _effective(row)
     return HandlerRecord(
-        _effective(row),
+        handler,
         row.source,
         row.registered,
         row.enabled,
         row.disabled_by_admin,
         row.model_type,
-        row.problem,
+        invalid or row.problem,
         row.decoy_compared,
         row.decoy_agreed,
         row.created_at,
         row.updated_at,
         row.last_seen_at,
+        broken=invalid is not None,
     )
+
+
+@contextlib.asynccontextmanager
+async def _reaching(doing: str) -> AsyncIterator[None]:
+    """Turn a database's own errors into one-line StoreErrors saying what could not be done."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise StoreError(f"the handler store refused to {doing}: {_first_line(exc)}") from None
+    except UNAVAILABLE as exc:
+        raise StoreUnavailableError(
+            f"the handler store cannot {doing}: {_first_line(exc)}"
+        ) from None
 
 
 class Store:
@@ -212,17 +249,28 @@ class Store:
 
     @classmethod
     async def open(cls, url: str) -> Store:
-        """Connect and upgrade the schema; a database that cannot be reached is a StoreError."""
-        if async_url(url).startswith("postgresql+asyncpg"):
+        """Connect and upgrade the schema; StoreUnavailableError when the database is away."""
+        driver_url = async_url(url)
+        if driver_url.startswith("postgresql+asyncpg"):
             require_extra("asyncpg", "postgres", "database.url")
-        engine = create_async_engine(async_url(url))
+        try:
+            engine = create_async_engine(
+                driver_url,
+                # A pooled connection a database restart closed is replaced, not handed out.
+                pool_pre_ping=True,
+                connect_args={"timeout": CONNECT_TIMEOUT_S} if "asyncpg" in driver_url else {},
+            )
+        except (ArgumentError, ValueError, ImportError) as exc:
+            raise StoreError(
+                f"database.url: not a database URL logistik can use ({describe(exc, 120)})"
+            ) from None
         store = cls(engine)
         try:
             await store.migrate()
-        except (OSError, OperationalError, DBAPIError) as exc:
+        except UNAVAILABLE as exc:
             await engine.dispose()
-            raise StoreError(
-                f"cannot open the store at {_safe_url(url)}: {_first_line(exc)}"
+            raise StoreUnavailableError(
+                f"cannot open the store at {masked_url(url)}: {_first_line(exc)}"
             ) from None
         return store
 
@@ -239,25 +287,25 @@ class Store:
             await connection.run_sync(_upgrade, revision)
 
     async def ping(self) -> None:
-        """Run a trivial query; raises StoreError when the database does not answer."""
+        """Run a trivial query; StoreUnavailableError when the database does not answer."""
         try:
             async with self._engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except (OSError, OperationalError, DBAPIError) as exc:
-            raise StoreError(f"the store does not answer: {_first_line(exc)}") from None
+        except UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"the store does not answer: {_first_line(exc)}") from None
 
     async def revision(self) -> str | None:
         """The schema revision the database is at."""
         async with self._engine.connect() as connection:
             try:
                 result = await connection.execute(text("SELECT version_num FROM alembic_version"))
-            except (OperationalError, DBAPIError):
+            except SQLAlchemyError:
                 return None
             return result.scalar_one_or_none()
 
     async def records(self) -> list[HandlerRecord]:
         """Every stored handler, ordered by node id."""
-        async with self._sessions() as session:
+        async with _reaching("read handlers"), self._sessions() as session:
             rows = await session.scalars(select(HandlerRow).order_by(HandlerRow.node_id))
             return [_record(row) for row in rows]
 
@@ -267,7 +315,7 @@ class Store:
 
     async def get(self, node_id: str) -> HandlerRecord:
         """One stored handler; HandlerNotFoundError when there is none."""
-        async with self._sessions() as session:
+        async with _reaching("read handlers"), self._sessions() as session:
             return _record(await _row(session, node_id))
 
     async def sync(
@@ -288,7 +336,7 @@ class Store:
         wanted = {h.node_id: h for h in handlers}
         problems = problems or {}
         changed = 0
-        async with self._sessions.begin() as session:
+        async with _reaching("write handlers"), self._sessions.begin() as session:
             query = select(HandlerRow).where(HandlerRow.source == source)
             rows = {r.node_id: r for r in await session.scalars(query)}
             for node_id, handler in wanted.items():
@@ -312,7 +360,7 @@ class Store:
 
     async def add(self, handler: Handler, source: str = "api") -> HandlerRecord:
         """Store a new handler; StoreError if its node id exists."""
-        async with self._sessions.begin() as session:
+        async with _reaching("add the handler"), self._sessions.begin() as session:
             if await _by_node_id(session, handler.node_id) is not None:
                 raise StoreError(f"handler {handler.node_id} already exists")
             row = _new_row(handler, source, _now())
@@ -321,7 +369,7 @@ class Store:
 
     async def edit(self, node_id: str, fields: dict[str, Any]) -> HandlerRecord:
         """Change discovered fields of a handler (validated as a whole)."""
-        async with self._sessions.begin() as session:
+        async with _reaching("change the handler"), self._sessions.begin() as session:
             row = await _row(session, node_id)
             current = {f: getattr(row, f) for f in DISCOVERED_FIELDS}
             if "timeout" in fields:
@@ -331,6 +379,9 @@ class Store:
                 handler = Handler.model_validate({**current, **fields, "node_id": node_id})
             except ValidationError as exc:
                 raise StoreError(describe_validation(exc, node_id)) from None
+            problem = handler.problem()
+            if problem is not None and problem != _effective(row)[0].problem():
+                raise StoreError(f"{node_id}: {problem}")  # an edit never makes one unroutable
             _apply(row, handler, row.source, _now())
         return _record(row)
 
@@ -348,7 +399,7 @@ class Store:
         if unknown:
             raise ValueError(f"not admin state: {', '.join(sorted(unknown))}")
         rows = []
-        async with self._sessions.begin() as session:
+        async with _reaching("change handlers"), self._sessions.begin() as session:
             for node_id, state in changes:
                 row = await _row(session, node_id)
                 for key, value in state.items():
@@ -359,14 +410,14 @@ class Store:
 
     async def delete(self, node_id: str) -> None:
         """Remove a handler for good."""
-        async with self._sessions.begin() as session:
+        async with _reaching("delete the handler"), self._sessions.begin() as session:
             await session.delete(await _row(session, node_id))
 
     async def count_decoy(self, counts: dict[str, tuple[int, int]]) -> None:
         """Add (compared, agreed) counts to decoys, atomically across processes."""
         if not counts:
             return
-        async with self._sessions.begin() as session:
+        async with _reaching("count decoy answers"), self._sessions.begin() as session:
             for node_id, (compared, agreed) in counts.items():
                 await session.execute(
                     update(HandlerRow)
@@ -458,16 +509,12 @@ async def _row(session: AsyncSession, node_id: str) -> HandlerRow:
     return row
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
-    return url
-
-
 def _first_line(exc: BaseException) -> str:
+    """The driver's own message, first line only, without the SQL or the error's class."""
     inner = getattr(exc, "orig", None) or exc
-    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+    line = (str(inner).strip().splitlines() or [""])[0]
+    # asyncpg's errors come as "<class 'asyncpg...Error'>: message".
+    line = re.sub(r"^<class '[\w.]+'>: ", "", line).strip()
+    if isinstance(inner, ConnectionRefusedError) or (not line and isinstance(inner, OSError)):
+        return os.strerror(inner.errno).lower() if inner.errno else "cannot connect"
+    return one_line(line or type(inner).__name__, 200)

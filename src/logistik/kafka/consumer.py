@@ -23,7 +23,6 @@ from confluent_kafka import (
 from logistik.config import KafkaConfig
 from logistik.kafka.offsets import OffsetBook, TopicPartitionKey
 from logistik.kafka.settings import consumer_config
-from logistik.protocol import RETRY_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +45,9 @@ class EventConsumer:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
+        # Topics whose records may wait long on purpose (retry topics): a revocation does
+        # not wait for them; the router checks its partition is still held before calling.
+        self.unwaited_topics: set[str] = set()
         self._paused_topics: set[str] = set()  # paused on their own, e.g. retry topics
 
     async def run(self, call: Callable[[], Any]) -> Any:
@@ -170,7 +172,7 @@ class EventConsumer:
         # re-subscription) takes the partition over, so they are not routed twice. Records of
         # retry topics may wait long for their due time: they are given up at once instead
         # (the router checks its partition is still held before calling).
-        waited = [k for k in keys if not k[0].endswith(RETRY_SUFFIX)]
+        waited = [k for k in keys if k[0] not in self.unwaited_topics]
         deadline = time.monotonic() + self._drain_s
         while self._book.in_progress(waited) and time.monotonic() < deadline:
             time.sleep(0.01)

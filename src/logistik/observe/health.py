@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
@@ -27,12 +27,14 @@ class Readiness:
         store: Store,
         loop_age_s: Callable[[], float | None],
         tasks: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        errors: Callable[[], Mapping[str, str | None]] | None = None,
     ) -> None:
         self._kafka = kafka
         self._admin = AdminClient(base_config(kafka.bootstrap_servers))
         self._store = store
         self._loop_age_s = loop_age_s
         self._tasks = tasks
+        self._errors = errors  # tasks that run but fail and retry (task name -> why, or None)
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
@@ -49,6 +51,9 @@ class Readiness:
             }
             if self._tasks is not None:
                 checks.update(self._tasks())
+            for name, error in (self._errors() if self._errors is not None else {}).items():
+                if error is not None:
+                    checks[name] = {"ok": False, "detail": f"retrying with back-off: {error}"}
             result = {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
             self._cached = (now, result)
             return result

@@ -1,16 +1,21 @@
-"""Log set-up: one line per record as text or JSON, with repeated warnings rate-limited."""
+"""Log set-up: one line per record as text or JSON; repeated warnings held back, secrets masked."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 EVENTS_LOGGER = "logistik.events"  # one line per (event, group) outcome
+MASK = "***"
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
+_PLAIN = logging.Formatter()
 # Attributes a record may carry for JSON logs (passed with `extra=`).
 EVENT_FIELDS = ("event_id", "topic", "group", "node_id", "outcome", "reason")
 
@@ -50,6 +55,54 @@ class RateLimit(logging.Filter):
         return False
 
 
+class SecretMask(logging.Filter):
+    """Replaces every known secret, and any URL's password, in a record with ***.
+
+    The message, its arguments and the traceback are masked, whatever logged them (a library
+    quoting a URL in an error included), before any formatter sees the record.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: tuple[str, ...] = ()
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too (the longest first, so a secret holding another is masked whole)."""
+        known = {*self._secrets, *(s for s in secrets if s)}
+        self._secrets = tuple(sorted(known, key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        """The text with every secret replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return _URL_PASSWORD.sub(r"\1" + MASK + "@", text) if "://" in text else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the record in place; never drops it."""
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit: the handler reports it
+            return True
+        record.msg, record.args = self.mask(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.mask(record.stack_info)
+        return True
+
+
+SECRETS = SecretMask()  # what setup_logging's handler masks; `mask_secrets` adds to it
+
+
+def mask_secrets(secrets: Iterable[str]) -> None:
+    """Never let these values reach a log line (the config's tokens, passwords, keys, URLs)."""
+    SECRETS.add(secrets)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any event fields."""
 
@@ -66,18 +119,19 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 document[name] = value
         if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
+            document["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(document, ensure_ascii=False)
 
 
 def setup_logging(level: str, json_lines: bool = False) -> None:
-    """Log to stderr at `level`, as text or JSON lines, rate-limiting repeated warnings."""
+    """Log to stderr at `level`, as text or JSON lines, rate-limiting warnings, masking secrets."""
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RateLimit())
+    handler.addFilter(SECRETS)  # after RateLimit, which groups records by their template
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,4 +1,4 @@
-"""Optional statsd timings (the seed's choice): one UDP datagram per model call, fire and forget."""
+"""Optional statsd timings: one UDP datagram per model call, fire and forget."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from logistik.kafka import EventConsumer, EventProducer, OffsetBook
 from logistik.observe.alerts import Alerter
 from logistik.observe.figures import Figures
 from logistik.observe.health import Readiness
+from logistik.observe.logs import mask_secrets
 from logistik.observe.metrics import metrics_registry
 from logistik.observe.reachability import Reachability
 from logistik.observe.statsd import Statsd
@@ -57,6 +58,7 @@ class Runner:
         self.store: Store | None = None
         self.discovery: ConsulDiscovery | None = None
         self.reachability: Reachability | None = None
+        self.follower: StoreFollower | None = None
         self.loop: ConsumeLoop | None = None
         self._consumer: EventConsumer | None = None
         self._supervisor: Supervisor | None = None
@@ -68,6 +70,9 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route until `stop` is set, then drain, commit and close; raise if a part broke."""
+        mask_secrets(self.config.secrets())
+        for warning in self.config.warnings():
+            logger.warning(warning)
         web = self.config.web
         sock = bind(web.host, web.port) if web.enabled else None  # a taken port fails first
         halt = asyncio.Event()
@@ -78,7 +83,9 @@ class Runner:
             store = self.store = await Store.open(self.config.database.url)
             stack.push_async_callback(store.close)
             await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
-            follower = StoreFollower(store, self.registry, self.config.kafka, self.decoys)
+            follower = self.follower = StoreFollower(
+                store, self.registry, self.config.kafka, self.decoys
+            )
             await follower.refresh()
             if not self.registry.topics():
                 logger.warning("no enabled handler yet: nothing to consume until one is added")
@@ -172,7 +179,9 @@ class Runner:
             self.reachability,
         )
         app = create_app(state)
-        readiness = Readiness(self.config.kafka, store, self._loop_age_s, supervisor.status)
+        readiness = Readiness(
+            self.config.kafka, store, self._loop_age_s, supervisor.status, self.control_errors
+        )
         collectors = metrics_registry(self.figures, self.registry, self._lag)
         add_operations_routes(app, readiness, collectors)
         web_stop = asyncio.Event()
@@ -189,6 +198,14 @@ class Runner:
 
     def _lag(self) -> dict[tuple[str, int], int]:
         return {} if self._consumer is None else self._consumer.lag
+
+    def control_errors(self) -> dict[str, str | None]:
+        """What the store follower and Consul discovery fail at while they retry (None: fine)."""
+        follower, discovery = self.follower, self.discovery
+        return {
+            FOLLOWER: None if follower is None else follower.error,
+            DISCOVERY: None if discovery is None else discovery.failure,
+        }
 
     def status(self) -> dict[str, Any]:
         """The process's live status, for the API."""
@@ -207,6 +224,7 @@ class Runner:
             },
             "tasks": tasks,
             "unreachable": [] if self.reachability is None else self.reachability.unreachable(),
+            "store": {"error": None if self.follower is None else self.follower.error},
             "consul": None
             if discovery is None or consul is None
             else {"url": consul.url, "error": discovery.error},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from functools import partial
 from typing import cast
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 500
 POLL_TIMEOUT_S = 0.1
 FULL_WAKE_S = 0.5  # a full loop still turns this often: commits, stop, pause
+RETRY_DRAIN_S = 5.0  # at a stop, how long calls from retry topics may take to finish
 
 
 class ConsumeLoop:
@@ -45,14 +47,16 @@ class ConsumeLoop:
         self._routing = routing
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_tasks: set[asyncio.Task[None]] = set()
-        self._retry_topics: set[str] = set()
-        self._retries_paused = False
+        self._lanes: dict[str, str] = {}  # retry topic -> the topic its events came from
+        self._lane_waiting: Counter[str] = Counter()
+        self._paused_lanes: set[str] = set()
         self._stopping = asyncio.Event()
         self._unknown_topics: set[str] = set()
         self._last_turn: float | None = None
         self.backpressure = Backpressure(routing.max_in_flight)
-        # Retry records wait for their due time in a budget of their own, so that a flood of
-        # retries never takes the room of first attempts.
+        # Retry records wait for their due time and their call in a budget per group (each
+        # group has its own retry topic), so that neither a flood of retries takes the room of
+        # first attempts nor one group's backlog the room of another's retries.
         self.retry_budget = routing.max_waiting_retries
         self.peak_in_flight = 0
         self.ready = ready or asyncio.Event()  # set once the first poll returned
@@ -104,25 +108,40 @@ class ConsumeLoop:
             self._dispatch_all(batch)
 
     async def _subscribe(self, subscribed: set[str]) -> set[str]:
-        """Follow the registry's topics and their retry topics; returns the topics subscribed."""
-        topics = self._registry.topics()
-        if topics == subscribed or not topics:
+        """Follow the registry's topics and their groups' retry topics; returns what is read."""
+        registry = self._registry
+        topics = registry.topics()
+        lanes = {
+            retry_topic(topic, group.group_id): topic
+            for topic in topics
+            for group in registry.groups(topic)
+        }
+        wanted = topics | set(lanes)
+        if wanted == subscribed or not topics:
             return subscribed
-        self._retry_topics = {retry_topic(t) for t in topics}
+        self._lanes = lanes
         consumer = self._consumer
-        await consumer.run(partial(consumer.subscribe, sorted(topics | self._retry_topics)))
+        consumer.unwaited_topics = set(lanes)
+        await consumer.run(partial(consumer.subscribe, sorted(wanted)))
         logger.info("consuming %s as group %s", ", ".join(sorted(topics)), self._kafka.group_id)
-        return topics
+        return wanted
 
     async def _pace_retries(self) -> None:
-        """Pause the retry topics while their budget is full; resume at three quarters."""
-        waiting, consumer = len(self._retry_tasks), self._consumer
-        if not self._retries_paused and waiting >= self.retry_budget:
-            self._retries_paused = True
-            await consumer.run(partial(consumer.pause_topics, set(self._retry_topics)))
-        elif self._retries_paused and waiting <= self.retry_budget * 3 // 4:
-            self._retries_paused = False
-            await consumer.run(partial(consumer.resume_topics, set(self._retry_topics)))
+        """Pause a group's retry topic while its budget is full; resume at three quarters."""
+        full = {lane for lane, n in self._lane_waiting.items() if n >= self.retry_budget}
+        pause = full - self._paused_lanes
+        room = {
+            lane
+            for lane in self._paused_lanes
+            if self._lane_waiting[lane] <= self.retry_budget * 3 // 4
+        }
+        consumer = self._consumer
+        if pause:
+            self._paused_lanes |= pause
+            await consumer.run(partial(consumer.pause_topics, pause))
+        if room:
+            self._paused_lanes -= room
+            await consumer.run(partial(consumer.resume_topics, room))
 
     def _dispatch_all(self, batch: list[Message]) -> None:
         for message in batch:
@@ -140,10 +159,14 @@ class ConsumeLoop:
         source = Source(topic, partition, offset)
         # librdkafka gives a consumed record's headers as a list of pairs.
         headers = cast(HeaderList | None, message.headers())
-        if topic in self._retry_topics:
-            retry = asyncio.create_task(self._retry(tracker, source, message.value(), headers))
+        origin = self._lanes.get(topic)
+        if origin is not None:
+            retry = asyncio.create_task(
+                self._retry(tracker, source, message.value(), headers, origin)
+            )
             self._retry_tasks.add(retry)
-            retry.add_done_callback(self._retry_tasks.discard)
+            self._lane_waiting[topic] += 1
+            retry.add_done_callback(partial(self._retry_done, topic))
             return
         task = asyncio.create_task(self._handle(tracker, source, message.value(), headers))
         self._tasks.add(task)
@@ -173,19 +196,24 @@ class ConsumeLoop:
             return
         tracker.finish(source.offset)
 
+    def _retry_done(self, lane: str, task: asyncio.Task[None]) -> None:
+        self._retry_tasks.discard(task)
+        self._lane_waiting[lane] -= 1
+
     async def _retry(
         self,
         tracker: PartitionTracker,
         position: Source,
         raw: bytes | None,
         headers: HeaderList | None,
+        origin: str,
     ) -> None:
         def held() -> bool:
             # False once the partition went to another consumer, which takes the record again.
             return not tracker.closed
 
         try:
-            done = await self._router.retry(position, raw, headers, self._stopping, held)
+            done = await self._router.retry(position, raw, headers, self._stopping, held, origin)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -221,7 +249,13 @@ class ConsumeLoop:
         consumer = self._consumer
         self._stopping.set()  # retry records waiting for their due time are taken again later
         if self._retry_tasks:
-            await asyncio.wait(set(self._retry_tasks), timeout=grace_s)
+            # Those still waiting for a slot after a short while are left to be taken again.
+            _, waiting = await asyncio.wait(
+                set(self._retry_tasks), timeout=min(grace_s, RETRY_DRAIN_S)
+            )
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
         if self._tasks:
             logger.info(
                 "stopping: waiting up to %g s for %d event(s) in flight", grace_s, len(self._tasks)

@@ -1,4 +1,4 @@
-"""Calls models over HTTP and classifies their answers as design.md's answer table says."""
+"""Calls models over HTTP and classifies their answers by the README's answer table."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def _ok_body(status: int, payload: bytes, latency_s: float) -> Answer:
             error=f"HTTP {status} with a body that is not JSON: {exc}",
             latency_s=latency_s,
         )
-    # The seed's models answer `[response, code]`; the response is what gets published.
+    # Models written for the first logistik answer `[response, code]`; the response is published.
     if isinstance(parsed, list) and len(parsed) == 2 and isinstance(parsed[1], int):
         payload = orjson.dumps(parsed[0])
     return Answer(Outcome.OK, status, body=payload, latency_s=latency_s)

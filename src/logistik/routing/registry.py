@@ -34,6 +34,8 @@ class LiveHandler:
     handler: Handler
     max_concurrency: int
     in_flight: int = 0
+    patient_waiting: int = 0  # calls from a retry topic waiting for a slot
+    shed_until: float = 0.0  # monotonic time until which new events go to the retry topic
     consecutive_failures: int = 0
     unanswered: int = 0  # calls in a row that got no answer: they open the circuit
     circuit: Circuit = Circuit.CLOSED
@@ -41,7 +43,6 @@ class LiveHandler:
     open_until: float = 0.0  # monotonic time the next probe is allowed
     cooldown_s: float = 0.0
     last_error: str = ""
-    latency_s: float = 0.0  # smoothed latency of recent calls
     slots: Slots = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,16 +67,6 @@ class LiveHandler:
         if self.circuit is Circuit.CLOSED:
             return True
         return self.circuit is Circuit.OPEN and now >= self.open_until
-
-    def queue_wait_s(self) -> float:
-        """About how long a new call would wait for a free slot, from recent latency."""
-        return self.slots.waiting * self.latency_s / self.max_concurrency
-
-    def record_latency(self, latency_s: float) -> None:
-        """Fold one call's latency into the smoothed figure."""
-        self.latency_s = (
-            latency_s if self.latency_s == 0.0 else 0.8 * self.latency_s + 0.2 * latency_s
-        )
 
     def record_success(self) -> bool:
         """Clear the failure streak; True when this closed the circuit."""

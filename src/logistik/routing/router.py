@@ -22,7 +22,6 @@ from logistik.observe.logs import EVENTS_LOGGER
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
 from logistik.protocol import (
-    RETRY_SUFFIX,
     FailedRecord,
     Header,
     HeaderList,
@@ -90,6 +89,7 @@ class Delivery:
     attempt: int = 0  # calls already made for this (event, group), on earlier passes
     failed_nodes: tuple[str, ...] = ()  # instances that failed it on earlier passes
     since_ms: int = 0  # when it was first put on the retry topic
+    retrying: bool = False  # taken back from the retry topic: off the main path, it may wait
 
     def failed(
         self,
@@ -227,6 +227,7 @@ class Router:
         headers: HeaderList | None,
         stopping: asyncio.Event | None = None,
         held: Callable[[], bool] | None = None,
+        origin: str | None = None,
     ) -> bool:
         """Handle one record of a retry topic: once it is due, one more call for its group.
 
@@ -237,7 +238,7 @@ class Router:
             marks = retry_marks(headers)
             event, body = decode_record(raw)
         except InvalidEventError as exc:
-            await self._invalid_retry(position, raw, exc)
+            await self._invalid_retry(position, raw, exc, origin)
             return True
         # A due time far off cannot come from logistik's own back-off: it is not waited for.
         wait_s = min(marks.due_at_ms / 1000 - time.time(), self._max_retry_wait_s)
@@ -260,7 +261,7 @@ class Router:
             await self._give_up(delivery, [], Reason.NO_HANDLER, error, marks.attempt)
         else:
             delivery = Delivery(
-                group, source, event, body, marks.attempt, marks.failed_nodes, marks.since_ms
+                group, source, event, body, marks.attempt, marks.failed_nodes, marks.since_ms, True
             )
             with self.tracing.resume(headers):
                 await self._deliver(delivery)
@@ -268,9 +269,9 @@ class Router:
         return True
 
     async def _invalid_retry(
-        self, position: Source, raw: bytes | None, exc: InvalidEventError
+        self, position: Source, raw: bytes | None, exc: InvalidEventError, origin: str | None
     ) -> None:
-        topic = failed_topic(position.topic.removesuffix(RETRY_SUFFIX))
+        topic = failed_topic(origin or position.topic)
         logger.warning(
             "%s/%d/%d is not a retry record logistik wrote (%s): sent to %s",
             position.topic,
@@ -374,7 +375,9 @@ class Router:
                 held=True,
             )
         else:
-            answer = await self._call(instance, delivery.body, delivery.attempt > 0)
+            answer = await self._call(
+                instance, delivery.body, delivery.attempt > 0, patient=delivery.retrying
+            )
         outcome = answer.outcome
         if outcome is Outcome.OK:
             assert instance is not None
@@ -439,7 +442,7 @@ class Router:
             source.replays,
             since_ms,
         )
-        topic = retry_topic(group.topic)
+        topic = retry_topic(group.topic, group.group_id)
         headers = marks.headers()
         if self.tracing.enabled:  # the retry's calls belong to the event's trace
             headers.extend(self.tracing.kafka_headers())
@@ -473,26 +476,55 @@ class Router:
         retries = instance.handler.retries
         return retries if retries is not None else self._routing.retries
 
-    async def _call(self, instance: LiveHandler, body: bytes, retry: bool = False) -> Answer:
-        """One call whose deadline covers the wait for a free slot; the circuit is kept."""
+    async def _call(
+        self, instance: LiveHandler, body: bytes, retry: bool = False, patient: bool = False
+    ) -> Answer:
+        """One call; the circuit is kept.
+
+        On the main path (not `patient`) the call's deadline covers its wait for a free slot,
+        and a call that would queue long does not wait at all: its event must not hold the
+        other groups. Calls taken back from the retry topic are off the main path: they wait
+        for a slot as long as it takes (their number is bounded by the retry budget), rather
+        than go round the retry topic again.
+        """
         handler = instance.handler
         timeout_s = handler.timeout_s or self._routing.timeout_s
         slots = instance.slots
-        if not slots.free and instance.queue_wait_s() > self._routing.max_queue_wait_s:
+        max_wait_s = self._routing.max_queue_wait_s
+        # While calls from the retry topic wait for this instance, or for a while after a call
+        # waited too long, new events join the retry topic rather than queue here.
+        now = time.monotonic()
+        if not patient and (
+            instance.patient_waiting
+            or now < instance.shed_until
+            or slots.oldest_wait_s(asyncio.get_running_loop().time()) > max_wait_s
+        ):
+            instance.shed_until = max(instance.shed_until, now + max_wait_s)
             instance.end_probe()
             return _held_busy(instance)
         # Counted before waiting for a slot so the load spread sees queued calls too.
         instance.in_flight += 1
-        started = time.monotonic()
+        started = now
         try:
-            if not await slots.acquire(timeout_s / 2):
+            if patient:
+                instance.patient_waiting += 1
+                try:
+                    await slots.acquire(None)
+                finally:
+                    instance.patient_waiting -= 1
+            elif not await slots.acquire(min(max_wait_s, timeout_s / 2)):
+                instance.shed_until = time.monotonic() + max_wait_s
                 instance.end_probe()
                 return _held_busy(instance)
+            if instance.circuit is Circuit.OPEN:  # it opened while this call waited
+                slots.release()
+                return _held_open(instance, timeout_s)
             try:
                 waited_s = time.monotonic() - started
-                # At least half of the timeout is left for the call itself (a slot wait over
-                # half of it gives up above), rounded so that the client keeps few timeouts.
-                left_s = timeout_s if waited_s < 0.001 else round(timeout_s - waited_s, 1)
+                # On the main path the deadline covers the wait (at most half of it), rounded
+                # so that the client keeps few timeouts.
+                short = not patient and waited_s >= 0.001
+                left_s = round(timeout_s - waited_s, 1) if short else timeout_s
                 if self.tracing.enabled:
                     answer = await self._traced_call(instance, body, left_s, retry)
                 else:
@@ -507,7 +539,6 @@ class Router:
         self.figures.call(instance.node_id, answer, retry)
         if self._statsd is not None:
             self._statsd.call(handler.name, answer)
-        instance.record_latency(answer.latency_s)
         if answer.outcome is Outcome.RETRY:
             self._failed_call(instance, answer)
         elif instance.record_success():
@@ -681,15 +712,26 @@ def _until_probe(pool: list[LiveHandler]) -> float:
     return max(0.0, min(i.open_until for i in pool) - time.monotonic())
 
 
-def _held_busy(instance: LiveHandler) -> Answer:
-    """No call: more calls wait for the instance's slots than it answers soon."""
+def _held_open(instance: LiveHandler, timeout_s: float) -> Answer:
+    """No call: the instance's circuit opened while the call waited for a slot."""
     return Answer(
-        Outcome.RETRY, None, error=_busy(instance), retry_after_s=instance.queue_wait_s(), held=True
+        Outcome.RETRY,
+        None,
+        error=_all_open([instance]),
+        retry_after_s=instance.probe_in_s(time.monotonic(), timeout_s),
+        held=True,
     )
 
 
+def _held_busy(instance: LiveHandler) -> Answer:
+    """No call: more calls wait for the instance's slots than it answers soon."""
+    # Taken back at once: off the main path, it waits for a slot in turn.
+    return Answer(Outcome.RETRY, None, error=_busy(instance), retry_after_s=0.0, held=True)
+
+
 def _busy(instance: LiveHandler) -> str:
+    oldest_s = instance.slots.oldest_wait_s(asyncio.get_running_loop().time())
     return (
         f"{instance.node_id} is busy: {instance.slots.waiting} call(s) waiting for its "
-        f"{instance.max_concurrency} slots (about {instance.queue_wait_s():.1f} s)"
+        f"{instance.max_concurrency} slots, the oldest for {oldest_s:.1f} s"
     )

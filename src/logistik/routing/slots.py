@@ -17,7 +17,8 @@ class Slots:
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Each waiter with the time it began to wait.
+        self._waiters: deque[tuple[asyncio.Future[None], float]] = deque()
 
     @property
     def waiting(self) -> int:
@@ -28,8 +29,9 @@ class Slots:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiters.append((future, loop.time()))
         try:
             await future
         except asyncio.CancelledError:
@@ -40,13 +42,21 @@ class Slots:
     async def __aexit__(self, *exc: object) -> None:
         self._release()
 
+    def oldest_wait_s(self, now: float) -> float:
+        """How long the longest waiter has waited (`now` on the event loop's clock); 0 if none."""
+        waiters = self._waiters
+        while waiters and waiters[0][0].done():  # cancelled waits, skipped by releases anyway
+            waiters.popleft()
+        return now - waiters[0][1] if waiters else 0.0
+
     @property
     def free(self) -> bool:
         """Whether a caller would get a slot at once."""
         return self._free > 0 and not self._waiters
 
-    async def acquire(self, timeout_s: float) -> bool:
-        """Take a slot, waiting at most `timeout_s`; False when none came in time."""
+    async def acquire(self, timeout_s: float | None) -> bool:
+        """Take a slot, waiting at most `timeout_s` (None: as long as it takes); False when none
+        came in time."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
@@ -64,7 +74,7 @@ class Slots:
     def _release(self) -> None:
         waiters = self._waiters
         while waiters:
-            future = waiters.popleft()
+            future, _ = waiters.popleft()
             if not future.done():  # a cancelled wait is skipped
                 future.set_result(None)
                 return

@@ -8,12 +8,18 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from logistik.errors import ActionError, HandlerNotFoundError, InvalidEventError, LogistikError
+from logistik.errors import (
+    ActionError,
+    HandlerNotFoundError,
+    InvalidEventError,
+    LogistikError,
+    StoreUnavailableError,
+    one_line,
+)
 from logistik.web.auth import Auth
 from logistik.web.pages import mount_ui
 from logistik.web.routes import actions, docs, edits, oidc, query, reads, session
 from logistik.web.state import AppState
-from logistik.web.text import one_line
 from logistik.web.uwsgi import UwsgiStats
 from logistik.web.views import live_views
 
@@ -52,6 +58,7 @@ def _error_handlers(app: FastAPI) -> None:
         return handle
 
     app.add_exception_handler(HandlerNotFoundError, answer(404))
+    app.add_exception_handler(StoreUnavailableError, answer(503))  # the database is away
     app.add_exception_handler(ActionError, answer(409))
     app.add_exception_handler(InvalidEventError, answer(422))
     app.add_exception_handler(LogistikError, answer(400))

@@ -17,9 +17,9 @@ import orjson
 from fastapi import HTTPException, Request, Response
 
 from logistik.config import OidcConfig
+from logistik.errors import one_line
 from logistik.web.auth.jws import JWS_ALGORITHMS, b64url, split_jwt, verify_jws
 from logistik.web.auth.sessions import Signer
-from logistik.web.text import one_line
 
 logger = logging.getLogger(__name__)
 

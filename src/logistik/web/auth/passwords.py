@@ -20,6 +20,11 @@ def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS, salt: str 
     return f"{PBKDF2_PREFIX}${iterations}${salt}${base64.b64encode(digest).decode()}"
 
 
+def config_value(encoded: str) -> str:
+    """A hash as pasted into the config: each `$` doubled (there `$NAME` reads the environment)."""
+    return encoded.replace("$", "$$")
+
+
 def verify_password(password: str, encoded: str) -> bool:
     """Whether a password matches a hash made by `hash_password`; a malformed hash never does."""
     try:

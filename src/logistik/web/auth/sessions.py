@@ -10,6 +10,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
+from math import ceil
 from typing import Any
 
 import orjson
@@ -27,7 +28,10 @@ NO_WRITERS = (
     "state changes are disabled: no one can log in; configure web.auth.tokens (API tokens), "
     "web.auth.users (name: pbkdf2_sha256 password hash) or web.auth.oidc"
 )
-LOGIN_FAILURES_PER_MINUTE = 20
+CLIENT_FAILURES_PER_MINUTE = 20  # wrong passwords, tokens or bearer tokens from one address
+USER_FAILURES_PER_MINUTE = 10  # wrong passwords for one user name, from anywhere
+THROTTLE_WINDOW_S = 60.0
+THROTTLE_KEYS_MAX = 10_000  # addresses and names remembered at most (an attack may vary them)
 
 
 class Signer:
@@ -64,6 +68,36 @@ class Signer:
         return payload
 
 
+class FailureCounter:
+    """Failed attempts per key (an address, a user name) in a sliding window, bounded in memory."""
+
+    def __init__(self, limit: int, window_s: float = THROTTLE_WINDOW_S) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+
+    def wait_s(self, key: str, now: float) -> float:
+        """Seconds until `key` may try again; 0 when it may now."""
+        recent = self._failures.get(key)
+        if recent is None or len(recent) < self._limit:
+            return 0.0
+        return max(0.0, recent[0] + self._window_s - now)
+
+    def add(self, key: str, now: float) -> None:
+        """Count one failure of `key`."""
+        recent = self._failures.pop(key, None) or deque(maxlen=self._limit)
+        recent.append(now)
+        self._failures[key] = recent  # last in the dict: the most recently failing
+        if len(self._failures) > THROTTLE_KEYS_MAX:
+            for old in list(self._failures)[: len(self._failures) // 10]:
+                del self._failures[old]
+
+
+def client_of(request: Request) -> str:
+    """The address a request comes from (as the server sees it)."""
+    return request.client.host if request.client is not None else ""
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who sent a request: a user name, how they logged in, and the CSRF token of a session."""
@@ -89,7 +123,8 @@ class Auth:
         self._tokens = [token.encode() for token in config.tokens if token]
         self._fingerprints = {self._fingerprint(t) for t in self._tokens}
         self._revoked: dict[str, float] = {}  # session id -> when it would have expired
-        self._failures: deque[float] = deque(maxlen=LOGIN_FAILURES_PER_MINUTE)
+        self._clients = FailureCounter(CLIENT_FAILURES_PER_MINUTE)
+        self._users = FailureCounter(USER_FAILURES_PER_MINUTE)
         rounds = PBKDF2_ITERATIONS
         for name, encoded in config.users.items():
             parts = encoded.split("$")
@@ -123,12 +158,19 @@ class Auth:
         return found
 
     def bearer(self, request: Request) -> Identity | None:
-        """The identity of an `Authorization: Bearer` header; 401 when its token is wrong."""
+        """The identity of an `Authorization: Bearer` header; 401 when its token is wrong.
+
+        Wrong tokens count against the client's address like wrong passwords: after too many
+        in a minute its tokens are not even checked (429) until the minute has passed.
+        """
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             return None
+        client = client_of(request)
+        self._throttle(client, None)
         user = self.token_user(token.strip())
         if user is None:
+            self._clients.add(client, time.monotonic())
             raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
         return Identity(user, "bearer")
 
@@ -206,11 +248,18 @@ class Auth:
             "oidc": self.config.oidc is not None,
         }
 
-    async def login(self, user: str | None, password: str | None, token: str | None) -> Identity:
-        """A new session identity for a user and password, or an API token; 401 when wrong."""
+    async def login(
+        self, user: str | None, password: str | None, token: str | None, client: str = ""
+    ) -> Identity:
+        """A new session identity for a user and password, or an API token; 401 when wrong.
+
+        Failures are counted per client address and per user name, so an attack on one name
+        or from one address locks out neither other users nor other clients.
+        """
         if not self.writable:
             raise HTTPException(403, NO_WRITERS)
-        self._throttle()
+        name = None if user is None else user[:256]
+        self._throttle(client, name if token is None else None)
         if token is not None:
             name = self.token_user(token)
             if name is not None:
@@ -220,17 +269,27 @@ class Auth:
             checked = encoded if encoded is not None else self._decoy_hash
             if await asyncio.to_thread(verify_password, password, checked) and encoded:
                 return self.new_identity(user, "password")
-        self._failures.append(time.monotonic())
+        now = time.monotonic()
+        self._clients.add(client, now)
+        if name is not None and token is None:
+            self._users.add(name, now)
         logger.warning(
             "web: failed login%s", f" for user {user!r:.80}" if user else " with a token"
         )
         raise HTTPException(401, "wrong user name, password or token")
 
-    def _throttle(self) -> None:
-        """Refuse logins for a while after many failures in a minute."""
-        recent = [t for t in self._failures if t > time.monotonic() - 60]
-        if len(recent) >= LOGIN_FAILURES_PER_MINUTE:
-            raise HTTPException(429, "too many failed logins; try again in a minute")
+    def _throttle(self, client: str, user: str | None) -> None:
+        """Refuse, unchecked, a client or user name with too many failures in the last minute."""
+        now = time.monotonic()
+        by_client = self._clients.wait_s(client, now)
+        by_user = self._users.wait_s(user, now) if user is not None else 0.0
+        if by_client or by_user:
+            whom = "from this address" if by_client else "for this user name"
+            raise HTTPException(
+                429,
+                f"too many failed attempts {whom}; try again in {ceil(max(by_client, by_user))} s",
+                headers={"Retry-After": str(ceil(max(by_client, by_user)))},
+            )
 
     def new_identity(self, user: str, kind: str, fingerprint: str = "") -> Identity:
         """A fresh session identity with its own id and CSRF token."""

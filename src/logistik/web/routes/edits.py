@@ -8,9 +8,8 @@ from fastapi import APIRouter, Body, Depends, HTTPException
 
 from logistik.control.handler_service import HandlerService
 from logistik.control.store import DISCOVERED_FIELDS
-from logistik.errors import ActionError, HandlerNotFoundError, StoreError
+from logistik.errors import ActionError, HandlerNotFoundError, StoreError, one_line
 from logistik.web.auth import Auth
-from logistik.web.text import one_line
 from logistik.web.views import Views
 
 EDITABLE_FIELDS = frozenset(DISCOVERED_FIELDS) | {"timeout"}

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from logistik.web.auth import Auth
+from logistik.web.auth.sessions import client_of
 from logistik.web.bodies import LoginRequest
 
 
@@ -24,7 +25,9 @@ def router(auth: Auth) -> APIRouter:
         credentials: LoginRequest, request: Request, response: Response
     ) -> dict[str, Any]:
         """Start a UI session with a user and password, or an API token."""
-        identity = await auth.login(credentials.user, credentials.password, credentials.token)
+        identity = await auth.login(
+            credentials.user, credentials.password, credentials.token, client_of(request)
+        )
         auth.set_session(response, request, identity)
         return auth.view(identity)
 

@@ -1,4 +1,4 @@
-// The models page: every handler with the seed table's columns, logistik's figures, filters.
+// The models page: every handler with its address, node and version columns, logistik's figures, filters.
 
 import { get } from "./api.js";
 import { ago, duration, fill, h, handlerHref, healthMarks, ms, num, registeredType, stamp, stateBadge, typeBadge } from "./dom.js";

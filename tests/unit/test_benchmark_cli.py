@@ -1,0 +1,115 @@
+"""The benchmark's command line: its help, and the README tables it prints from a JSON report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "bench" / "benchmark.py"
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARK), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def measurement(
+    phase: str, router: str, round_: int, rate: float, p50_ms: float, **extra: Any
+) -> dict[str, Any]:
+    """One measurement as a report stores it: 10,000 events at `rate`, CPU as given."""
+    groups = extra.get("groups", 1)
+    cpu_us = extra.get("cpu_us", {"model": 10.0})
+    return {
+        "phase": phase,
+        "router": router,
+        "round": round_,
+        "events": 10_000,
+        "seconds": 10_000 / rate,
+        "latency_ms": {"p50": p50_ms, "p90": p50_ms * 2, "p99": p50_ms * 4, "max": p50_ms * 5},
+        "cpu_s": {role: us * 10_000 / 1e6 for role, us in cpu_us.items()},
+        "groups": groups,
+        "rss_mb": extra.get("rss_mb", {}),
+        "rss_peak_mb": {},
+        "complete": True,
+        "note": "",
+        "hop_ms": extra.get("hop_ms", {}),
+        "events_per_s": rate,
+        "calls_per_s": rate * groups,
+        "cpu_us_per_event": cpu_us,
+    }
+
+
+def report() -> dict[str, Any]:
+    """Two rounds of bursts, paced loads, three groups, a slow group and a long run."""
+    router_cpu = {"router": 150.0, "model": 10.0, "broker": 30.0, "load": 3.0, "reader": 5.0}
+    rss = {"start": 100.0, "middle": 120.0, "end": 121.0, "peak": 125.0}
+    measurements = [
+        measurement("burst", "direct", 1, 20_000.0, 3.0),
+        measurement("burst", "plain-confluent", 1, 4_000.0, 300.0, cpu_us=router_cpu),
+        measurement("burst", "logistik", 1, 3_000.0, 400.0, cpu_us=router_cpu, rss_mb=rss),
+        measurement("burst", "direct", 2, 22_000.0, 3.0),
+        measurement("burst", "plain-confluent", 2, 5_000.0, 300.0, cpu_us=router_cpu),
+        measurement("burst", "logistik", 2, 4_000.0, 400.0, cpu_us=router_cpu, rss_mb=rss),
+        measurement("paced", "direct", 1, 1_750.0, 0.3),
+        measurement("paced", "logistik", 1, 1_750.0, 1.3, hop_ms={"p50": 0.5, "p99": 2.0}),
+        measurement("groups", "logistik", 1, 1_500.0, 900.0, groups=3),
+        measurement("slow", "logistik", 1, 3_000.0, 400.0),
+        measurement("soak", "logistik", 1, 3_500.0, 400.0, rss_mb=rss),
+    ]
+    return {
+        "machine": {"cores": 2, "cpu": "a test CPU", "load_average": [0.5, 0.5, 0.5]},
+        "python": "3.11.7",
+        "parameters": {
+            "events": 10_000,
+            "partitions": 4,
+            "concurrency": 64,
+            "rounds": 2,
+            "client": "pycurl",
+            "slow_delay_s": 2.0,
+            "slow_seconds": 30.0,
+            "logistik_settings": [],
+        },
+        "measurements": measurements,
+    }
+
+
+def test_help_names_the_options_that_choose_what_is_measured() -> None:
+    done = bench("--help")
+    assert done.returncode == 0, done.stderr
+    for option in ("--rounds", "--phases", "--report", "--markdown", "--soak-events"):
+        assert option in done.stdout
+
+
+def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report()))
+    done = bench("--markdown", str(path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # Per-round ratios 0.75 and 0.80: the median and the range.
+    assert "| plain loop, confluent-kafka + aiohttp | 4,500 (4,000-5,000) | 0.78 (0.75-0.80) |" in (
+        done.stdout
+    )
+    assert "| logistik run | 3,500 (3,000-4,000) | - | 400.0 | 1600.0 | 150 | 198 | 121 |" in lines
+    assert "| ≥ 1.5 x the faster plain loop | 0.78 x | **no** |" in lines
+    assert "| added p50 ≤ 2 ms at half peak | +1.0 ms | yes |" in lines
+    assert "| 3 | 1,500 | 4,500 | 1.29 |" in lines
+    assert "| a slow group changes the fast one < 10 % | -14% | **no** |" in lines
+    assert any(
+        line.startswith("logistik's RSS over 10,000 events (sent at once): 100 MB at the start")
+        for line in lines
+    )
+
+
+def test_markdown_of_a_missing_report_fails_with_its_path(tmp_path: Path) -> None:
+    done = bench("--markdown", str(tmp_path / "none.json"))
+    assert done.returncode != 0
+    assert "none.json" in done.stderr
