@@ -455,19 +455,23 @@ def resolve_paths(config: Config, folder: Path) -> Config:
     every command run from anywhere opens the same store."""
     url = config.database.url
     path = sqlite_path(url)
-    if path is None or path.is_absolute():
+    if path is None or path.is_absolute() or ":///file:" in url:  # a `file:` URI stays as is
         return config
-    prefix = url[: url.index(":///") + len(":///")]
-    database = config.database.model_copy(update={"url": prefix + str((folder / path).resolve())})
+    scheme, _, rest = url.partition(":///")
+    _name, query_mark, query = rest.partition("?")
+    absolute = f"{scheme}:///{(folder / path).resolve()}{query_mark}{query}"
+    database = config.database.model_copy(update={"url": absolute})
     return config.model_copy(update={"database": database})
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite store URL, None for any other database (or an in-memory one)."""
+    """The file of a SQLite store URL (or of its `file:` URI), None for any other database and
+    for an in-memory one."""
     for prefix in SQLITE_PREFIXES:
         if url.startswith(prefix):
-            rest = url.removeprefix(prefix)
-            return Path(rest) if rest and not rest.startswith(":memory:") else None
+            name = url.removeprefix(prefix).partition("?")[0].removeprefix("file:")
+            in_memory = not name or name == ":memory:" or "mode=memory" in url
+            return None if in_memory else Path(name)
     return None
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from logistik.answer import Answer, Outcome
 from logistik.commands.init import model_address, starter_config
-from logistik.config import load_config, parse_config
+from logistik.config import load_config, parse_config, sqlite_path
 from logistik.errors import ConfigError
 from logistik.observe.figures import HandlerFigures
 
@@ -48,6 +48,8 @@ def test_an_unknown_key_names_the_closest_known_one_where_it_is() -> None:
         ("sqlite:///store.db", "sqlite:///{folder}/store.db"),
         ("sqlite:///data/../store.db", "sqlite:///{folder}/store.db"),
         ("sqlite+aiosqlite:///store.db", "sqlite+aiosqlite:///{folder}/store.db"),
+        ("sqlite:///store.db?timeout=5", "sqlite:///{folder}/store.db?timeout=5"),
+        ("sqlite:///file:store.db?mode=ro&uri=true", "sqlite:///file:store.db?mode=ro&uri=true"),
         ("sqlite:////var/lib/logistik.db", "sqlite:////var/lib/logistik.db"),
         ("postgresql://u:p@db/logistik", "postgresql://u:p@db/logistik"),
     ],
@@ -110,3 +112,19 @@ def test_calls_per_minute_of_a_new_model_count_from_its_first_call() -> None:
     assert series["5m"]["step_s"] == 10
     assert sum(p["calls"] for p in series["5m"]["points"]) == 30
     assert sum(p["calls"] for p in series["24h"]["points"]) == 30
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:////var/lib/logistik.db?timeout=5", "/var/lib/logistik.db"),
+        ("sqlite:///file:/var/lib/logistik.db?mode=ro&uri=true", "/var/lib/logistik.db"),
+        ("sqlite+aiosqlite:///rel.db", "rel.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("sqlite:///file:x?mode=memory&uri=true", None),
+        ("postgresql://u:p@h/db", None),
+    ],
+)
+def test_the_file_of_a_sqlite_store(url: str, path: str | None) -> None:
+    assert sqlite_path(url) == (None if path is None else Path(path))

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-from sqlalchemy.engine import make_url
 
 from logistik.config import (
     DEFAULT_PATH,
@@ -21,6 +20,7 @@ from logistik.config import (
     KafkaConfig,
     config_path,
     load_config,
+    masked_url,
     sqlite_path,
 )
 from logistik.errors import ConfigError
@@ -85,6 +85,6 @@ async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None
 
 
 def store_name(url: str) -> str:
-    """The store as people name it: a SQLite file's path, else the URL without its password."""
+    """The store as people name it: a SQLite file's path, else the URL without its secrets."""
     path = sqlite_path(url)
-    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+    return str(path) if path is not None else masked_url(url)
