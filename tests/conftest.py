@@ -20,6 +20,7 @@ from tests.support.consul_fixtures import consul  # noqa: F401
 from tests.support.databases import PostgresServer, own_postgres  # noqa: F401
 from tests.support.harness import RouterProcess, RouterThread
 from tests.support.models import Behaviour, ModelServer, echo
+from tests.support.system import install_hint, missing_packages
 
 pytest_plugins = ["tests.support.markers"]
 
@@ -35,6 +36,14 @@ def chosen_brokers() -> list[str]:
     if value not in BROKERS:
         raise pytest.UsageError(f"LK_TEST_BROKER={value}: expected tansu, kafka or both")
     return [value]
+
+
+def pytest_report_header() -> str | None:
+    """Say which system packages some tests need and this machine lacks, with the command."""
+    missing = missing_packages()
+    if not missing:
+        return None
+    return f"missing for some tests: {', '.join(missing)}; install them with: {install_hint()}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

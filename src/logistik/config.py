@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +34,7 @@ from logistik.handler import Handler, ModelType, is_host
 DEFAULT_PATH = "logistik.yaml"
 ENV_PATH = "LK_CONFIG"
 EMBEDDED = "embedded"
+SQLITE_PREFIXES = ("sqlite:///", "sqlite+aiosqlite:///")
 
 _SECRET_PARAM = re.compile(
     r"([?&;](?:password|passwd|pwd|secret|token|sslpassword|api_key)=)[^&;#]*", re.IGNORECASE
@@ -449,7 +454,32 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
-    return parse_config(text, str(path), env)
+    return resolve_paths(parse_config(text, str(path), env), path.parent)
+
+
+def resolve_paths(config: Config, folder: Path) -> Config:
+    """The config with a relative SQLite path taken from `folder` (the config file's), so that
+    every command run from anywhere opens the same store."""
+    url = config.database.url
+    path = sqlite_path(url)
+    if path is None or path.is_absolute() or ":///file:" in url:  # a `file:` URI stays as is
+        return config
+    scheme, _, rest = url.partition(":///")
+    _name, query_mark, query = rest.partition("?")
+    absolute = f"{scheme}:///{(folder / path).resolve()}{query_mark}{query}"
+    database = config.database.model_copy(update={"url": absolute})
+    return config.model_copy(update={"database": database})
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite store URL (or of its `file:` URI), None for any other database and
+    for an in-memory one."""
+    for prefix in SQLITE_PREFIXES:
+        if url.startswith(prefix):
+            name = url.removeprefix(prefix).partition("?")[0].removeprefix("file:")
+            in_memory = not name or name == ":memory:" or "mode=memory" in url
+            return None if in_memory else Path(name)
+    return None
 
 
 def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
@@ -496,7 +526,7 @@ def field_problems(exc: ValidationError) -> list[str]:
         if key in problems:
             continue
         if error["type"] == "extra_forbidden":
-            problems[key] = f"unknown key '{key}'"
+            problems[key] = f"unknown key '{key}'{_did_you_mean(loc)}"
         elif error["type"] == "missing":
             problems[key] = f"missing key '{key}'"
         else:
@@ -516,3 +546,34 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
         else:
             parts.append(f".{item}" if parts else item)
     return "".join(parts) or "(top level)"
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """` (did you mean 'x'?)` when a known key at the same place is close to the unknown one."""
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        if isinstance(part, str):
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return ""
+    known = set(model.model_fields)
+    for field in model.model_fields.values():
+        if isinstance(field.validation_alias, AliasChoices):
+            known |= {c for c in field.validation_alias.choices if isinstance(c, str)}
+    close = difflib.get_close_matches(str(loc[-1]), sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside an annotation such as `X | None` or `list[X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for argument in typing.get_args(annotation):
+            found = _model_in(argument)
+            if found is not None:
+                return found
+    return None

@@ -47,9 +47,9 @@ def test_add_list_promote_and_traffic(cli: list[str]) -> None:
 
 
 def test_refusals_are_one_line_with_exit_code_1(cli: list[str]) -> None:
+    run(cli, "add", "name=face", "event=detect", "endpoint=h", "port=1", "return_to=r")
     missing = run(cli, "show", "nope-h-model-0")
     assert (missing.returncode, missing.stderr) == (1, "logistik: no handler nope-h-model-0\n")
-    run(cli, "add", "name=face", "event=detect", "endpoint=h", "port=1", "return_to=r")
     demote = run(cli, "demote", "face-h-model-0")
     assert demote.returncode == 1
     assert demote.stderr == (
@@ -73,4 +73,35 @@ def test_disable_enable_retire_delete(cli: list[str]) -> None:
     refused = run(cli, "enable", node)
     assert refused.returncode == 1 and "is retired" in refused.stderr
     assert run(cli, "delete", node, "--yes").stdout == f"deleted {node}\n"
-    assert run(cli, "list").stderr == "no handlers\n"
+    assert run(cli, "list").stderr.startswith("no handlers in /")
+
+
+def test_config_after_the_subcommand_and_a_relative_store_path(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "logistik.yaml").write_text("database: {url: 'sqlite:///store.db'}\n")
+    command = [sys.executable, "-m", "logistik", "handlers"]
+    config = ["--config", "conf/logistik.yaml"]
+
+    def here(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+
+    missing = here("list", *config)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(f"logistik: no handler store at {folder / 'store.db'} ")
+    assert not (tmp_path / "store.db").exists() and not (folder / "store.db").exists()
+    added = here("add", "name=face", "event=detect", "endpoint=h", "port=1", "return_to=r", *config)
+    assert added.stdout == "added face-h-model-0\n", added.stderr
+    # The store sits beside the config, whichever folder the command runs from.
+    assert (folder / "store.db").exists()
+    listed = subprocess.run(
+        [*command, "list", "--config", "logistik.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=folder,
+    )
+    assert "face-h-model-0" in listed.stdout
+    assert f"store: {folder / 'store.db'}" in listed.stdout

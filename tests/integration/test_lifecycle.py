@@ -41,7 +41,10 @@ def test_unknown_config_key_is_one_line_naming_key_and_file(tmp_path: Path) -> N
     path.write_text("kafka:\n  bootstrap_server: 127.0.0.1:9092\n")
     result = run_cli("run", "--config", str(path))
     assert result.returncode == 2
-    assert result.stderr == f"logistik: {path}: unknown key 'kafka.bootstrap_server'\n"
+    assert result.stderr == (
+        f"logistik: {path}: unknown key 'kafka.bootstrap_server' "
+        "(did you mean 'bootstrap_servers'?)\n"
+    )
 
 
 def test_wrong_handler_value_names_the_handler_field(tmp_path: Path) -> None:
@@ -67,7 +70,8 @@ def test_missing_environment_variable_and_missing_file(tmp_path: Path) -> None:
     )
     missing = run_cli("run", "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2
-    assert missing.stderr == f"logistik: {tmp_path / 'nope.yaml'}: config file not found\n"
+    assert missing.stderr.startswith(f"logistik: {tmp_path / 'nope.yaml'}: config file not found;")
+    assert "`logistik init`" in missing.stderr and len(missing.stderr.splitlines()) == 1
 
 
 def test_an_absent_broker_is_waited_for_in_one_line_until_sigterm(tmp_path: Path) -> None:
@@ -175,7 +179,8 @@ def test_send_finds_the_embedded_broker_named_in_the_config(
     lines.write_text('{"verb": "a", "actor": {"id": "x"}}\n')
     result = run_cli("send", topic, str(lines), "--config", str(config), "--timeout-s", "10")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == f"sent 1 event(s) to {topic}\n"
+    # (A warning follows: no handler of that config reads the topic.)
+    assert result.stderr.splitlines()[0] == f"sent 1 event(s) to {topic}"
     with TopicReader(broker.bootstrap_servers, topic) as reader:
         [record] = reader.wait_for(topic, 1)
     assert record.key == b"x" and record.json()["verb"] == "a"

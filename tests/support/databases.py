@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from logistik.kafka.embedded import free_port
+from tests.support.system import needs
 
 
 def postgres_bin(name: str) -> str:
@@ -26,9 +27,7 @@ def postgres_bin(name: str) -> str:
         return found[-1]
     on_path = shutil.which(name)
     if on_path is None:
-        raise RuntimeError(
-            f"PostgreSQL's {name} not found: install the postgresql package (.ci/run does)"
-        )
+        raise RuntimeError(needs(f"PostgreSQL's {name}", "postgresql"))
     return on_path
 
 
@@ -128,9 +127,7 @@ class RedisServer:
         """Start the server and wait until it answers PING."""
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError(
-                "redis-server not found: install the redis-server package (.ci/run does)"
-            )
+            raise RuntimeError(needs("redis-server", "redis-server"))
         self._process = subprocess.Popen(
             [
                 binary,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,9 +9,10 @@ from typing import Any, TypeVar
 
 from playwright.sync_api import Browser, Page, Playwright, ViewportSize, expect
 
+from tests.support.system import CHROMIUM, needs
+
 T = TypeVar("T")
 
-CHROMIUM = os.environ.get("LK_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -31,7 +31,7 @@ WAIT_MS = 20_000  # long enough for the router's store refresh and the UI's next
 def launch(playwright: Playwright) -> Browser:
     """Start Chromium; a missing browser is one clear error."""
     if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"the UI tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+        raise RuntimeError(needs(f"Chromium at {CHROMIUM} (the UI tests drive it)", "chromium"))
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 

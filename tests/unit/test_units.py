@@ -33,7 +33,7 @@ def test_config_reports_every_problem_on_its_own_line() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "x.yaml", {})
     assert str(caught.value).splitlines() == [
-        "x.yaml: unknown key 'kafka.group'",
+        "x.yaml: unknown key 'kafka.group' (did you mean 'group_id'?)",
         "x.yaml: web.port: Input should be greater than or equal to 1 (got 0)",
         "x.yaml: routing.retries: Input should be greater than or equal to 0 (got -1)",
     ]

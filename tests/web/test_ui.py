@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from logistik.control.handler_service import HandlerService
 from logistik.control.store import HandlerRecord
+from logistik.kafka.embedded import free_port
 from tests.support.harness import RouterThread, handler, make_config, on_store
 from tests.support.kafkatools import create_topics, event, produce, unique
 from tests.support.models import ModelServer, Reply
@@ -18,7 +18,6 @@ from tests.support.ui_helpers import (
     DESKTOP,
     PHONE,
     WAIT_MS,
-    launch,
     log_in_with_token,
     off_loop,
     row,
@@ -27,34 +26,6 @@ from tests.support.ui_helpers import (
 
 TOKEN = "test-token"
 Router = Callable[[dict[str, Any]], RouterThread]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the module's tests."""
-    with sync_playwright() as playwright:
-        running = launch(playwright)
-        yield running
-        running.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser context on a laptop-sized screen; fails the test on a script error."""
-    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
-    context.set_default_timeout(WAIT_MS)
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda exc: errors.append(str(exc)))
-
-    def console(message: ConsoleMessage) -> None:
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            errors.append(message.text)
-
-    opened.on("console", console)
-    yield opened
-    context.close()
-    assert not errors, f"errors in the page: {errors}"
 
 
 def web(running: RouterThread) -> str:
@@ -106,7 +77,7 @@ def test_models_table_shows_models_and_their_figures(
     expect(beta.locator('td[data-label="OK / err / t-o"]')).to_have_text("0/6/0")
     expect(beta.locator('td[data-label="Last error"]')).to_contain_text("HTTP 404")
     canary = page.locator(row(page, "alpha-gpu-3-canary-0"))
-    expect(canary.locator('td[data-label="Type"]')).to_have_text("canary0%")
+    expect(canary.locator('td[data-label="Type"]')).to_have_text("canary0% set")
     expect(page.locator("#top-status")).to_contain_text("Consuming")
 
     page.goto(f"{web(running)}/#/failures")
@@ -202,7 +173,7 @@ def test_promote_after_confirmation_changes_the_state_shown(
     page.get_by_label("Traffic share (%)").fill("25")
     page.locator("#confirm-dialog").get_by_role("button", name="Set traffic").click()
     expect(page.locator("#action-result")).to_contain_text("gamma: traffic set to 25%")
-    expect(page.locator(".detail-head .type")).to_have_text("canary25%")
+    expect(page.locator(".detail-head .type")).to_have_text("canary25% set")
     page.get_by_role("button", name="Promote").click()
     dialog = page.locator("#confirm-dialog")
     expect(dialog).to_be_visible()
@@ -220,7 +191,7 @@ def test_promote_after_confirmation_changes_the_state_shown(
     screenshot(page, "detail-logged-in-desktop")
     page.goto(web(running))
     old = page.locator(row(page, "gamma-old-model-0"))
-    expect(old.locator('td[data-label="Type"]')).to_have_text("canary0%")
+    expect(old.locator('td[data-label="Type"]')).to_have_text("canary0% set")
     expect(
         page.locator(row(page, "gamma-new-canary-0")).locator('td[data-label="Type"]')
     ).to_have_text("model")
@@ -284,3 +255,35 @@ def test_live_refresh_shows_a_model_added_while_the_page_is_open(
     expect(search).to_be_focused()
     expect(page.get_by_label("Topic")).to_have_value(topic)
     expect(page.locator(".count")).to_have_text(re.compile("2 of 2 models"))
+
+
+def test_an_unreachable_model_is_marked_with_its_error_and_charts_change_span(
+    servers: str, model_server: Callable[..., ModelServer], router: Router, page: Page
+) -> None:
+    topic = unique("ui")
+    model = model_server()
+    nobody = free_port()
+    running = start(
+        servers,
+        router,
+        [handler("here", topic, model.port), handler("gone", topic, nobody, hostname="h2")],
+    )
+    page.goto(web(running))
+    state = page.locator(row(page, "gone-h2-model-0")).locator('td[data-label="State"]')
+    expect(state).to_contain_text("unreachable")
+    expect(state.locator(".health-mark")).to_have_attribute(
+        "title", re.compile(f"cannot connect to 127.0.0.1:{nobody}: Connection refused")
+    )
+    gone = page.locator(row(page, "gone-h2-model-0"))
+    expect(gone.locator('td[data-label="Last error"]')).to_contain_text("cannot connect")
+    here = page.locator(row(page, "here-127.0.0.1-model-0"))
+    expect(here.locator('td[data-label="State"]')).to_have_text("active")
+    expect(page.locator("#top-status")).to_contain_text("1 unreachable")
+
+    page.goto(f"{web(running)}/#/handler/gone-h2-model-0")
+    expect(page.locator(".health")).to_contain_text("no: cannot connect")
+    # A model logistik has not called yet: charts over the last 5 minutes, 10 s a bar.
+    expect(page.locator(".chart").first).to_contain_text("calls per 10 s")
+    page.get_by_role("button", name="24 hours").click()
+    expect(page.locator(".chart").first).to_contain_text("calls per hour")
+    assert "span=24h" in page.url

@@ -11,9 +11,7 @@ from tests.support.kafkatools import create_topics, unique
 from tests.support.models import ModelServer, wait_until
 from tests.support.rollouts import EventFlow
 from tests.support.ui_helpers import log_in_with_token, screenshot
-from tests.web.test_ui import TOKEN, Router, browser, page, start, web
-
-__all__ = ["browser", "page"]  # the fixtures of the UI tests, shared
+from tests.web.test_ui import TOKEN, Router, start, web
 
 
 def test_a_rollout_started_from_the_detail_page_advances_on_its_timeline(

@@ -20,6 +20,8 @@ from logistik.config import (
     KafkaConfig,
     config_path,
     load_config,
+    masked_url,
+    sqlite_path,
 )
 from logistik.errors import ConfigError
 from logistik.kafka import loopback_servers
@@ -37,17 +39,28 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def required_config(config_file: str | None) -> Config:
     """The config file (--config, else $LK_CONFIG, else logistik.yaml); exit 2 when it is wrong."""
+    path = config_path(config_file)
+    if not path.exists():
+        fail(
+            f"{path}: config file not found; `logistik init` writes a commented starter "
+            "(`logistik init --help`), and examples/quickstart.yaml in logistik's source is "
+            "one that runs as it is",
+            EXIT_CONFIG,
+        )
     try:
-        return load_config(config_path(config_file))
+        return load_config(path)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
 
 
+def config_given(config_file: str | None) -> bool:
+    """Whether a config file is named (--config, $LK_CONFIG) or present (logistik.yaml)."""
+    return bool(config_file or os.environ.get(ENV_PATH) or Path(DEFAULT_PATH).exists())
+
+
 def optional_config(config_file: str | None) -> Config:
     """Like required_config when a config file is named or present, else the defaults."""
-    if config_file or os.environ.get(ENV_PATH) or Path(DEFAULT_PATH).exists():
-        return required_config(config_file)
-    return Config()
+    return required_config(config_file) if config_given(config_file) else Config()
 
 
 def kafka_settings(config_file: str | None, bootstrap_servers: str | None) -> KafkaConfig:
@@ -69,3 +82,9 @@ async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await work(stop)
+
+
+def store_name(url: str) -> str:
+    """The store as people name it: a SQLite file's path, else the URL without its secrets."""
+    path = sqlite_path(url)
+    return str(path) if path is not None else masked_url(url)

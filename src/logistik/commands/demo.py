@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ class DemoModel:
     name: str
     model_type: str
     version: str
-    predict: Callable[[list[float]], tuple[int, float]]
+    predict: Callable[[list[float]], int]
     accuracy: float
     traffic: float = 0.0
     port: int = 0
@@ -67,7 +68,7 @@ def train_models() -> tuple[list[DemoModel], list[tuple[list[float], int]]]:
     test_x, test_y = digits.data[half:], digits.target[half:]
     specs = [
         ("digits-nb", "model", "1.0", GaussianNB(), 0.0),
-        ("digits-svm", "canary", "2.0", SVC(gamma=0.001, probability=True), 0.2),
+        ("digits-svm", "canary", "2.0", SVC(gamma=0.001), 0.2),
         ("digits-knn", "decoy", "0.9", KNeighborsClassifier(3), 0.0),
     ]
     models = []
@@ -75,10 +76,8 @@ def train_models() -> tuple[list[DemoModel], list[tuple[list[float], int]]]:
         estimator.fit(train_x, train_y)
         accuracy = float(estimator.score(test_x, test_y))
 
-        def predict(pixels: list[float], estimator: Any = estimator) -> tuple[int, float]:
-            probabilities = estimator.predict_proba([pixels])[0]
-            best = int(probabilities.argmax())
-            return best, float(probabilities[best])
+        def predict(pixels: list[float], estimator: Any = estimator) -> int:
+            return int(estimator.predict([pixels])[0])
 
         models.append(DemoModel(name, kind, version, predict, accuracy, traffic))
     samples = [([float(v) for v in x], int(y)) for x, y in zip(test_x, test_y, strict=True)]
@@ -95,9 +94,8 @@ async def serve_model(model: DemoModel) -> web.AppRunner:
         pixels = (event.get("object") or {}).get("content")
         if not isinstance(pixels, list) or len(pixels) != 64:
             return web.json_response({"error": "object.content must be 64 pixels"}, status=400)
-        label, _confidence = model.predict(pixels)
         # Only what the answer means: decoys are compared with production on the whole body.
-        return web.json_response({"id": event["id"], "label": label})
+        return web.json_response({"id": event["id"], "label": model.predict(pixels)})
 
     async def info(_request: web.Request) -> web.Response:
         return web.json_response({"event": TOPIC, "path": "/predict", "return_to": RESULTS})
@@ -112,8 +110,10 @@ async def serve_model(model: DemoModel) -> web.AppRunner:
     return runner
 
 
-def demo_config(broker: str, workdir: Path, models: list[DemoModel], web_port: int) -> Config:
-    """The config the demo runs logistik with."""
+def demo_config(
+    broker: str, workdir: Path, models: list[DemoModel], web_port: int, token: str
+) -> Config:
+    """The config the demo runs logistik with: its UI takes the token made at start."""
     handlers = [
         {
             "name": m.name,
@@ -141,7 +141,7 @@ def demo_config(broker: str, workdir: Path, models: list[DemoModel], web_port: i
             },
             "database": {"url": f"sqlite:///{workdir / 'logistik.db'}"},
             "discovery": {"handlers": handlers, "refresh_s": 1.0},
-            "web": {"port": web_port},
+            "web": {"host": "127.0.0.1", "port": web_port, "auth": {"tokens": [token]}},
         }
     )
 
@@ -188,14 +188,19 @@ async def run_demo(stop: asyncio.Event, web_port: int, rate: float, broker: Embe
         )
     servers = [await serve_model(m) for m in models]
     with tempfile.TemporaryDirectory(prefix="logistik-demo-") as workdir:
-        config = demo_config(broker.bootstrap_servers, Path(workdir), models, web_port)
+        token = secrets.token_urlsafe(18)
+        config = demo_config(broker.bootstrap_servers, Path(workdir), models, web_port, token)
         runner = Runner(config)
         routing = asyncio.create_task(runner.run(stop), name="router")
         producer = EventProducer(config.kafka)
         producer.start()
+        ui = f"http://127.0.0.1:{web_port}/"
         print(
-            f"logistik demo: web UI on http://127.0.0.1:{web_port}/ ; broker "
-            f"{broker.bootstrap_servers}; answers on topic {RESULTS}. Ctrl-C stops.",
+            f"logistik demo: web UI on {ui} ; broker {broker.bootstrap_servers}; answers on "
+            f"topic {RESULTS}.\n"
+            f"logistik demo: to promote the canary or query a model, log in with this link "
+            f"(valid until the demo stops): {ui}#login={token}\n"
+            f"logistik demo: Ctrl-C stops.",
             flush=True,
         )
         feeder = asyncio.create_task(stream(producer, samples, rate, stop), name="stream")

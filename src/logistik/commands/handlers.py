@@ -13,10 +13,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from logistik.commands.console import EXIT_CONFIG, fail, required_config
+from logistik.commands.console import EXIT_CONFIG, fail, required_config, store_name
+from logistik.config import sqlite_path
 from logistik.control.handler_service import HandlerService, with_service
 from logistik.control.store import HandlerRecord
 from logistik.errors import LogistikError
+from logistik.observe.reachability import probe
 from logistik.web import record_fields
 
 T = TypeVar("T")
@@ -30,14 +32,29 @@ STATE_STYLES = {
 }
 
 
-def _call(ctx: click.Context, action: Callable[[HandlerService], Awaitable[T]]) -> T:
-    """Open the configured store, run one service action, close the store."""
-    url = required_config(ctx.obj["config"]).database.url
+def _call(
+    ctx: click.Context, action: Callable[[HandlerService], Awaitable[T]], create: bool = False
+) -> T:
+    """Open the configured store, run one service action, close the store.
 
+    Only `add` creates a SQLite store that does not exist yet: anything else on a missing file
+    is most likely run with another config (or from another folder) than the router's.
+    """
+    url = _store_url(ctx)
+    path = sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        fail(
+            f"no handler store at {path} (logistik run or `logistik handlers add` creates it); "
+            "is --config the file logistik run uses?"
+        )
     try:
         return asyncio.run(with_service(url, action))
     except LogistikError as exc:
         fail(str(exc))
+
+
+def _store_url(ctx: click.Context) -> str:
+    return required_config(ctx.obj["config"]).database.url
 
 
 def _row(record: HandlerRecord) -> dict[str, Any]:
@@ -88,14 +105,16 @@ def _table(records: list[HandlerRecord]) -> Table:
     return table
 
 
-def _print(records: list[HandlerRecord], as_json: bool) -> None:
+def _print(records: list[HandlerRecord], as_json: bool, store: str) -> None:
     if as_json:
         click.echo(json.dumps([_row(r) for r in records], indent=2))
     elif records:
         # A pipe gets every column whole; a terminal gets its own width.
-        Console(width=None if sys.stdout.isatty() else 240).print(_table(records))
+        console = Console(width=None if sys.stdout.isatty() else 240)
+        console.print(_table(records))
+        console.print(f"store: {store}", style="dim", highlight=False)
     else:
-        click.echo("no handlers", err=True)
+        click.echo(f"no handlers in {store}", err=True)
 
 
 def _fields(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -152,7 +171,8 @@ def list_handlers(
     Example:
       logistik handlers list --topic event-v2-detect --state active
     """
-    _print(_call(ctx, lambda s: s.find(topic, model_type, host, state)), as_json)
+    records = _call(ctx, lambda s: s.find(topic, model_type, host, state))
+    _print(records, as_json, store_name(_store_url(ctx)))
 
 
 @handlers.command()
@@ -186,8 +206,11 @@ def add(ctx: click.Context, fields: tuple[str, ...]) -> None:
       logistik handlers add name=face event=event-v2-detect endpoint=10.0.0.5 port=5151 \\
         path=/v1/detect return_to=face-results
     """
-    record = _call(ctx, lambda s: s.add(_fields(fields)))
+    record = _call(ctx, lambda s: s.add(_fields(fields)), create=True)
     click.echo(f"added {record.node_id}")
+    reach = asyncio.run(probe(record.handler, timeout_s=2.0))
+    if not reach.ok:
+        click.echo(f"logistik: warning: {reach.detail} (is the model running?)", err=True)
 
 
 @handlers.command()
@@ -236,6 +259,10 @@ def promote(ctx: click.Context, node_id: str) -> None:
     """
     for record in _call(ctx, lambda s: s.promote(node_id)):
         click.echo(f"{record.node_id}: now {record.handler.model_type.value}")
+    click.echo(
+        "(a node id keeps the type it was registered with: a promotion changes the type only)",
+        err=True,
+    )
 
 
 @handlers.command()
@@ -268,3 +295,21 @@ def delete(ctx: click.Context, node_id: str, yes: bool) -> None:
         click.confirm(f"delete {node_id}?", abort=True)
     _call(ctx, lambda s: s.delete(node_id))
     click.echo(f"deleted {node_id}")
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["config"] = value
+
+
+# `--config` is accepted after the subcommand as well, as every other command takes it.
+for _command in handlers.commands.values():
+    _command.params.append(
+        click.Option(
+            ["--config"],
+            metavar="FILE",
+            expose_value=False,
+            callback=_remember_config,
+            help="YAML config naming the store (default: $LK_CONFIG, else logistik.yaml).",
+        )
+    )

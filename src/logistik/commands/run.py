@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import Callable
 
 import click
 
-from logistik.commands.console import EXIT_ERROR, fail, required_config, until_signal
+from logistik.commands.console import (
+    EXIT_ERROR,
+    fail,
+    required_config,
+    store_name,
+    until_signal,
+)
 from logistik.config import EMBEDDED, Config
 from logistik.errors import LogistikError
 from logistik.kafka import EmbeddedBroker
 from logistik.observe.logs import setup_logging
+
+logger = logging.getLogger("logistik.run")
+
+STOPPED_STARTING = "logistik: stopped during start-up"
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -45,16 +57,19 @@ def run(config_file: str | None, log_level: str | None) -> None:
     Example:
       logistik run --config logistik.yaml
     """
-    config = required_config(config_file)
-    setup_logging(log_level or config.log_level, config.log_format == "json")
     broker: EmbeddedBroker | None = None
     try:
+        config = required_config(config_file)
+        setup_logging(log_level or config.log_level, config.log_format == "json")
+        logger.info("handler store: %s", store_name(config.database.url))
         if config.kafka.bootstrap_servers == EMBEDDED:
             broker = EmbeddedBroker(config.kafka.embedded_port).start()
             kafka = config.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
             config = config.model_copy(update={"kafka": kafka})
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(until_signal(lambda stop: route(config, stop)))
+    except KeyboardInterrupt:  # before the event loop takes Ctrl-C over
+        click.echo(STOPPED_STARTING, err=True)
     except LogistikError as exc:
         fail(str(exc), EXIT_ERROR)
     finally:
@@ -63,8 +78,25 @@ def run(config_file: str | None, log_level: str | None) -> None:
 
 
 async def route(config: Config, stop: asyncio.Event) -> None:
-    """Route until `stop` is set."""
+    """Route until `stop` is set; a stop during start-up ends the start-up at once."""
     # The router's imports are not needed by other commands.
     from logistik.process import Runner, tune_gc
 
-    await Runner(config, after_start=tune_gc).run(stop)
+    started = asyncio.Event()
+
+    def after_start() -> None:
+        started.set()
+        tune_gc()
+
+    routing = asyncio.create_task(Runner(config, after_start=after_start).run(stop))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({routing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if routing.done() or started.is_set():
+        await routing  # routing stops, drains and commits by itself
+        return
+    # Nothing was consumed yet, so there is nothing to drain: what started is closed again.
+    routing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await routing
+    click.echo(STOPPED_STARTING, err=True)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import urllib.request
 from typing import IO
 
 import click
+import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from logistik.commands.console import EXIT_ERROR, fail, kafka_settings
-from logistik.config import KafkaConfig
+from logistik.commands.console import (
+    EXIT_ERROR,
+    config_given,
+    fail,
+    kafka_settings,
+    required_config,
+)
+from logistik.config import KafkaConfig, config_path
 from logistik.errors import InvalidEventError, LogistikError, PublishError
 from logistik.event import actor_key, decode_record
 from logistik.kafka import produce, producer_config
@@ -86,3 +94,44 @@ def send(
     except LogistikError as exc:
         fail(str(exc), EXIT_ERROR)
     click.echo(f"sent {count} event(s) to {topic}", err=True)
+    warning = unread_warning(config_file, topic)
+    if warning:
+        click.echo(f"logistik: warning: {warning}", err=True)
+
+
+def unread_warning(config_file: str | None, topic: str) -> str | None:
+    """Why no model may get events sent to `topic`, when the router or the config says so.
+
+    Only with a config: its web section names the logistik that reads its broker.
+    """
+    if not config_given(config_file):
+        return None
+    config = required_config(config_file)
+    web = config.web
+    host = "127.0.0.1" if web.host in ("0.0.0.0", "::", "") else web.host
+    url = f"http://{host}:{web.port}"
+    routed = routed_topics(url)
+    if routed is not None:
+        if topic in routed:
+            return None
+        reads = ", ".join(sorted(routed)) or "nothing yet"
+        return f"the logistik at {url} routes no handler on {topic} (it reads: {reads})"
+    if config.discovery.consul is not None or any(
+        h.event == topic for h in config.discovery.handlers
+    ):
+        return None
+    return (
+        f"no handler of {config_path(config_file)} reads {topic}, and no logistik answered at "
+        f"{url}; the events wait on the topic"
+    )
+
+
+def routed_topics(base_url: str, timeout_s: float = 2.0) -> set[str] | None:
+    """The topics a running logistik routes, None when it cannot be asked."""
+    try:
+        url = f"{base_url}/api/handlers?state=active"
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            handlers = orjson.loads(response.read())
+        return {str(h["event"]) for h in handlers if h.get("event")}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

@@ -119,11 +119,11 @@ def _log_changes(
     for node_id in sorted(active.keys() - before.keys()):
         handler = active[node_id]
         logger.info(
-            "routing %s to %s (%s %s of group %s)",
+            "routing %s to %s (type %s, %s, group %s)",
             handler.event,
             node_id,
             handler.model_type.value,
-            handler.version or "-",
+            f"version {handler.version}" if handler.version else "no version",
             handler.group_id,
         )
     for node_id in sorted(before.keys() - active.keys()):
@@ -131,4 +131,7 @@ def _log_changes(
         logger.info("no longer routing to %s (%s)", node_id, why)
     for node_id in sorted(before.keys() & active.keys()):
         if before[node_id] != active[node_id]:
-            logger.info("handler %s changed", node_id)
+            was, now = before[node_id].model_type, active[node_id].model_type
+            # The node id keeps the type the handler was registered with: say the one it has.
+            change = f" (now {now.value}, was {was.value})" if was != now else f" ({now.value})"
+            logger.info("handler %s changed%s", node_id, change)

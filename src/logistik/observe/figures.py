@@ -13,7 +13,10 @@ from logistik.answer import Answer
 
 KINDS = ("ok", "ignored", "duplicate", "refused", "error", "timeout")
 LATENCY_SAMPLES = 2048  # recent calls kept per handler for percentiles
-MINUTES = 60  # per-minute history kept per handler
+# The history kept per handler, for charts over three spans: (span name, bucket width in
+# seconds, buckets kept). The width of the one-hour series is also the rate's unit.
+SERIES = (("5m", 10, 30), ("1h", 60, 60), ("24h", 3600, 24))
+RATE_WINDOW_S = 300  # events per minute are averaged over this long (or since first seen)
 # Latency histogram buckets (seconds), as Prometheus' defaults plus finer low ones.
 LATENCY_BUCKETS_S = (
     0.001,
@@ -47,13 +50,55 @@ def percentile(sorted_values: list[float], share: float) -> float | None:
 
 
 @dataclass
-class Minute:
-    """Calls of one handler during one minute."""
+class Bucket:
+    """Calls of one handler during one bucket of time."""
 
-    start: int  # unix minute
+    start: int  # unix time divided by the bucket's width
     calls: int = 0
     errors: int = 0
     latency_sum_s: float = 0.0
+
+
+@dataclass
+class Series:
+    """A handler's calls in buckets of `width_s`, the last `count` of them."""
+
+    width_s: int
+    count: int
+    buckets: deque[Bucket] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.buckets = deque(maxlen=self.count)
+
+    def add(self, now_s: float, latency_s: float, failed: bool) -> None:
+        """Count one call in the bucket of `now_s`."""
+        start = int(now_s // self.width_s)
+        if not self.buckets or self.buckets[-1].start != start:
+            self.buckets.append(Bucket(start))
+        bucket = self.buckets[-1]
+        bucket.calls += 1
+        bucket.latency_sum_s += latency_s
+        bucket.errors += int(failed)
+
+    def calls_since(self, since_s: float) -> int:
+        """Calls in the buckets that start at or after `since_s`."""
+        first = int(since_s // self.width_s)
+        return sum(b.calls for b in self.buckets if b.start >= first)
+
+    def points(self) -> dict[str, Any]:
+        """The series as the API shows it: its width and each bucket's start and figures."""
+        return {
+            "step_s": self.width_s,
+            "points": [
+                {
+                    "at": b.start * self.width_s,
+                    "calls": b.calls,
+                    "errors": b.errors,
+                    "latency_ms": b.latency_sum_s / b.calls * 1000 if b.calls else None,
+                }
+                for b in self.buckets
+            ],
+        }
 
 
 @dataclass
@@ -66,7 +111,9 @@ class HandlerFigures:
     retries: int = 0
     answers: Counter[str] = field(default_factory=Counter)
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    minutes: deque[Minute] = field(default_factory=lambda: deque(maxlen=MINUTES))
+    series: dict[str, Series] = field(
+        default_factory=lambda: {name: Series(width, count) for name, width, count in SERIES}
+    )
     last_error: str = ""
     last_error_at: datetime | None = None
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
@@ -83,21 +130,27 @@ class HandlerFigures:
         kind = answer.kind
         self.answers[kind] += 1
         self.latencies_s.append(answer.latency_s)
-        minute = int(now_s // 60)
-        if not self.minutes or self.minutes[-1].start != minute:
-            self.minutes.append(Minute(minute))
-        current = self.minutes[-1]
-        current.calls += 1
-        current.latency_sum_s += answer.latency_s
-        if kind in ("error", "timeout", "refused"):
-            current.errors += 1
+        failed = kind in ("error", "timeout", "refused")
+        for series in self.series.values():
+            series.add(now_s, answer.latency_s, failed)
+        if failed:
             self.last_error = answer.error
             self.last_error_at = datetime.now(UTC)
+
+    def recent_calls(self, now_s: float, window_s: float = RATE_WINDOW_S) -> int:
+        """Calls in about the last `window_s` seconds (whole buckets of ten seconds)."""
+        return self.series["5m"].calls_since(now_s - window_s)
+
+    def per_minute(self, now_s: float) -> float:
+        """Calls per minute over the last five minutes, or since the first call when that is
+        less (at least ten seconds, so that a first few calls are not taken for a rate)."""
+        watched_s = (datetime.now(UTC) - self.since).total_seconds()
+        window_s = min(RATE_WINDOW_S, max(10.0, watched_s))
+        return self.recent_calls(now_s, window_s) * 60 / window_s
 
     def snapshot(self, now_s: float) -> dict[str, Any]:
         """The figures as plain data."""
         ordered = sorted(self.latencies_s)
-        recent = [m for m in self.minutes if m.start >= int(now_s // 60) - 4]
         return {
             "node_id": self.node_id,
             "since": self.since.isoformat(),
@@ -109,18 +162,10 @@ class HandlerFigures:
                 name: None if (v := percentile(ordered, share)) is None else v * 1000
                 for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
             },
-            "per_minute_5m": sum(m.calls for m in recent) / 5,
+            "per_minute_5m": self.per_minute(now_s),
             "last_error": self.last_error or None,
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
-            "minutes": [
-                {
-                    "at": m.start * 60,
-                    "calls": m.calls,
-                    "errors": m.errors,
-                    "latency_ms": m.latency_sum_s / m.calls * 1000 if m.calls else None,
-                }
-                for m in self.minutes
-            ],
+            "series": {name: series.points() for name, series in self.series.items()},
         }
 
 

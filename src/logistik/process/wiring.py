@@ -26,6 +26,7 @@ from logistik.observe.figures import Figures
 from logistik.observe.health import Readiness
 from logistik.observe.logs import mask_secrets
 from logistik.observe.metrics import metrics_registry
+from logistik.observe.reachability import Reachability
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
 from logistik.process.supervisor import Supervisor
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 CONSUME = "consume loop"
 FOLLOWER = "store follower"
 DISCOVERY = "consul discovery"
+REACHABILITY = "model probes"
 WEB = "web server"
 PRODUCER = "kafka producer"
 FAILED_RECORDS = "failed-record writer"
@@ -68,6 +70,7 @@ class Runner:
         self.ready = asyncio.Event()  # set once the consume loop has polled
         self.store: Store | None = None
         self.discovery: ConsulDiscovery | None = None
+        self.reachability: Reachability | None = None
         self.follower: StoreFollower | None = None
         self.loop: ConsumeLoop | None = None
         self.producer: EventProducer | None = None
@@ -113,6 +116,9 @@ class Runner:
                     self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
                     supervisor.start(DISCOVERY, self.discovery.run(halt))
                 supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
+                self.reachability = Reachability(self.registry)
+                refresh_s = self.config.discovery.refresh_s
+                supervisor.start(REACHABILITY, self.reachability.watch(halt, refresh_s))
                 rollouts = self.rollouts = RolloutController(store, self.tally, self._alerter)
                 supervisor.start(ROLLOUTS, rollouts.run(halt))
                 loop = self._consume_loop(stack, router)
@@ -125,7 +131,9 @@ class Runner:
                     halt.set()
                     await supervisor.join(CONSUME)
                     await loop.drain(self.config.routing.shutdown_grace_s)
-                    await supervisor.cancel(FOLLOWER, DISCOVERY, ROLLOUTS, PRODUCER, FAILED_RECORDS)
+                    await supervisor.cancel(
+                        FOLLOWER, DISCOVERY, REACHABILITY, ROLLOUTS, PRODUCER, FAILED_RECORDS
+                    )
                     await follower.final_refresh()  # writes the last decoy counts
                     await rollouts.flush()
         finally:
@@ -226,7 +234,12 @@ class Runner:
         self, stack: AsyncExitStack, sock: socket.socket, store: Store, supervisor: Supervisor
     ) -> None:
         state = AppState(
-            self.config, HandlerService(store), self.figures, self.registry, self.status
+            self.config,
+            HandlerService(store),
+            self.figures,
+            self.registry,
+            self.status,
+            self.reachability,
         )
         app = create_app(state)
         readiness = Readiness(
@@ -282,6 +295,7 @@ class Runner:
                 "taken_back": dict(self.figures.retried),
             },
             "tasks": tasks,
+            "unreachable": [] if self.reachability is None else self.reachability.unreachable(),
             "store": {"error": None if self.follower is None else self.follower.error},
             "consul": None
             if discovery is None or consul is None

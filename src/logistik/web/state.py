@@ -9,6 +9,7 @@ from typing import Any
 from logistik.config import Config
 from logistik.control.handler_service import HandlerService
 from logistik.observe.figures import Figures
+from logistik.observe.reachability import Reachability
 from logistik.routing.registry import Registry
 
 
@@ -21,3 +22,4 @@ class AppState:
     figures: Figures
     registry: Registry
     status: Callable[[], dict[str, Any]]  # the router's live status: consuming, in flight, ...
+    reachability: Reachability | None = None  # what probing each model found

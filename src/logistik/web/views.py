@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from logistik.control.store import HandlerRecord
+from logistik.handler import Handler
+from logistik.observe.figures import RATE_WINDOW_S
+from logistik.observe.reachability import Reach
 from logistik.routing.registry import LiveHandler
 from logistik.web.state import AppState
 from logistik.web.uwsgi import UwsgiStats
@@ -47,6 +51,8 @@ def handler_view(
         },
         "in_flight": instance.in_flight if instance else 0,
         "circuit": circuit_view(instance),
+        "reachable": reach.view() if (reach := _reach(state, record.node_id)) else None,
+        "share": measured_share(state, record.handler),
         "figures": state.figures.handler(record.node_id),
         "uwsgi": uwsgi,
         "updated_at": _utc(record.updated_at).isoformat(),
@@ -64,6 +70,30 @@ def circuit_view(instance: LiveHandler | None) -> dict[str, Any] | None:
         "failures": instance.consecutive_failures,
         "last_error": instance.last_error or None,
     }
+
+
+def measured_share(state: AppState, handler: Handler) -> dict[str, Any] | None:
+    """The share of its group's recent calls an answering instance took (the last five
+    minutes), beside the configured traffic; None when the group had no calls."""
+    group = state.registry.group(handler.event, handler.group_id)
+    if group is None:
+        return None
+    now_s = time.time()
+    calls = {
+        instance.node_id: figures.recent_calls(now_s)
+        for instance in (*group.production, *group.canaries)
+        if (figures := state.figures.handlers.get(instance.node_id)) is not None
+    }
+    total = sum(calls.values())
+    if handler.node_id not in calls or total == 0:
+        return None
+    measured = calls[handler.node_id] / total
+    return {"measured": measured, "of_calls": total, "window_s": RATE_WINDOW_S}
+
+
+def _reach(state: AppState, node_id: str) -> Reach | None:
+    """The last probe of a routed model, None when it was not probed (or is not routed)."""
+    return None if state.reachability is None else state.reachability.get(node_id)
 
 
 def live_views(state: AppState, stats: UwsgiStats) -> Views:

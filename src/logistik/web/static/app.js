@@ -178,12 +178,17 @@ async function refreshStatus() {
     h("span", { class: "pill plain", title: "events being routed now / the most at once" },
       `${num(status.in_flight)} / ${num(status.max_in_flight)} in flight`),
   ];
+  const unreachable = status.unreachable || [];
+  if (unreachable.length) {
+    pills.push(h("span", { class: "pill bad", title: `cannot be reached: ${unreachable.join(", ")}` },
+      h("span", { class: "dot" }), `${num(unreachable.length)} unreachable`));
+  }
   const consul = status.consul;
   if (consul) {
     pills.push(h("span", { class: `pill ${consul.error ? "bad" : "good"}`, title: consul.url || "Consul" },
       h("span", { class: "dot" }), consul.error ? "Consul error" : "Consul"));
   }
-  fill(topStatus, JSON.stringify([consuming, status.in_flight, status.max_in_flight, consul, status.group_id]), pills);
+  fill(topStatus, JSON.stringify([consuming, status.in_flight, status.max_in_flight, consul, status.group_id, unreachable]), pills);
   setBanner("consul", consul && consul.error ? h("div", { class: "banner error", role: "alert" },
     h("strong", {}, "Consul cannot be reached: "), consul.error,
     h("span", { class: "muted" }, ` (${consul.url}). Routing goes on with the last known models.`)) : null);
@@ -329,8 +334,24 @@ document.querySelector(".skip").addEventListener("click", (event) => {
   main.focus();
 });
 
+/** A login link (`#login=<token>`, as `logistik demo` prints one): log in with its token and
+ *  take the token out of the address at once, so it stays in neither history nor bookmarks. */
+async function loginFromLink() {
+  const match = /^#login=([^&]+)$/.exec(location.hash);
+  if (!match) return;
+  history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  try {
+    await login({ token: decodeURIComponent(match[1]) });
+  } catch (error) {
+    setBanner("login", h("div", { class: "banner error", role: "alert" }, h("strong", {}, "The login link did not work: "),
+      error.status === 401 ? "its token is not valid here (a demo makes a new one at each start: use the link it printed last). " : `${error.message}. `,
+      h("button", { type: "button", class: "btn small", onclick: () => { setBanner("login", null); openLogin(); } }, "Log in")));
+  }
+}
+
 async function start() {
   try {
+    await loginFromLink();
     await loadSession();
   } catch {
     // The router is not reachable: the refresh shows it and keeps trying.

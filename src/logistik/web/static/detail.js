@@ -1,8 +1,8 @@
 // One model: every field, its state and problem, charts over time, and the rollout actions.
 
 import { ApiError, get, send } from "./api.js";
-import { barChart, latencyChart, perMinute } from "./charts.js";
-import { ago, duration, fill, h, ms, num, pct, stamp, stateBadge, typeBadge } from "./dom.js";
+import { SPANS, barChart, bucketsOf, fittingSpan, latencyChart } from "./charts.js";
+import { ago, duration, fill, h, healthMarks, measuredText, ms, nowType, num, pct, stamp, stateBadge, typeBadge } from "./dom.js";
 import { rolloutSection } from "./rollout.js";
 
 function actionsFor(v) {
@@ -62,7 +62,7 @@ function fieldsOf(v) {
     ]],
     ["Model", [
       ["type", v.model_type], ["declared type", v.declared_model_type], ["version", v.version, "mono"], ["node", v.node, "mono"],
-      ["traffic", v.model_type === "canary" ? pct(v.traffic) : h("span", { class: "muted" }, "only canaries take a share")], ["environment", v.environment],
+      ["traffic", v.model_type === "canary" ? `${pct(v.traffic)} set${v.share ? `; answered ${measuredText(v)}` : ""}` : h("span", { class: "muted" }, "only canaries take a share")], ["environment", v.environment],
       ["tags", (v.tags || []).length ? h("span", { class: "tags" }, v.tags.map((t) => h("span", { class: "tag" }, t))) : ""],
     ]],
     ["Behaviour", [
@@ -85,7 +85,9 @@ function figureTiles(v) {
     t("calls", num(f.requests)), t("ok", num(a.ok), "good"), t("errors", num(a.error + a.refused), a.error + a.refused ? "bad" : ""),
     t("timeouts", num(a.timeout), a.timeout ? "warn" : ""), t("ignored / dup.", `${num(a.ignored)} / ${num(a.duplicate)}`),
     t("retries", num(f.retries)), t("p50", ms(f.latency_ms.p50)), t("p95", ms(f.latency_ms.p95)), t("p99", ms(f.latency_ms.p99)),
-    t("events/min (5 min)", num(f.per_minute_5m)), t("in flight", num(v.in_flight)), t("watched for", duration(f.uptime_s))),
+    t(f.uptime_s < 300 ? "calls/min (since first call)" : "calls/min (last 5 min)", num(f.per_minute_5m)), t("in flight", num(v.in_flight)), t("watched for", duration(f.uptime_s)),
+    v.model_type === "canary" ? t("share measured (set)", `${v.share ? pct(v.share.measured) : "–"} (${pct(v.traffic)})`) : null,
+    v.model_type === "decoy" ? t("agrees with production", v.decoy.compared ? `${pct(v.decoy.agreement)} of ${num(v.decoy.compared)}` : "–") : null),
   f.last_error ? h("div", { class: "callout error" }, h("strong", {}, "Last error "), h("span", { class: "muted" }, `${ago(f.last_error_at)} · ${stamp(f.last_error_at)}`),
     h("pre", { class: "error-text" }, f.last_error)) : null];
 }
@@ -97,8 +99,19 @@ function uwsgiBlock(v) {
     field("uptime", duration(u.uptime_s)), field("status", u.status), field("load", num(u.load)))];
 }
 
+/** Whether logistik can reach the model, its circuit breaker, and the calls in flight. */
+function healthBlock(v) {
+  const reach = v.reachable;
+  const c = v.circuit;
+  return [h("dl", { class: "fields compact health" },
+    field("reachable", reach ? h("span", { class: reach.ok ? "good" : "err" }, `${reach.ok ? "yes" : "no"}: ${reach.detail} (checked ${ago(reach.checked_at)})`) : h("span", { class: "muted" }, "not probed: it is not routed to")),
+    field("circuit", c ? `${c.state}${c.since ? ` since ${stamp(c.since)} (${ago(c.since)})` : ""}; ${num(c.failures)} failed calls in a row` : h("span", { class: "muted" }, "–")),
+    field("in flight", num(v.in_flight))),
+  c && c.last_error ? h("pre", { class: "error-text" }, c.last_error) : null];
+}
+
 /** The detail page of one handler. */
-export function detailPage(ctx, nodeId) {
+export function detailPage(ctx, nodeId, params) {
   let alive = true;
   let view = null;
   let busy = false;
@@ -107,7 +120,20 @@ export function detailPage(ctx, nodeId) {
   const actions = h("div", { class: "actions", role: "group", "aria-label": "Rollout actions" });
   const result = h("div", { class: "result", role: "status", "aria-live": "polite", id: "action-result" });
   const figuresBox = h("div", { class: "figures" });
+  const health = h("div", { class: "health-box" });
   const charts = h("div", { class: "charts" });
+  let span = SPANS[params && params.get("span")] ? params.get("span") : null; // null: fit the data
+  const spanButtons = Object.entries(SPANS).map(([name, spec]) => h("button", {
+    type: "button", class: "btn small", dataset: { span: name }, "aria-pressed": "false",
+    onclick: () => {
+      span = name;
+      const query = new URLSearchParams();
+      query.set("span", name);
+      ctx.setParams(query);
+      refresh().catch(() => {});
+    },
+  }, spec.label));
+  const spanPicker = h("div", { class: "span-picker", role: "group", "aria-label": "Chart span" }, h("span", { class: "muted" }, "Charts over "), spanButtons);
   const uwsgi = h("div");
   const fields = h("div", { class: "field-groups" });
   const missing = h("div", { class: "empty", hidden: true });
@@ -115,7 +141,8 @@ export function detailPage(ctx, nodeId) {
   const body = h("div", { class: "detail-body" },
     h("section", { class: "card actions-card", "aria-labelledby": "actions-title" }, h("h2", { id: "actions-title" }, "Rollout"), actions, result),
     rollout.node,
-    h("section", { class: "card", "aria-labelledby": "figures-title" }, h("h2", { id: "figures-title" }, "What logistik saw"), figuresBox, charts),
+    h("section", { class: "card", "aria-labelledby": "health-title" }, h("h2", { id: "health-title" }, "Health"), health),
+    h("section", { class: "card", "aria-labelledby": "figures-title" }, h("h2", { id: "figures-title" }, "What logistik saw"), figuresBox, spanPicker, charts),
     h("div", { class: "two" },
       h("section", { class: "card", "aria-labelledby": "fields-title" }, h("h2", { id: "fields-title" }, "Fields"), fields),
       h("section", { class: "card", "aria-labelledby": "uwsgi-title" }, h("h2", { id: "uwsgi-title" }, "uWSGI"), uwsgi)));
@@ -213,20 +240,26 @@ export function detailPage(ctx, nodeId) {
     if (!alive || body.hidden) return;
     view = answer;
     const v = view;
-    fill(head, JSON.stringify([v.name, v.node_id, v.state, v.model_type, v.traffic, v.decoy, v.url, v.version]),
-      h("div", { class: "title-row" }, h("h1", {}, v.name), typeBadge(v), stateBadge(v.state),
+    const changed = nowType(v.node_id, v.model_type);
+    fill(head, JSON.stringify([v.name, v.node_id, v.state, v.model_type, v.traffic, v.decoy, v.share, v.url, v.version, v.reachable, v.circuit]),
+      h("div", { class: "title-row" }, h("h1", {}, v.name), typeBadge(v), stateBadge(v.state), ...healthMarks(v),
         v.version ? h("span", { class: "version" }, v.version) : null),
-      h("p", { class: "sub" }, h("span", { class: "mono" }, v.node_id), h("span", { class: "muted" }, " · "), h("span", { class: "mono" }, `${v.method} ${v.url}`),
-        h("a", { class: "btn small ghost", href: `#/query?node=${encodeURIComponent(v.node_id)}` }, "Query this model")));
+      h("p", { class: "sub" }, h("span", { class: "mono" }, v.node_id), changed ? [" ", changed] : null, h("span", { class: "muted" }, " · "), h("span", { class: "mono" }, `${v.method} ${v.url}`),
+        h("a", { class: "btn small ghost", href: `#/query?node=${encodeURIComponent(v.node_id)}` }, "Query this model")),
+      changed ? h("p", { class: "hint", id: "identity-note" }, `A node id (service_id-hostname-type-node) is fixed when a model is registered, so this one still says ${v.node_id.split("-").slice(-2, -1)[0]}: a promotion changes the type, not the node id. It is ${v.model_type} now.`) : null);
     fill(problem, v.problem || "", v.problem ? h("div", { class: "callout error", role: "alert" }, h("strong", {}, "Problem: "), v.problem) : null);
     renderActions();
     const f = v.figures;
     fill(figuresBox, JSON.stringify(f && { ...f, uptime_s: Math.floor(f.uptime_s / 60) }) + v.in_flight, figureTiles(v));
-    const series = perMinute(f ? f.minutes : []);
-    fill(charts, JSON.stringify(series),
-      barChart("Throughput (calls per minute)", series, "calls", "calls", "calls"),
-      latencyChart("Latency (mean per minute)", series),
-      barChart("Errors per minute", series, "errors", "errors", "errors"));
+    fill(health, JSON.stringify([v.reachable, v.circuit, v.in_flight, v.reachable && ago(v.reachable.checked_at)]), healthBlock(v));
+    const shown = span || fittingSpan(f ? f.uptime_s : null);
+    for (const button of spanButtons) button.setAttribute("aria-pressed", String(button.dataset.span === shown));
+    const spec = SPANS[shown];
+    const series = bucketsOf(f && f.series ? f.series[shown] : null, shown);
+    fill(charts, JSON.stringify([shown, series]),
+      barChart(`Throughput (calls per ${spec.per})`, series, "calls", "calls", "calls", spec.last),
+      latencyChart(`Latency (mean per ${spec.per})`, series, spec.last),
+      barChart(`Errors per ${spec.per}`, series, "errors", "errors", "errors", spec.last));
     fill(fields, JSON.stringify([v, ago(v.updated_at)]), fieldsOf(v).map(([title, rows]) =>
       h("div", { class: "field-group" }, h("h3", {}, title), h("dl", { class: "fields" }, rows.map(([label, value, cls]) => field(label, value, cls))))));
     fill(uwsgi, JSON.stringify(v.uwsgi), uwsgiBlock(v));

@@ -115,23 +115,64 @@ export function stateBadge(state) {
   return h("span", { class: `badge state-${state}`, title: STATE_HINTS[state] || state }, state);
 }
 
-/** A model type badge, with a canary's traffic or a decoy's agreement. */
+/** What a canary's measured share says in words, "" when its group had no recent calls. */
+export function measuredText(view) {
+  const share = view.share;
+  if (!share) return "";
+  return `${pct(share.measured)} of the group's last ${num(share.of_calls)} calls (${duration(share.window_s).replace(/ 0s$/, "")})`;
+}
+
+/** A model type badge, with a canary's set and measured share or a decoy's agreement. */
 export function typeBadge(view) {
   const type = view.model_type;
-  let extra = null;
-  if (type === "canary") extra = pct(view.traffic);
-  if (type === "decoy") extra = view.decoy && view.decoy.agreement !== null ? pct(view.decoy.agreement) : "–";
+  const extras = [];
+  if (type === "canary") {
+    extras.push(h("span", { class: "type-extra" }, `${pct(view.traffic)} set`));
+    if (view.share) extras.push(h("span", { class: "type-measured" }, `${pct(view.share.measured)} measured`));
+  }
+  const agreement = view.decoy && view.decoy.compared ? view.decoy.agreement : null;
+  if (type === "decoy") extras.push(h("span", { class: "type-extra" }, `agrees ${pct(agreement)}`));
   const title = {
     model: "production: answers the group's events",
-    canary: `answers ${pct(view.traffic)} of the group's events instead of production`,
-    decoy: `shadow: gets every event, never published; ${view.decoy && view.decoy.compared ? `${pct(view.decoy.agreement)} of ${view.decoy.compared} answers agreed with production` : "no answer compared yet"}`,
+    canary: `set to answer ${pct(view.traffic)} of the group's events instead of production${view.share ? `; answered ${measuredText(view)}` : ""}`,
+    decoy: `shadow: gets every event, never published; ${agreement !== null ? `its answer agreed with production's for ${pct(agreement)} of ${num(view.decoy.compared)} events` : "no answer compared with production's yet"}`,
     deploy: "registered, gets no events until promoted",
   }[type];
-  return h("span", { class: `type type-${type}`, title },
-    h("span", { class: "type-name" }, type), extra ? h("span", { class: "type-extra" }, extra) : null);
+  return h("span", { class: `type type-${type}`, title }, h("span", { class: "type-name" }, type), extras);
+}
+
+const NODE_TYPE = /-(model|canary|decoy|deploy)-[^-]*$/;
+
+/** The type a node id was registered with (its third part), or null. */
+export function registeredType(nodeId) {
+  const match = NODE_TYPE.exec(nodeId || "");
+  return match ? match[1] : null;
+}
+
+/** "now model" beside a node id whose type changed since it was registered, else null. */
+export function nowType(nodeId, currentType) {
+  const registered = registeredType(nodeId);
+  if (!currentType || !registered || registered === currentType) return null;
+  return h("span", { class: "now-type", title: `registered as ${registered}; a promotion or demotion changes the type, never the node id` }, `now ${currentType}`);
 }
 
 /** The address of a handler's detail page. */
 export function handlerHref(nodeId) {
   return `#/handler/${encodeURIComponent(nodeId)}`;
+}
+
+/** Marks beside the state: a model that cannot be reached, a circuit that is not closed. */
+export function healthMarks(v) {
+  const marks = [];
+  if (v.reachable && !v.reachable.ok) {
+    marks.push(h("span", { class: "health-mark bad", title: `${v.reachable.detail} (checked ${stamp(v.reachable.checked_at)})` }, "unreachable"));
+  }
+  const c = v.circuit;
+  if (c && c.state !== "closed") {
+    const since = c.since ? new Date(c.since).toLocaleTimeString() : "";
+    const what = c.state === "open" ? "gets no calls until its cool-down ends" : "one probe call decides";
+    marks.push(h("span", { class: "health-mark warn", title: `circuit ${c.state} since ${stamp(c.since)}: ${what}; ${c.failures} failed calls in a row${c.last_error ? `, the last: ${c.last_error}` : ""}` },
+      `circuit ${c.state}${since ? ` since ${since}` : ""}`));
+  }
+  return marks;
 }

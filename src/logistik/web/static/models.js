@@ -1,7 +1,7 @@
 // The models page: every handler with its address, node and version columns, logistik's figures, filters.
 
 import { get } from "./api.js";
-import { ago, duration, fill, h, handlerHref, ms, num, stamp, stateBadge, typeBadge } from "./dom.js";
+import { ago, duration, fill, h, handlerHref, healthMarks, ms, num, registeredType, stamp, stateBadge, typeBadge } from "./dom.js";
 
 const TYPE_ORDER = { model: 0, canary: 1, decoy: 2, deploy: 3 };
 const STATES = ["active", "down", "gone", "disabled", "retired", "invalid"];
@@ -36,11 +36,20 @@ function answerCell(v) {
     h("span", { class: a.timeout ? "warn" : "zero" }, num(a.timeout)))];
 }
 
-function lastError(v) {
+/** The latest error known of a model: its last failed call, else the probe that failed. */
+function latestError(v) {
   const f = figures(v);
-  if (!f || !f.last_error) return [h("span", { class: "muted" }, "–")];
-  return [h("span", { class: "last-error", title: `${f.last_error}\n${stamp(f.last_error_at)}` },
-    h("span", { class: "err-text" }, f.last_error), h("span", { class: "when" }, ago(f.last_error_at)))];
+  if (f && f.last_error) return { text: f.last_error, at: f.last_error_at };
+  if (v.circuit && v.circuit.last_error) return { text: v.circuit.last_error, at: v.circuit.since };
+  if (v.reachable && !v.reachable.ok) return { text: v.reachable.detail, at: v.reachable.checked_at };
+  return null;
+}
+
+function lastError(v) {
+  const error = latestError(v);
+  if (!error) return [h("span", { class: "muted" }, "–")];
+  return [h("span", { class: "last-error", title: `${error.text}\n${stamp(error.at)}` },
+    h("span", { class: "err-text" }, error.text), h("span", { class: "when" }, ago(error.at)))];
 }
 
 /** The cells of one row; `key` is what the cell shows, so unchanged cells are left alone. */
@@ -50,7 +59,7 @@ function cells(v) {
   return [
     { key: "event", label: "Event", cls: "event secondary-phone", content: [v.event || h("span", { class: "muted" }, "none")] },
     { key: "name", label: "Name", cls: "name", content: [
-      h("a", { href: handlerHref(v.node_id), class: "row-link", title: v.node_id }, v.name),
+      h("a", { href: handlerHref(v.node_id), class: "row-link", title: registeredType(v.node_id) && registeredType(v.node_id) !== v.model_type ? `${v.node_id} (now ${v.model_type})` : v.node_id }, v.name),
       v.version ? h("span", { class: "version" }, v.version) : null,
       v.problem ? h("span", { class: "problem-mark", title: v.problem, "aria-label": `problem: ${v.problem}` }, "!") : null] },
     { key: "node", label: "Node", cls: "num hide-narrow", content: [v.node] },
@@ -58,9 +67,10 @@ function cells(v) {
     { key: "endpoint", label: "Endpoint", cls: "mono hide-narrow", content: [v.endpoint] },
     { key: "port", label: "Port", cls: "num mono hide-narrow", content: [String(v.port)] },
     { key: "type", label: "Type", cls: "", content: [typeBadge(v)] },
-    { key: "state", label: "State", cls: "", content: [stateBadge(v.state)] },
+    { key: "state", label: "State", cls: "state", content: [stateBadge(v.state), ...healthMarks(v)] },
     ...uwsgiCells(v),
-    { key: "calls", label: "Calls", cls: "num strong", content: [f ? num(f.requests) : "–"] },
+    { key: "calls", label: "Calls", cls: "num strong", content: [f ? num(f.requests) : "–",
+      v.in_flight ? h("span", { class: "in-flight", title: "calls waiting for the model's answer now" }, ` · ${num(v.in_flight)} in flight`) : null] },
     { key: "answers", label: "OK / err / t-o", cls: "num", content: answerCell(v) },
     { key: "p50", label: "p50", cls: "num", content: [ms(lat.p50)] },
     { key: "p99", label: "p99", cls: "num", content: [ms(lat.p99)] },
@@ -87,7 +97,7 @@ const COLUMNS = [
   { label: "OK / err / t-o", sort: (v) => errorsOf(v), group: "logistik", cls: "num", title: "answers: ok / errors (error and refused) / timeouts" },
   { label: "p50", sort: (v) => (figures(v) ? figures(v).latency_ms.p50 : null), group: "logistik", cls: "num", title: "median latency" },
   { label: "p99", sort: (v) => (figures(v) ? figures(v).latency_ms.p99 : null), group: "logistik", cls: "num", title: "99th percentile latency" },
-  { label: "/min", sort: (v) => (figures(v) ? figures(v).per_minute_5m : null), group: "logistik", cls: "num", title: "events per minute over the last 5 minutes" },
+  { label: "/min", sort: (v) => (figures(v) ? figures(v).per_minute_5m : null), group: "logistik", cls: "num", title: "calls per minute over the last 5 minutes (since logistik first called it, when that is less)" },
   { label: "Last error", sort: (v) => (figures(v) ? figures(v).last_error_at : null), group: "logistik" },
 ];
 
@@ -274,10 +284,11 @@ export function modelsPage(ctx, _arg, params) {
     const sum = (f) => topics.reduce((a, t) => a + f(t), 0);
     const failed = sum((t) => Object.values(t.failed || {}).reduce((a, b) => a + b, 0));
     const troubled = (byState.down || 0) + (byState.invalid || 0);
-    const key = JSON.stringify([byState, views.length, sum((t) => t.events_in), sum((t) => t.published), failed]);
+    const unreachable = views.filter((v) => v.reachable && !v.reachable.ok).length;
+    const key = JSON.stringify([byState, views.length, sum((t) => t.events_in), sum((t) => t.published), failed, unreachable]);
     fill(tiles, key,
       tile("active models", `${num(byState.active || 0)} / ${num(views.length)}`, "good"),
-      tile("down or invalid", num(troubled), troubled ? "bad" : ""),
+      tile("down, invalid or unreachable", num(troubled + unreachable), troubled + unreachable ? "bad" : ""),
       tile("events in", num(sum((t) => t.events_in))),
       tile("answers published", num(sum((t) => t.published))),
       tile("to failed topics", num(failed), failed ? "warn" : ""));

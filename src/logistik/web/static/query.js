@@ -1,11 +1,17 @@
 // The query page: send one event to one model and see its answer, without Kafka.
 
 import { ApiError, get, send } from "./api.js";
-import { h, ms, put } from "./dom.js";
+import { ago, h, ms, put } from "./dom.js";
 
-function sample(topic) {
-  return JSON.stringify({ id: `ui-${Date.now().toString(36)}`, verb: topic || "test", actor: { id: "logistik-ui" }, object: {}, target: {} }, null, 2);
+const freshId = () => `ui-${Date.now().toString(36)}`;
+
+/** The event the editor starts from: a topic's newest event with a new id, else an example. */
+function sample(latest) {
+  if (latest) return JSON.stringify({ ...latest.event, id: freshId() }, null, 2);
+  return JSON.stringify({ id: freshId(), verb: "test", actor: { id: "logistik-ui" }, object: { id: "example-1" } }, null, 2);
 }
+
+const EXAMPLE_HINT = "An example event: \"verb\" says what happened (required), \"actor\" who did it, \"object\" what it was done to; write what the model expects.";
 
 /** Where a JSON parse error is, as "line L, column C". */
 function position(text, error) {
@@ -53,6 +59,8 @@ export function queryPage(ctx, _arg, params) {
   const modelSelect = h("select", { id: "query-model", name: "node_id", required: true }, h("option", { value: "" }, "Loading models…"));
   const textarea = h("textarea", { id: "query-event", name: "event", rows: 14, spellcheck: false, autocomplete: "off", "aria-describedby": "query-validation" });
   const validation = h("p", { id: "query-validation", class: "validation", "aria-live": "polite" });
+  const origin = h("p", { id: "query-origin", class: "hint" }, EXAMPLE_HINT);
+  const latest = new Map(); // topic -> its newest event (null: none), fetched once per page
   const sendButton = h("button", { type: "submit", class: "btn primary", id: "query-send" }, "Send");
   const format = h("button", { type: "button", class: "btn" }, "Format");
   const writeHint = h("p", { class: "hint", hidden: true }, "Sending a query needs write access. ",
@@ -76,9 +84,32 @@ export function queryPage(ctx, _arg, params) {
     edited = true;
     check();
   });
-  modelSelect.addEventListener("change", () => {
+  /** Start the editor from the chosen model's topic: its newest event when one can be read. */
+  async function prefill() {
     const chosen = views.find((v) => v.node_id === modelSelect.value);
-    if (!edited && chosen) textarea.value = sample(chosen.event);
+    const topic = chosen ? chosen.event : "";
+    const show = () => {
+      const found = latest.get(topic) || null;
+      textarea.value = sample(found);
+      origin.textContent = found ? `Starts from the newest event on ${topic} (${found.source}, ${ago(found.at)}), with a new id.` : EXAMPLE_HINT;
+      check();
+    };
+    show();
+    if (!topic || latest.has(topic) || !ctx.session().can_write) return;
+    let found = null;
+    try {
+      found = await get(`/api/topics/${encodeURIComponent(topic)}/latest-event`);
+    } catch {
+      // No event on the topic yet, or it cannot be read: the example stays.
+    }
+    latest.set(topic, found);
+    const still = views.find((v) => v.node_id === modelSelect.value);
+    if (alive && !edited && still && still.event === topic) show();
+  }
+
+  modelSelect.addEventListener("change", () => {
+    modelSelect.dataset.chosen = modelSelect.value;
+    if (!edited) prefill();
     const query = new URLSearchParams();
     if (modelSelect.value) query.set("node", modelSelect.value);
     ctx.setParams(query);
@@ -92,7 +123,7 @@ export function queryPage(ctx, _arg, params) {
   const form = h("form", { class: "card query-form", novalidate: true },
     h("div", { class: "stack" },
       h("label", { for: "query-model" }, "Model"), modelSelect,
-      h("label", { for: "query-event" }, "Event (JSON)"), textarea, validation,
+      h("label", { for: "query-event" }, "Event (JSON)"), textarea, validation, origin,
       h("div", { class: "row-actions" }, writeHint, format, sendButton)));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -138,15 +169,14 @@ export function queryPage(ctx, _arg, params) {
       ...topics.map((topic) => h("optgroup", { label: topic }, views.filter((v) => (v.event || "(no topic)") === topic)
         .sort((a, b) => a.name.localeCompare(b.name) || a.node_id.localeCompare(b.node_id))
         .map((v) => h("option", { value: v.node_id }, `${v.name} · ${v.model_type} · ${v.state} · ${v.node_id}`)))));
+    const before = modelSelect.dataset.chosen || "";
     if (views.some((v) => v.node_id === current)) modelSelect.value = current;
-    if (!edited) {
-      const chosen = views.find((v) => v.node_id === modelSelect.value);
-      textarea.value = sample(chosen ? chosen.event : "");
-    }
+    modelSelect.dataset.chosen = modelSelect.value;
+    if (!edited && modelSelect.value !== before) prefill();
     check();
   }
 
-  textarea.value = sample("");
+  textarea.value = sample(null);
   check();
   return {
     title: "Query",
