@@ -24,6 +24,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
+    timestamp_ms: int = -1  # the record's Kafka timestamp; -1 when it has none
 
     def json(self) -> Any:
         """The value parsed as JSON."""
@@ -106,6 +107,7 @@ class TopicReader:
                 message.key(),
                 message.value(),
                 headers,
+                message.timestamp()[1],
             )
             with self._lock:
                 self.records.append(record)

@@ -50,6 +50,8 @@ class EventConsumer:
         # not wait for them; the router checks its partition is still held before calling.
         self.unwaited_topics: set[str] = set()
         self._paused_topics: set[str] = set()  # paused on their own, e.g. retry topics
+        # Partitions paused until their next record is due (retry topics): resumed one by one.
+        self._deferred: set[TopicPartitionKey] = set()
 
     async def run(self, call: Callable[[], Any]) -> Any:
         """Run a consumer call on the consumer thread."""
@@ -133,8 +135,8 @@ class EventConsumer:
         self._paused = True
 
     def resume(self) -> None:
-        """Fetch again (consumer thread), except topics paused on their own."""
-        resumed = [p for p in self._assignment if p.topic not in self._paused_topics]
+        """Fetch again (consumer thread), except topics and partitions paused on their own."""
+        resumed = [p for p in self._assignment if self._fetchable(p)]
         if self._paused and resumed:
             self._consumer.resume(resumed)
         self._paused = False
@@ -149,9 +151,47 @@ class EventConsumer:
     def resume_topics(self, topics: set[str]) -> None:
         """Fetch these topics again, unless the whole consumer is paused (consumer thread)."""
         self._paused_topics -= topics
-        partitions = [p for p in self._assignment if p.topic in topics]
+        partitions = [p for p in self._assignment if p.topic in topics and self._fetchable(p)]
         if partitions and not self._paused:
             self._consumer.resume(partitions)
+
+    def defer(self, positions: list[TopicPartition]) -> None:
+        """Pause each partition and rewind it to the given offset (consumer thread).
+
+        The record at that offset is read again once `resume_deferred` is called: until then
+        it is not held in memory, so it holds no commit point. A rewind that fails stops the
+        consumer (BrokerError): the records after it were not routed, and must not be skipped.
+        """
+        assigned = {(p.topic, p.partition) for p in self._assignment}
+        mine = [p for p in positions if (p.topic, p.partition) in assigned]
+        if not mine:
+            return
+        # Pause before seek: a seek made first is forgotten by the pause (librdkafka#3471).
+        self._consumer.pause(mine)
+        self._deferred |= {(p.topic, p.partition) for p in mine}
+        for position in mine:
+            try:
+                self._consumer.seek(position)
+            except KafkaException as exc:
+                raise BrokerError(
+                    f"cannot rewind {position.topic}[{position.partition}] to offset "
+                    f"{position.offset}: {exc.args[0].str()}"
+                ) from exc
+
+    def resume_deferred(self, keys: set[TopicPartitionKey]) -> None:
+        """Fetch deferred partitions again, unless paused otherwise (consumer thread)."""
+        self._deferred -= keys
+        partitions = [
+            p for p in self._assignment if (p.topic, p.partition) in keys and self._fetchable(p)
+        ]
+        if partitions and not self._paused:
+            self._consumer.resume(partitions)
+
+    def _fetchable(self, partition: TopicPartition) -> bool:
+        return (
+            partition.topic not in self._paused_topics
+            and (partition.topic, partition.partition) not in self._deferred
+        )
 
     def close(self) -> bool:
         """Commit what is done and leave the group (consumer thread); False if the commit failed."""
@@ -194,6 +234,7 @@ class EventConsumer:
             )
         self.commit(self._book.forget(keys), wait=True)
         revoked = set(keys)
+        self._deferred -= revoked
         self._assignment = [p for p in self._assignment if (p.topic, p.partition) not in revoked]
         logger.info("revoked %s", _names(partitions))
 

@@ -6,14 +6,16 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from typing import cast
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from logistik.config import KafkaConfig, RoutingConfig
-from logistik.kafka import EventConsumer, OffsetBook, PartitionTracker
-from logistik.protocol import HeaderList, retry_topic
+from logistik.errors import InvalidEventError
+from logistik.kafka import EventConsumer, OffsetBook, PartitionTracker, TopicPartitionKey
+from logistik.protocol import HeaderList, retry_marks, retry_topic
 from logistik.routing.backpressure import Backpressure
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
@@ -24,6 +26,19 @@ MAX_BATCH = 500
 POLL_TIMEOUT_S = 0.1
 FULL_WAKE_S = 0.5  # a full loop still turns this often: commits, stop, pause
 RETRY_DRAIN_S = 5.0  # at a stop, how long calls from retry topics may take to finish
+# A retry record due later than this is left in Kafka (its partition rewound and paused until
+# then) rather than waited for in memory, where it would hold its partition's commit point.
+DEFER_MIN_S = 0.2
+
+
+@dataclass(slots=True)
+class Deferral:
+    """A retry topic's partition rewound to a record that is not due yet."""
+
+    offset: int  # the record read again once due; later ones come after it
+    due_s: float  # monotonic time at which the partition is fetched again
+    tracker: PartitionTracker  # closed once the partition is revoked: the deferral is void
+    resumed: bool = False
 
 
 class ConsumeLoop:
@@ -50,6 +65,7 @@ class ConsumeLoop:
         self._lanes: dict[str, str] = {}  # retry topic -> the topic its events came from
         self._lane_waiting: Counter[str] = Counter()
         self._paused_lanes: set[str] = set()
+        self._deferrals: dict[TopicPartitionKey, Deferral] = {}
         self._stopping = asyncio.Event()
         self._unknown_topics: set[str] = set()
         self._last_turn: float | None = None
@@ -85,6 +101,7 @@ class ConsumeLoop:
             now = self._last_turn = time.monotonic()
             subscribed = await self._subscribe(subscribed)
             await self._pace_retries()
+            await self._resume_due(now)
             commit = now - last_commit >= commit_interval_s
             if commit:
                 last_commit = now
@@ -95,7 +112,7 @@ class ConsumeLoop:
                 if backpressure.paused:
                     # Polls go on while paused so the consumer stays in its group.
                     batch = await consumer.run(partial(consumer.poll_batch, 1, 0.0, commit))
-                    self._dispatch_all(batch)
+                    await self._dispatch_all(batch)
                 elif commit:
                     await consumer.run(partial(consumer.commit, self._book.to_commit()))
                 await backpressure.wait(stop, FULL_WAKE_S)
@@ -105,7 +122,7 @@ class ConsumeLoop:
             take = min(MAX_BATCH, room)
             batch = await consumer.run(partial(consumer.poll_batch, take, POLL_TIMEOUT_S, commit))
             self.ready.set()
-            self._dispatch_all(batch)
+            await self._dispatch_all(batch)
 
     async def _subscribe(self, subscribed: set[str]) -> set[str]:
         """Follow the registry's topics and their groups' retry topics; returns what is read."""
@@ -143,23 +160,50 @@ class ConsumeLoop:
             self._paused_lanes -= room
             await consumer.run(partial(consumer.resume_topics, room))
 
-    def _dispatch_all(self, batch: list[Message]) -> None:
-        for message in batch:
-            self._dispatch(message)
+    async def _resume_due(self, now: float) -> None:
+        """Fetch again the retry partitions whose next record is due."""
+        for key in [k for k, d in self._deferrals.items() if d.tracker.closed]:
+            del self._deferrals[key]  # revoked: whoever holds it now reads it from its commit
+        due = {
+            key
+            for key, deferral in self._deferrals.items()
+            if not deferral.resumed and deferral.due_s <= now
+        }
+        if not due:
+            return
+        for key in due:
+            self._deferrals[key].resumed = True
+        consumer = self._consumer
+        await consumer.run(partial(consumer.resume_deferred, due))
 
-    def _dispatch(self, message: Message) -> None:
+    async def _dispatch_all(self, batch: list[Message]) -> None:
+        rewinds: list[TopicPartition] = []
+        for message in batch:
+            rewind = self._dispatch(message)
+            if isinstance(rewind, TopicPartition):
+                rewinds.append(rewind)
+        if rewinds:
+            consumer = self._consumer
+            await consumer.run(partial(consumer.defer, rewinds))
+
+    def _dispatch(self, message: Message) -> TopicPartition | bool | None:
+        """Route one record; the position to rewind to when it is a retry record not due."""
         error = message.error()
         if error is not None:
             self._report(message, error)
-            return
+            return None
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
-        tracker = self._book.tracker(topic, partition)
-        tracker.add(offset)
-        source = Source(topic, partition, offset)
         # librdkafka gives a consumed record's headers as a list of pairs.
         headers = cast(HeaderList | None, message.headers())
         origin = self._lanes.get(topic)
+        if origin is not None:
+            wait = self._retry_wait(topic, partition, offset, headers)
+            if wait is not None:
+                return wait
+        tracker = self._book.tracker(topic, partition)
+        tracker.add(offset)
+        source = Source(topic, partition, offset)
         if origin is not None:
             retry = asyncio.create_task(
                 self._retry(tracker, source, message.value(), headers, origin)
@@ -167,11 +211,37 @@ class ConsumeLoop:
             self._retry_tasks.add(retry)
             self._lane_waiting[topic] += 1
             retry.add_done_callback(partial(self._retry_done, topic))
-            return
+            return None
         task = asyncio.create_task(self._handle(tracker, source, message.value(), headers))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
+        return None
+
+    def _retry_wait(
+        self, topic: str, partition: int, offset: int, headers: HeaderList | None
+    ) -> TopicPartition | bool | None:
+        """Whether a retry record waits in Kafka: True to skip it (its partition is rewound to
+        an earlier record), a position to rewind to when it is not due, None to take it now."""
+        key = (topic, partition)
+        deferral = self._deferrals.get(key)
+        if deferral is not None:
+            if deferral.tracker.closed or offset < deferral.offset:
+                del self._deferrals[key]  # revoked, or taken again from an earlier commit
+            elif offset > deferral.offset or not deferral.resumed:
+                return True  # fetched before the rewind: read again after the deferred one
+            else:
+                del self._deferrals[key]  # the deferred record itself, now due
+        try:
+            due_at_s = retry_marks(headers).due_at_ms / 1000
+        except InvalidEventError:
+            return None  # the router sends it to the failed topic with the reason
+        wait_s = min(due_at_s - time.time(), self._router.max_retry_wait_s)
+        if wait_s <= DEFER_MIN_S or self._stopping.is_set():
+            return None
+        tracker = self._book.tracker(topic, partition)
+        self._deferrals[key] = Deferral(offset, time.monotonic() + wait_s, tracker)
+        return TopicPartition(topic, partition, offset)
 
     async def _handle(
         self,

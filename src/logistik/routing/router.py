@@ -149,7 +149,7 @@ class Router:
         self._backoff = Backoff(
             routing.backoff_base_s, routing.backoff_cap_s, routing.retry_after_cap_s
         )
-        self._max_retry_wait_s = max(routing.backoff_cap_s, routing.retry_after_cap_s)
+        self.max_retry_wait_s = max(routing.backoff_cap_s, routing.retry_after_cap_s)
         self.decoys = decoys or DecoyTally()
         self.rollouts = rollouts or RolloutTally()
         self.figures = figures or Figures()
@@ -257,7 +257,7 @@ class Router:
             await self._invalid_retry(position, raw, exc, origin)
             return True
         # A due time far off cannot come from logistik's own back-off: it is not waited for.
-        wait_s = min(marks.due_at_ms / 1000 - time.time(), self._max_retry_wait_s)
+        wait_s = min(marks.due_at_ms / 1000 - time.time(), self.max_retry_wait_s)
         if wait_s > 0:
             if stopping is None:
                 await asyncio.sleep(wait_s)
