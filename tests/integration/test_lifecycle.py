@@ -84,7 +84,8 @@ def test_an_absent_broker_is_waited_for_in_one_line_until_sigterm(tmp_path: Path
     finally:
         running.kill()
     problems = [line for line in running.log().splitlines() if " INFO " not in line]
-    [line] = problems
+    [line, stopped] = problems  # one line while waiting, one saying the stop came mid start-up
+    assert stopped == "logistik: stopped during start-up"
     assert f"waiting for the Kafka broker (cannot reach the Kafka broker at {servers}" in line
     assert line.endswith("retrying with back-off")
 

@@ -53,7 +53,7 @@ def produce(
     headers: Sequence[tuple[str, bytes | str | None]] | None = None,
 ) -> None:
     """Produce records (each with `headers`, when given) and wait for every acknowledgement."""
-    producer = Producer({"bootstrap.servers": servers, "linger.ms": 1})
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": 1, "enable.idempotence": True})
     extra: dict[str, Any] = {} if partition is None else {"partition": partition}
     if headers is not None:
         extra["headers"] = list(headers)

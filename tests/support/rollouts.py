@@ -24,7 +24,9 @@ class EventFlow:
     """Produces events to a topic at a steady rate in a thread until stopped; keeps their ids."""
 
     def __init__(self, servers: str, topic: str, per_s: float = 200.0, batch: int = 10) -> None:
-        self._producer = Producer({"bootstrap.servers": servers, "linger.ms": 2})
+        self._producer = Producer(
+            {"bootstrap.servers": servers, "linger.ms": 2, "enable.idempotence": True}
+        )
         self._topic = topic
         self._pause_s = batch / per_s
         self._batch = batch

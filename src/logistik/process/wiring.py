@@ -70,7 +70,8 @@ class Runner:
         self.ready = asyncio.Event()  # set once the consume loop has polled
         self.store: Store | None = None
         self.discovery: ConsulDiscovery | None = None
-        self.reachability: Reachability | None = None
+        # built now: the web state, made before the broker answers, holds this same object
+        self.reachability = Reachability(self.registry)
         self.follower: StoreFollower | None = None
         self.loop: ConsumeLoop | None = None
         self.producer: EventProducer | None = None
@@ -116,7 +117,6 @@ class Runner:
                     self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
                     supervisor.start(DISCOVERY, self.discovery.run(halt))
                 supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
-                self.reachability = Reachability(self.registry)
                 refresh_s = self.config.discovery.refresh_s
                 supervisor.start(REACHABILITY, self.reachability.watch(halt, refresh_s))
                 rollouts = self.rollouts = RolloutController(store, self.tally, self._alerter)
@@ -295,7 +295,7 @@ class Runner:
                 "taken_back": dict(self.figures.retried),
             },
             "tasks": tasks,
-            "unreachable": [] if self.reachability is None else self.reachability.unreachable(),
+            "unreachable": self.reachability.unreachable(),
             "store": {"error": None if self.follower is None else self.follower.error},
             "consul": None
             if discovery is None or consul is None
