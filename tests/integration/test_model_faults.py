@@ -440,7 +440,7 @@ def test_kill_9_in_the_middle_of_retries_duplicates_only_records_in_flight(
             )
             killed_ms = time.time() * 1000
             first.kill()
-        assert first.wait(10) == -signal.SIGKILL
+        assert first.wait(10) == -signal.SIGKILL, first.log()[-3000:]
         # Events from the commit point on are delivered again and start their first attempt
         # again; any other event answered twice was answered twice through its retries.
         [committed] = committed_offsets(servers, group_id, shared)
