@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from logistik.protocol import retry_topic
 from tests.support.accounting import Tally, group_of, tally
@@ -30,6 +29,7 @@ from tests.support.kafkatools import (
     committed_offsets,
     create_topics,
     event,
+    event_producer,
     produce,
     unique,
     wait_all_committed,
@@ -365,9 +365,7 @@ class PacedProducer:
     """Produces events at a steady rate from a thread, as a live stream does (no backlog)."""
 
     def __init__(self, servers: str, topic: str, values: list[dict[str, Any]], per_s: float):
-        self._producer = Producer(
-            {"bootstrap.servers": servers, "linger.ms": 5, "enable.idempotence": True}
-        )
+        self._producer = event_producer(servers, linger_ms=5)
         self._topic, self._values, self._per_s = topic, values, per_s
         self._thread = threading.Thread(target=self._produce, daemon=True)
 

@@ -45,6 +45,13 @@ def create_topics(servers: str, *topics: str, partitions: int = 1) -> None:
         future.result(10)
 
 
+def event_producer(servers: str, linger_ms: int = 1) -> Producer:
+    """The tests' load generator: idempotent, so a resend under load never writes a record twice."""
+    return Producer(
+        {"bootstrap.servers": servers, "linger.ms": linger_ms, "enable.idempotence": True}
+    )
+
+
 def produce(
     servers: str,
     topic: str,
@@ -53,7 +60,7 @@ def produce(
     headers: Sequence[tuple[str, bytes | str | None]] | None = None,
 ) -> None:
     """Produce records (each with `headers`, when given) and wait for every acknowledgement."""
-    producer = Producer({"bootstrap.servers": servers, "linger.ms": 1, "enable.idempotence": True})
+    producer = event_producer(servers)
     extra: dict[str, Any] = {} if partition is None else {"partition": partition}
     if headers is not None:
         extra["headers"] = list(headers)

@@ -9,12 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
 
 from logistik.control.rollout_model import RolloutOptions
 from logistik.control.rollout_service import RolloutService, with_rollouts
 from logistik.control.store import Store
-from tests.support.kafkatools import event
+from tests.support.kafkatools import event, event_producer
 
 ENDED = ("promoted", "rolled-back", "aborted", "ended-by-hand")
 POLL_S = 0.2
@@ -24,9 +23,7 @@ class EventFlow:
     """Produces events to a topic at a steady rate in a thread until stopped; keeps their ids."""
 
     def __init__(self, servers: str, topic: str, per_s: float = 200.0, batch: int = 10) -> None:
-        self._producer = Producer(
-            {"bootstrap.servers": servers, "linger.ms": 2, "enable.idempotence": True}
-        )
+        self._producer = event_producer(servers, linger_ms=2)
         self._topic = topic
         self._pause_s = batch / per_s
         self._batch = batch
