@@ -27,6 +27,20 @@ from logistik.kafka.settings import consumer_config
 
 logger = logging.getLogger(__name__)
 
+# How long a stopping consumer lets its group finish a rebalance so that its last commit lands.
+CLOSE_COMMIT_WAIT_S = 10.0
+# Commit errors that mean "the group is moving; commit again once it has settled".
+REBALANCE_ERRORS = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._WAIT_COORD,
+    }
+)
+
 
 class EventConsumer:
     """A Kafka consumer whose every call runs on one dedicated thread."""
@@ -86,8 +100,13 @@ class EventConsumer:
 
     def commit(self, offsets: dict[TopicPartitionKey, int], wait: bool = False) -> bool:
         """Commit offsets (consumer thread); a failure is logged and retried on the next commit."""
+        return self._commit(offsets, wait) is None
+
+    def _commit(
+        self, offsets: dict[TopicPartitionKey, int], wait: bool, quiet: bool = False
+    ) -> KafkaError | None:
         if not offsets:
-            return True
+            return None
         partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
             if wait:
@@ -95,9 +114,10 @@ class EventConsumer:
             else:
                 self._consumer.commit(offsets=partitions, asynchronous=True)
         except KafkaException as exc:
-            self._failed_commit(exc.args[0], partitions)
-            return False
-        return True
+            error: KafkaError = exc.args[0]
+            self._failed_commit(error, partitions, quiet)
+            return error
+        return None
 
     def _on_stats(self, stats_json: str) -> None:
         """Keep each assigned partition's consumer lag from librdkafka's statistics."""
@@ -120,12 +140,17 @@ class EventConsumer:
         elif failed and failed[0].error is not None:
             self._failed_commit(failed[0].error, failed)
 
-    def _failed_commit(self, error: KafkaError, partitions: list[TopicPartition]) -> None:
+    def _failed_commit(
+        self, error: KafkaError, partitions: list[TopicPartition], quiet: bool = False
+    ) -> None:
         if error.code() == KafkaError._NO_OFFSET:
             return
-        logger.warning(
-            "commit of %s failed: %s (retried on the next commit)", _names(partitions), error.str()
-        )
+        if not quiet:
+            logger.warning(
+                "commit of %s failed: %s (retried on the next commit)",
+                _names(partitions),
+                error.str(),
+            )
         self._book.uncommit([(p.topic, p.partition) for p in partitions])
 
     def pause(self) -> None:
@@ -196,9 +221,23 @@ class EventConsumer:
     def close(self) -> bool:
         """Commit what is done and leave the group (consumer thread); False if the commit failed."""
         self._drain_s = 0.0  # the runner has drained already; what is left stays uncommitted
-        committed = self.commit(self._book.to_commit(), wait=True)
+        error = self._commit(self._book.to_commit(), wait=True, quiet=True)
+        deadline = time.monotonic() + CLOSE_COMMIT_WAIT_S
+        if error is not None and error.code() in REBALANCE_ERRORS:
+            logger.info("stopping: the group is rebalancing; committing again once it settles")
+        # A stop during a rebalance (another process joining or leaving) finds the group's
+        # generation moving: polling lets the consumer rejoin, after which the commit lands,
+        # or hands the partition over through on_revoke, which commits it. Records fetched
+        # meanwhile are not routed: they stay uncommitted for whoever holds them next.
+        while (
+            error is not None and error.code() in REBALANCE_ERRORS and time.monotonic() < deadline
+        ):
+            self._consumer.poll(0.1)
+            error = self._commit(self._book.to_commit(), wait=True, quiet=True)
+        if error is not None:
+            logger.warning("the commit at stop failed: %s", error.str())
         self._consumer.close()
-        return committed
+        return error is None
 
     def shutdown(self) -> None:
         """Stop the consumer thread."""
