@@ -76,10 +76,14 @@ def event(verb: str = "detect", actor: str = "user-1", **extra: Any) -> dict[str
 
 
 class TopicReader:
-    """Reads a topic from the beginning in a background thread, keeping every record."""
+    """Reads a topic from the beginning in a background thread, keeping every record once."""
 
     def __init__(self, servers: str, *topics: str) -> None:
         self.records: list[Record] = []
+        # The reader commits nothing, so a rebalance (a subscribed topic created later, a
+        # session lost on a loaded machine) starts its partitions again from the beginning.
+        # A record is its position: one already kept is not kept twice.
+        self._positions: set[tuple[str, int, int]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer(
@@ -116,8 +120,11 @@ class TopicReader:
                 headers,
                 message.timestamp()[1],
             )
+            position = (record.topic, record.partition, record.offset)
             with self._lock:
-                self.records.append(record)
+                if position not in self._positions:
+                    self._positions.add(position)
+                    self.records.append(record)
         self._consumer.close()
 
     def on(self, topic: str) -> list[Record]:
