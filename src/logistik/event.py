@@ -114,6 +114,33 @@ def first_element(raw: bytes) -> bytes:
     return text[at:end].encode()
 
 
+def elements(raw: bytes) -> list[bytes]:
+    """The bytes of each element of a JSON array, as written; ValueError when it is not one."""
+    text = raw.decode()
+    at = _past_space(text, 0)
+    if not text.startswith("[", at):
+        raise ValueError("not a JSON list")
+    at = _past_space(text, at + 1)
+    found: list[bytes] = []
+    if text.startswith("]", at):
+        at += 1
+    else:
+        while True:
+            _, end = _EXACT.raw_decode(text, at)
+            found.append(text[at:end].encode())
+            at = _past_space(text, end)
+            if text.startswith(",", at):
+                at = _past_space(text, at + 1)
+            elif text.startswith("]", at):
+                at += 1
+                break
+            else:
+                raise ValueError(f"expected ',' or ']' at character {at}")
+    if _past_space(text, at) != len(text):
+        raise ValueError(f"extra data after the list at character {at}")
+    return found
+
+
 def _past_space(text: str, at: int) -> int:
     """The index of the first character from `at` on that is not JSON white space."""
     while at < len(text) and text[at] in " \t\n\r":

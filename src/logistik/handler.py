@@ -20,6 +20,9 @@ TOPIC_MAX = 249  # Kafka's own limit on a topic name
 TAGS_MAX = 64
 TIMEOUT_MAX_S = 3600.0
 RETRIES_MAX = 100
+BATCH_SIZE_MAX = 1024  # events in one request to a batching model
+BATCH_WAIT_MAX_MS = 10_000.0
+BATCH_WAIT_DEFAULT_MS = 5.0
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]+")
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -111,6 +114,9 @@ class Handler(BaseModel):
         validation_alias=AliasChoices("timeout_s", "timeout"),
     )
     retries: int | None = Field(default=None, ge=0, le=RETRIES_MAX)
+    # Micro-batching, for models that take a JSON list of events and answer a list as long.
+    batch_max_size: int | None = Field(default=None, ge=1, le=BATCH_SIZE_MAX)
+    batch_max_wait_ms: float | None = Field(default=None, ge=0, le=BATCH_WAIT_MAX_MS)
     return_to: str | None = None
     failed_topic: str | None = None
     environment: str = ""
@@ -235,6 +241,17 @@ class Handler(BaseModel):
         """The URL logistik sends events to."""
         host = f"[{self.endpoint}]" if ":" in self.endpoint else self.endpoint
         return f"http://{host}:{self.port}{self.path}"
+
+    @property
+    def batch_size(self) -> int:
+        """Events per request: 1 unless the model takes batches."""
+        return self.batch_max_size or 1
+
+    @property
+    def batch_wait_s(self) -> float:
+        """How long the first event of a batch waits for others before the request goes."""
+        wait_ms = self.batch_max_wait_ms
+        return (BATCH_WAIT_DEFAULT_MS if wait_ms is None else wait_ms) / 1000
 
     @property
     def failed_topic_name(self) -> str:

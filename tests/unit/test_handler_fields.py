@@ -91,12 +91,24 @@ def test_identity_fields_hold_no_slash_and_are_bounded(field: str, value: str) -
         ("environment", "e" * 256),
         ("timeout", 86400),
         ("retries", 1000),
+        ("batch_max_size", 0),
+        ("batch_max_size", 1025),
+        ("batch_max_size", "many"),
+        ("batch_max_wait_ms", -1),
+        ("batch_max_wait_ms", 60_000),
         ("tags", [f"t{i}" for i in range(65)]),
         ("tags", ["x" * 256]),
     ],
 )
 def test_every_other_field_is_bounded(field: str, value: object) -> None:
     assert field in problems(**{field: value})
+
+
+def test_batching_fields_from_tags_are_numbers_with_a_default_wait() -> None:
+    batching = Handler.model_validate({**BASE, "batch_max_size": "32"})
+    assert (batching.batch_size, batching.batch_wait_s) == (32, 0.005)
+    single = Handler.model_validate(BASE)
+    assert (single.batch_size, single.batch_max_size) == (1, None)
 
 
 def test_an_event_that_leaves_no_room_for_its_failed_topic_is_refused() -> None:

@@ -27,6 +27,7 @@ EXPORTS = {
     "logistik.routing": [
         "Backoff",
         "Backpressure",
+        "Batcher",
         "ConsumeLoop",
         "DecoyTally",
         "Group",
@@ -39,6 +40,7 @@ EXPORTS = {
         "Source",
         "agrees",
         "classify",
+        "classify_batch",
         "describe_error",
         "parse_retry_after",
     ],

@@ -48,6 +48,8 @@ TAG_FIELDS = {
     "returnto": "return_to",
     "group_id": "group_id",
     "environment": "environment",
+    "batch_max_size": "batch_max_size",
+    "batch_max_wait_ms": "batch_max_wait_ms",
 }
 INFO_FIELDS = (
     "event",
@@ -58,6 +60,8 @@ INFO_FIELDS = (
     "group_id",
     "retries",
     "timeout",
+    "batch_max_size",
+    "batch_max_wait_ms",
 )
 INHERITED_FIELDS = ("event", "path", "method")
 # Without these an instance cannot be stored at all; any other bad field is left out instead.

@@ -67,6 +67,8 @@ DISCOVERED_FIELDS = (
     "traffic",
     "timeout_s",
     "retries",
+    "batch_max_size",
+    "batch_max_wait_ms",
     "return_to",
     "failed_topic",
     "environment",
@@ -103,6 +105,8 @@ class HandlerRow(Base):
     traffic: Mapped[float] = mapped_column(Float, default=0.0)
     timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     retries: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    batch_max_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    batch_max_wait_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     return_to: Mapped[str | None] = mapped_column(String(255), nullable=True)
     failed_topic: Mapped[str | None] = mapped_column(String(255), nullable=True)
     environment: Mapped[str] = mapped_column(String(255), default="")

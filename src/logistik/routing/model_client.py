@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any, cast
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from logistik.answer import Answer, Outcome
-from logistik.event import first_element
+from logistik.event import elements, first_element
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
+from logistik.routing.batching import Batcher
 
 MAX_ERROR_TEXT = 300
 MODEL_HEADERS = {
@@ -22,6 +25,7 @@ MODEL_HEADERS = {
 
 
 _RETRY_4XX = frozenset({408, 425, 429})
+BATCH_ENVELOPE = b'"logistik"'  # an item holding it may be a status rather than an answer
 
 
 class ModelClient:
@@ -33,6 +37,7 @@ class ModelClient:
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._urls: dict[str, URL] = {}  # parsed once per handler address, not per call
+        self._batcher = Batcher(self.call_batch)
 
     async def __aenter__(self) -> ModelClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
@@ -46,13 +51,57 @@ class ModelClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._batcher.close()
         if self._session is not None:
             await self._session.close()
 
     async def call(
         self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
     ) -> Answer:
-        """Send one event to one handler and classify the answer; never raises for model faults."""
+        """Send one event to one handler and classify the answer; never raises for model faults.
+
+        A handler that takes batches gets the event in a list with others (see Batcher).
+        """
+        if handler.batch_size > 1:
+            return await self._batcher.call(handler, body, timeout_s, headers)
+        reply = await self._request(handler, body, timeout_s, headers, self._max_answer_bytes)
+        if isinstance(reply, Answer):
+            return reply
+        status, payload, retry_after, latency_s = reply
+        if payload is None:
+            return too_large(status, retry_after, latency_s, self._max_answer_bytes)
+        return classify(status, payload, retry_after, latency_s)
+
+    async def call_batch(
+        self,
+        handler: Handler,
+        bodies: list[bytes],
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> list[Answer]:
+        """Send events as one JSON list and classify each item of the list answered."""
+        body = b"[" + b",".join(bodies) + b"]"
+        limit = self._max_answer_bytes * len(bodies)
+        reply = await self._request(handler, body, timeout_s, headers, limit)
+        if isinstance(reply, Answer):
+            return [reply] * len(bodies)
+        status, payload, retry_after, latency_s = reply
+        if payload is None:
+            return [too_large(status, retry_after, latency_s, limit)] * len(bodies)
+        return classify_batch(
+            status, payload, retry_after, latency_s, len(bodies), self._max_answer_bytes
+        )
+
+    async def _request(
+        self,
+        handler: Handler,
+        body: bytes,
+        timeout_s: float,
+        headers: dict[str, str] | None,
+        limit: int,
+    ) -> tuple[int, bytes | None, str | None, float] | Answer:
+        """One HTTP request: status, body (None if over `limit`), Retry-After and latency;
+        an Answer to retry when no answer came."""
         assert self._session is not None, "ModelClient used outside 'async with'"
         timeout = self._timeouts.get(timeout_s)
         if timeout is None:
@@ -70,7 +119,7 @@ class ModelClient:
                 allow_redirects=False,
                 headers=headers,
             ) as response:
-                payload = await read_at_most(response, self._max_answer_bytes)
+                payload = await read_at_most(response, limit)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
                 if payload is None:
@@ -90,10 +139,7 @@ class ModelClient:
                 error=describe_error(exc),
                 latency_s=time.perf_counter() - started,
             )
-        latency_s = time.perf_counter() - started
-        if payload is None:
-            return too_large(status, retry_after, latency_s, self._max_answer_bytes)
-        return classify(status, payload, retry_after, latency_s)
+        return status, payload, retry_after, time.perf_counter() - started
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
@@ -143,6 +189,83 @@ def classify(status: int, payload: bytes, retry_after: str | None, latency_s: fl
             latency_s=latency_s,
         )
     return Answer(Outcome.REJECTED, status, error=_http_error(status, payload), latency_s=latency_s)
+
+
+def classify_batch(
+    status: int,
+    payload: bytes,
+    retry_after: str | None,
+    latency_s: float,
+    count: int,
+    max_item_bytes: int,
+) -> list[Answer]:
+    """One Answer per event of a batch: by the request's status, then by each item answered.
+
+    An HTTP status other than 200-203 says the same of every event. A 200 answers a JSON list
+    as long as the batch: each item is published, `null` ignores its event, and an item
+    `{"logistik": {"status": N, "error": "...", "retry_after_s": S}}` classifies its event by
+    the answer table as if it had been answered alone with status N.
+    """
+    if not 200 <= status < 300 or status == 204 or not payload.strip():
+        return [classify(status, payload, retry_after, latency_s)] * count
+    try:
+        items = elements(payload)
+    except (ValueError, RecursionError) as exc:
+        error = f"HTTP {status} with a body that is not a JSON list: {exc}"[:MAX_ERROR_TEXT]
+        return [Answer(Outcome.RETRY, status, error=error, latency_s=latency_s)] * count
+    if len(items) != count:
+        error = f"HTTP {status} with {len(items)} item(s) for a batch of {count} event(s)"
+        return [Answer(Outcome.RETRY, status, error=error, latency_s=latency_s)] * count
+    return [_item(status, item, latency_s, max_item_bytes) for item in items]
+
+
+def _item(status: int, item: bytes, latency_s: float, max_item_bytes: int) -> Answer:
+    """The Answer one item of a batch's list gives its event."""
+    if item == b"null":
+        return Answer(Outcome.IGNORED, status, latency_s=latency_s)
+    if item.startswith(b"{") and BATCH_ENVELOPE in item:
+        envelope = _envelope(item)
+        if envelope is not None:
+            return _enveloped(status, envelope, latency_s)
+    if len(item) > max_item_bytes:
+        return too_large(status, None, latency_s, max_item_bytes)
+    return Answer(Outcome.OK, status, body=item, latency_s=latency_s)
+
+
+def _envelope(item: bytes) -> dict[str, Any] | None:
+    """The `logistik` object of an item that is only that, else None (the item is an answer)."""
+    try:
+        parsed = orjson.loads(item)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(parsed, dict) and len(parsed) == 1 and isinstance(parsed.get("logistik"), dict):
+        return cast(dict[str, Any], parsed["logistik"])
+    return None
+
+
+def _enveloped(status: int, envelope: dict[str, Any], latency_s: float) -> Answer:
+    item_status = envelope.get("status")
+    if isinstance(item_status, bool) or not isinstance(item_status, int):
+        error = f"HTTP {status} with an item whose logistik.status is not an HTTP status"
+        return Answer(Outcome.RETRY, status, error=error, latency_s=latency_s)
+    if not 100 <= item_status <= 599:
+        error = f"HTTP {status} with an item whose logistik.status is {item_status}"
+        return Answer(Outcome.RETRY, status, error=error, latency_s=latency_s)
+    text = envelope.get("error")
+    message = text.encode() if isinstance(text, str) else b""
+    if 200 <= item_status < 300:
+        message = b""  # a success without an answer ignores the event
+    answer = classify(item_status, message, None, latency_s)
+    wait_s = envelope.get("retry_after_s")
+    if (
+        answer.outcome is Outcome.RETRY
+        and isinstance(wait_s, int | float)
+        and not isinstance(wait_s, bool)
+        and math.isfinite(wait_s)
+        and wait_s >= 0
+    ):
+        answer.retry_after_s = float(wait_s)
+    return answer
 
 
 def _ok_body(status: int, payload: bytes, latency_s: float) -> Answer:

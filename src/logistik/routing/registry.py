@@ -198,13 +198,16 @@ class Registry:
             if not handler.active:
                 continue
             old = self._instances.get(handler.node_id)
+            # The concurrency limit counts requests: a batching model takes up to that many
+            # requests of `batch_max_size` events each, so its events get as many slots.
+            slots = self._max_concurrency * handler.batch_size
             if old is not None and old.handler == handler:
                 instances[handler.node_id] = old
-            elif old is not None:
+            elif old is not None and old.max_concurrency == slots:
                 old.handler = handler
                 instances[handler.node_id] = old
             else:
-                instances[handler.node_id] = LiveHandler(handler, self._max_concurrency)
+                instances[handler.node_id] = LiveHandler(handler, slots)
         self._instances = instances
         self._groups = _group(instances.values(), down)
         self.version += 1

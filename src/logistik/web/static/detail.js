@@ -68,6 +68,7 @@ function fieldsOf(v) {
     ["Behaviour", [
       ["enabled", yesNo(v.enabled)], ["retired", yesNo(v.retired)], ["timeout", v.timeout === null || v.timeout === undefined ? "router default" : `${v.timeout} s`],
       ["retries", v.retries === null || v.retries === undefined ? "router default" : String(v.retries)], ["in flight", num(v.in_flight)],
+      ["batches", v.batch_max_size > 1 ? `up to ${v.batch_max_size} events per request, waiting up to ${v.batch_max_wait_ms ?? 5} ms` : "one event per request"],
     ]],
     ["Source", [
       ["source", v.source], ["Consul service id", v.consul_service_id, "mono"], ["updated", v.updated_at ? `${stamp(v.updated_at)} (${ago(v.updated_at)})` : ""],
