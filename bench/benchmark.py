@@ -59,7 +59,7 @@ from http_clients import CLIENTS, installed
 from logistik.kafka.embedded import EmbeddedBroker
 from logistik.protocol import failed_topic
 
-PHASES = ("burst", "paced", "groups", "slow", "soak")
+PHASES = ("burst", "paced", "groups", "slow", "batch", "soak")
 ROUTERS = ("direct-wrk", "direct", "plain-aiokafka", "plain-confluent", "logistik")
 PLAIN = ("plain-aiokafka", "plain-confluent")
 TITLES = {
@@ -99,6 +99,9 @@ class Params:
     slow_seconds: float = 30.0
     soak_events: int = 50_000
     soak_rate: float | None = None
+    batch_size: int = 32
+    batch_cost_ms: float = 2.0
+    batch_paced_rate: float = 50.0
     logistik_settings: tuple[str, ...] = ()
 
 
@@ -109,6 +112,7 @@ class Group:
     name: str
     port: int
     results: str
+    fields: tuple[tuple[str, Any], ...] = ()  # more handler fields, e.g. batch_max_size
 
 
 @dataclass
@@ -123,6 +127,7 @@ class Measurement:
     latency_ms: dict[str, float]
     cpu_s: dict[str, float]
     groups: int = 1
+    batch: int = 1  # events per model request (the batch phase)
     rss_mb: dict[str, float] = field(default_factory=dict)  # the router's: start, middle, end
     rss_peak_mb: dict[str, float] = field(default_factory=dict)  # every process's peak
     complete: bool = True
@@ -154,6 +159,7 @@ class Context:
     model: Child
     model_port: int
     slow_model: tuple[Child, int] | None = None
+    batch_model: tuple[Child, int] | None = None
     runs: int = 0  # Kafka measurements so far, numbering their scratch directories
 
     @property
@@ -171,14 +177,18 @@ def progress(message: str) -> None:
 
 
 async def start_model(
-    ctx_tmp: Path, stack: AsyncExitStack, delay_s: float = 0.0
+    ctx_tmp: Path, stack: AsyncExitStack, delay_s: float = 0.0, cost_ms: float = 0.0
 ) -> tuple[Child, int]:
     """Start a model server in its own process; it is stopped when the stack closes."""
     port = free_port()
     argv = [sys.executable, script("model_server.py"), "--port", str(port)]
+    name = "the model server"
     if delay_s:
         argv += ["--delay-s", str(delay_s)]
-    name = "the slow model server" if delay_s else "the model server"
+        name = "the slow model server"
+    if cost_ms:
+        argv += ["--request-cost-ms", str(cost_ms)]
+        name = "the per-request-cost model server"
     log = ctx_tmp / f"model-{port}.log"
     model = Child(name, argv, log, ctx_tmp).start()
     stack.callback(model.stop)
@@ -410,6 +420,7 @@ def logistik_config(
                     "port": group.port,
                     "path": "/predict",
                     "return_to": group.results,
+                    **dict(group.fields),
                 }
                 for group in groups
             ]
@@ -552,6 +563,8 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
         roles = {"router": router.pid, "model": ctx.model.pid, "reader": reader.pid}
         if ctx.slow_model is not None and any(g.port == ctx.slow_model[1] for g in load.groups):
             roles["slow model"] = ctx.slow_model[0].pid
+        if ctx.batch_model is not None and any(g.port == ctx.batch_model[1] for g in load.groups):
+            roles["model"] = ctx.batch_model[0].pid
         if (pid := broker_pid()) is not None:
             roles["broker"] = pid
         before = {role: cpu_seconds(pid) for role, pid in roles.items()}
@@ -776,6 +789,22 @@ async def measure_slow(ctx: Context) -> Measurement:
     return result
 
 
+async def measure_batch(ctx: Context, round_: int, size: int, rate: float | None) -> Measurement:
+    """logistik calling a model whose cost is per request, one event or `size` per request."""
+    if ctx.batch_model is None:
+        ctx.batch_model = await start_model(ctx.tmp, ctx.stack, cost_ms=ctx.params.batch_cost_ms)
+    fields = (("batch_max_size", size),) if size > 1 else ()
+    group = Group("batch-model", ctx.batch_model[1], RESULTS, fields)
+    params = ctx.params
+    phase, count = "batch", params.events
+    if rate is not None:
+        phase, count = "batch-paced", max(1, round(rate * params.paced_seconds))
+    load = KafkaLoad(phase, "logistik", round_, (group,), count, rate, hop=rate is not None)
+    result = await measure_kafka(ctx, load)
+    result.batch = size
+    return result
+
+
 def half_peak(results: Sequence[Measurement], params: Params) -> float:
     """The paced rate: given, or half of logistik's median burst rate in this run."""
     if params.paced_rate:
@@ -784,6 +813,22 @@ def half_peak(results: Sequence[Measurement], params: Params) -> float:
     if not rates:
         raise BenchError("paced needs logistik's burst rate: add the burst phase or --paced-rate")
     return median(rates) / 2
+
+
+async def run_batch(ctx: Context, keep: Callable[[Measurement], None]) -> None:
+    """The batch phase: bursts one event and `batch_size` per request in turn, then low rates."""
+    params = ctx.params
+    sizes = (1, params.batch_size)
+    for round_ in range(1, params.rounds + 1):
+        for size in sizes:
+            progress(
+                f"batch: {size} event(s) per request to a model spending "
+                f"{params.batch_cost_ms:g} ms per request, round {round_} ..."
+            )
+            keep(await measure_batch(ctx, round_, size, None))
+    for size in sizes:
+        progress(f"batch: {size} per request at {params.batch_paced_rate:g} events/s ...")
+        keep(await measure_batch(ctx, 1, size, params.batch_paced_rate))
 
 
 async def run(params: Params, record: Callable[[Measurement], None]) -> None:
@@ -824,6 +869,8 @@ async def run(params: Params, record: Callable[[Measurement], None]) -> None:
             if "slow" in params.phases:
                 progress(f"slow: a fast group beside one answering in {params.slow_delay_s:g} s")
                 keep(await measure_slow(ctx))
+            if "batch" in params.phases:
+                await run_batch(ctx, keep)
             if "soak" in params.phases:
                 progress(f"soak: logistik, {params.soak_events:,} events ...")
                 soak = KafkaLoad(
@@ -900,7 +947,43 @@ def summarise(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for m in measurements:
         if m["phase"] == "soak":
             summary["soak"] = {"events": m["events"], **m["rss_mb"]}
+    batched = batching(measurements)
+    if batched:
+        summary["batch"] = batched
     return summary
+
+
+def batching(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batched against unbatched calls to the per-request-cost model: events/s, latency."""
+    burst = [m for m in measurements if m["phase"] == "batch"]
+    single = {m["round"]: m for m in burst if m["batch"] == 1}
+    batched = {m["round"]: m for m in burst if m["batch"] > 1}
+    rounds = sorted(set(single) & set(batched))
+    if not rounds:
+        return {}
+    ratios = [batched[r]["events_per_s"] / single[r]["events_per_s"] for r in rounds]
+    found: dict[str, Any] = {
+        "size": batched[rounds[0]]["batch"],
+        "unbatched_events_per_s": median(single[r]["events_per_s"] for r in rounds),
+        "batched_events_per_s": median(batched[r]["events_per_s"] for r in rounds),
+        "ratio": {
+            "median": median(ratios),
+            "low": min(ratios),
+            "high": max(ratios),
+            "rounds": len(rounds),
+        },
+    }
+    paced = {m["batch"]: m for m in measurements if m["phase"] == "batch-paced"}
+    if 1 in paced and found["size"] in paced:
+        alone, together = paced[1], paced[found["size"]]
+        found["paced"] = {
+            "events_per_s": together["events_per_s"],
+            "unbatched_ms": alone["latency_ms"],
+            "batched_ms": together["latency_ms"],
+            "added_p50_ms": together["latency_ms"]["p50"] - alone["latency_ms"]["p50"],
+            "added_p99_ms": together["latency_ms"]["p99"] - alone["latency_ms"]["p99"],
+        }
+    return found
 
 
 def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None) -> dict[str, Any]:
@@ -960,6 +1043,21 @@ def goals(summary: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         found.append(
             ("a slow group changes the fast one < 10 %", f"{change:+.0%}", abs(change) < 0.1)
         )
+    if "batch" in summary:
+        batch = summary["batch"]
+        value = batch["ratio"]["median"]
+        found.append(
+            (f"batch {batch['size']}: ≥ 3 x the events/s unbatched", f"{value:.2f} x", value >= 3)
+        )
+        if "paced" in batch:
+            added = batch["paced"]["added_p50_ms"]
+            found.append(
+                (
+                    "batch: added p50 at a low rate ≤ batch_max_wait_ms (5 ms)",
+                    f"{added:+.1f} ms",
+                    added <= 5,
+                )
+            )
     if "soak" in summary:
         soak = summary["soak"]
         found.append(
@@ -1133,6 +1231,8 @@ def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
             f"A group whose model answers in {params['slow_delay_s']:g} s beside a fast group: "
             f"the fast group moved {slow['fast_events_per_s']:,.0f} events/s{alone}{capped}.",
         ]
+    if "batch" in summary:
+        lines += batch_lines(summary["batch"], params)
     if "soak" in summary:
         soak = summary["soak"]
         rate = params.get("soak_rate")
@@ -1144,6 +1244,28 @@ def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
             f"{soak['middle']:.0f} MB in the middle, {soak['end']:.0f} MB at the end "
             f"(peak {soak['peak']:.0f} MB).",
         ]
+    return lines
+
+
+def batch_lines(batch: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """The batch phase: events/s with and without batches, and the latency batches add."""
+    cost = params.get("batch_cost_ms", 0)
+    lines = [
+        "",
+        f"A model spending {cost:g} ms of CPU per request (whatever its size), called by "
+        f"logistik one event per request: {batch['unbatched_events_per_s']:,.0f} events/s; "
+        f"with `batch_max_size: {batch['size']}`: {batch['batched_events_per_s']:,.0f} "
+        f"events/s ({_range(batch['ratio'])} x).",
+    ]
+    paced = batch.get("paced")
+    if paced:
+        alone, together = paced["unbatched_ms"], paced["batched_ms"]
+        lines.append(
+            f"At {params.get('batch_paced_rate', 0):g} events/s, p50 / p99 from send to answer: "
+            f"{alone['p50']:.1f} / {alone['p99']:.1f} ms one per request, "
+            f"{together['p50']:.1f} / {together['p99']:.1f} ms batched "
+            f"({paced['added_p50_ms']:+.1f} / {paced['added_p99_ms']:+.1f} ms)."
+        )
     return lines
 
 
@@ -1186,6 +1308,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--slow-seconds", type=float, default=defaults.slow_seconds, help="cap of the slow phase")
     add("--soak-events", type=int, default=defaults.soak_events, help="events of the long run")
     add("--soak-rate", type=float, help="events/s of the long run (default: all at once)")
+    add("--batch-size", type=int, default=defaults.batch_size, help="batch_max_size measured")
+    add(
+        "--batch-cost-ms",
+        type=float,
+        default=defaults.batch_cost_ms,
+        help="CPU the batch phase's model spends per request",
+    )
+    add(
+        "--batch-paced-rate",
+        type=float,
+        default=defaults.batch_paced_rate,
+        help="events/s of the batch phase's latency runs",
+    )
     add(
         "--logistik-set",
         action="append",
@@ -1220,7 +1355,17 @@ def params_from(args: argparse.Namespace) -> Params:
             sys.exit(f"{flag}: unknown {', '.join(unknown) or '(none)'}; choose from {allowed}")
         return tuple(p for p in allowed if p in chosen)
 
-    for name in ("events", "concurrency", "partitions", "rounds", "soak_events", "wrk_seconds"):
+    for name in (
+        "events",
+        "concurrency",
+        "partitions",
+        "rounds",
+        "soak_events",
+        "wrk_seconds",
+        "batch_size",
+        "batch_cost_ms",
+        "batch_paced_rate",
+    ):
         if getattr(args, name) <= 0:
             sys.exit(f"--{name.replace('_', '-')} must be positive")
     routers = subset(args.routers, ROUTERS, "--routers")
@@ -1246,6 +1391,9 @@ def params_from(args: argparse.Namespace) -> Params:
         slow_seconds=args.slow_seconds,
         soak_events=args.soak_events,
         soak_rate=args.soak_rate,
+        batch_size=args.batch_size,
+        batch_cost_ms=args.batch_cost_ms,
+        batch_paced_rate=args.batch_paced_rate,
         logistik_settings=tuple(args.logistik_set),
     )
 

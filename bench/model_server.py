@@ -1,12 +1,16 @@
 """The benchmark's model: answers POST /predict with the event's id and a label, on uvloop.
 
-    python bench/model_server.py --port 8001 [--delay-s 2] [--server raw|aiohttp]
+    python bench/model_server.py --port 8001 [--delay-s 2] [--request-cost-ms 2]
+                                 [--server raw|aiohttp]
 
 `raw` (the default) is a minimal HTTP/1.1 keep-alive server on asyncio's Protocol API: it parses
 the event's JSON and answers it, and costs the machine far less CPU per request than any
 framework here, so that the limit of a run is the router's, not the model's. `aiohttp` serves
 the same answers with aiohttp.web, for comparison. `--delay-s` answers each request that much
-later (a slow model), without holding a thread.
+later (a slow model), without holding a thread. `--request-cost-ms` spends that much CPU on
+each request before answering, whatever its size, holding the server's one thread: a model
+whose cost is per request (a GPU call, a framework's fixed overhead), for micro-batching. A
+request whose body is a JSON list gets a list of as many answers (a batch).
 
 The raw server also answers, for the HTTP client checks: /redirect with a 307 to /predict,
 /big with a JSON answer of BIG_ANSWER_BYTES, /slow after SLOW_S, and GET /stats with how many
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import cast
@@ -37,13 +42,27 @@ JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Lengt
 
 
 def answer(body: bytes) -> bytes:
-    """The model's JSON answer to one event: its id, a label and a score."""
+    """The model's JSON answer to one event (its id, a label and a score), or to a list of them."""
     try:
         event = orjson.loads(body)
     except orjson.JSONDecodeError:
         event = {}
+    if isinstance(event, list):
+        return orjson.dumps([labelled(item) for item in event])
+    return orjson.dumps(labelled(event))
+
+
+def labelled(event: object) -> dict[str, object]:
+    """One event's answer."""
     ident = event.get("id") if isinstance(event, dict) else None
-    return orjson.dumps({"id": ident, "label": "cat", "score": 0.93})
+    return {"id": ident, "label": "cat", "score": 0.93}
+
+
+def spend_cpu(seconds: float) -> None:
+    """Keep the CPU busy for this long: the model's cost of one request."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
 
 
 def content_length(head: bytes) -> int | None:
@@ -75,8 +94,9 @@ class Tally:
 class ModelProtocol(asyncio.Protocol):
     """One keep-alive connection: requests in order, each answered as soon as it is complete."""
 
-    def __init__(self, delay_s: float, tally: Tally) -> None:
+    def __init__(self, delay_s: float, tally: Tally, cost_s: float = 0.0) -> None:
         self._delay_s = delay_s
+        self._cost_s = cost_s
         self._tally = tally
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
@@ -125,6 +145,9 @@ class ModelProtocol(asyncio.Protocol):
             self._loop.call_later(SLOW_S, self._send, json_response(answer(body)))
         elif path == b"/stats":
             self._send(json_response(orjson.dumps(asdict(self._tally))))
+        elif self._cost_s > 0:
+            spend_cpu(self._cost_s)
+            self._send(json_response(answer(body)))
         elif self._delay_s > 0:
             self._loop.call_later(self._delay_s, self._send, json_response(answer(body)))
         else:
@@ -140,12 +163,12 @@ class ModelProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-async def serve_raw(port: int, delay_s: float) -> None:
+async def serve_raw(port: int, delay_s: float, cost_s: float = 0.0) -> None:
     """Serve with ModelProtocol until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     tally = Tally()
     server = await loop.create_server(
-        lambda: ModelProtocol(delay_s, tally), "127.0.0.1", port, backlog=1024
+        lambda: ModelProtocol(delay_s, tally, cost_s), "127.0.0.1", port, backlog=1024
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -175,13 +198,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-s", type=float, default=0.0, help="answer this much later")
+    parser.add_argument(
+        "--request-cost-ms", type=float, default=0.0, help="CPU spent on each request (raw)"
+    )
     parser.add_argument("--server", choices=("raw", "aiohttp"), default="raw")
     args = parser.parse_args(argv)
     if args.server == "aiohttp":
         serve_aiohttp(args.port, args.delay_s)
         return
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=new_event_loop) as r:
-        r.run(serve_raw(args.port, args.delay_s))
+        r.run(serve_raw(args.port, args.delay_s, args.request_cost_ms / 1000))
 
 
 if __name__ == "__main__":

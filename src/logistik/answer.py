@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -28,6 +28,13 @@ class Answer:
     latency_s: float = 0.0
     timed_out: bool = False
     held: bool = False  # no call was made: every instance's circuit is open, or it is busy
+    # Whether it counts for the instance's health: the other events of a batch whose request
+    # failed whole share its one failure (one request, one failure for the circuit).
+    counts: bool = True
+
+    def shared_by(self, count: int) -> list[Answer]:
+        """This answer for each of `count` events of one request that failed whole."""
+        return [self, *(replace(self, counts=False) for _ in range(count - 1))]
 
     @property
     def kind(self) -> str:

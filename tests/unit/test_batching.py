@@ -104,7 +104,10 @@ def test_a_list_of_the_wrong_shape_retries_every_event(payload: bytes, error: st
 
 
 def test_the_status_of_the_request_speaks_for_every_event() -> None:
-    assert [a.outcome for a in items(b"busy", 2, status=503)] == [Outcome.RETRY] * 2
+    busy = items(b"busy", 3, status=503)
+    assert [a.outcome for a in busy] == [Outcome.RETRY] * 3
+    # One request, one failure for the instance's circuit and alerts.
+    assert [a.counts for a in busy] == [True, False, False]
     assert [a.outcome for a in items(b"", 2, status=204)] == [Outcome.IGNORED] * 2
     assert [a.outcome for a in items(b"bad", 2, status=400)] == [Outcome.REJECTED] * 2
     assert [a.outcome for a in items(b"", 2, status=200)] == [Outcome.IGNORED] * 2
@@ -189,6 +192,14 @@ def labeller(seen: list[int]) -> Any:
         return Reply(200, answers)
 
     return behaviour
+
+
+async def test_a_batch_that_cannot_be_sent_is_one_failure_shared_by_its_events() -> None:
+    async with ModelClient() as client:
+        handler = batching(port=9, size=3, wait_ms=1)  # the discard port: nothing listens
+        answers = await asyncio.gather(*(client.call(handler, b"{}", 5) for _ in range(3)))
+    assert all(a.outcome is Outcome.RETRY and "cannot connect" in a.error for a in answers)
+    assert [a.counts for a in answers] == [True, False, False]
 
 
 async def test_a_batching_model_gets_one_request_for_several_events() -> None:

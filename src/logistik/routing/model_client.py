@@ -84,10 +84,10 @@ class ModelClient:
         limit = self._max_answer_bytes * len(bodies)
         reply = await self._request(handler, body, timeout_s, headers, limit)
         if isinstance(reply, Answer):
-            return [reply] * len(bodies)
+            return reply.shared_by(len(bodies))
         status, payload, retry_after, latency_s = reply
         if payload is None:
-            return [too_large(status, retry_after, latency_s, limit)] * len(bodies)
+            return too_large(status, retry_after, latency_s, limit).shared_by(len(bodies))
         return classify_batch(
             status, payload, retry_after, latency_s, len(bodies), self._max_answer_bytes
         )
@@ -207,15 +207,15 @@ def classify_batch(
     the answer table as if it had been answered alone with status N.
     """
     if not 200 <= status < 300 or status == 204 or not payload.strip():
-        return [classify(status, payload, retry_after, latency_s)] * count
+        return classify(status, payload, retry_after, latency_s).shared_by(count)
     try:
         items = elements(payload)
     except (ValueError, RecursionError) as exc:
         error = f"HTTP {status} with a body that is not a JSON list: {exc}"[:MAX_ERROR_TEXT]
-        return [Answer(Outcome.RETRY, status, error=error, latency_s=latency_s)] * count
+        return Answer(Outcome.RETRY, status, error=error, latency_s=latency_s).shared_by(count)
     if len(items) != count:
         error = f"HTTP {status} with {len(items)} item(s) for a batch of {count} event(s)"
-        return [Answer(Outcome.RETRY, status, error=error, latency_s=latency_s)] * count
+        return Answer(Outcome.RETRY, status, error=error, latency_s=latency_s).shared_by(count)
     return [_item(status, item, latency_s, max_item_bytes) for item in items]
 
 

@@ -564,7 +564,8 @@ class Router:
         if self._statsd is not None:
             self._statsd.call(handler.name, answer)
         if answer.outcome is Outcome.RETRY:
-            self._failed_call(instance, answer)
+            if answer.counts:
+                self._failed_call(instance, answer)
         elif instance.record_success():
             logger.info("circuit of %s closed: it answers again", instance.node_id)
         return answer
