@@ -1,7 +1,9 @@
 """Shared fixtures: real brokers per session (Tansu, Apache Kafka), model servers and routers.
 
 LK_TEST_BROKER=tansu|kafka|both (default both) chooses the brokers; a test that uses the broker
-runs once on each, and `@pytest.mark.brokers("tansu")` keeps a test to the brokers it names.
+runs once on each, `@pytest.mark.brokers("tansu")` keeps a test to the brokers it names, and
+`@pytest.mark.one_broker` runs a test whose subject is not the broker on one of them (Apache
+Kafka when both are chosen: its waiting fetches answer at once, so the test takes less time).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "brokers(*names): run the test only on these brokers (tansu, kafka)"
     )
+    config.addinivalue_line(
+        "markers", "one_broker: run the test on one chosen broker (Apache Kafka when both are)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -59,6 +64,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("brokers")
     names = [name for name in chosen_brokers() if marker is None or name in marker.args]
+    if metafunc.definition.get_closest_marker("one_broker") is not None:
+        names = ["kafka"] if "kafka" in names else names[:1]
     metafunc.parametrize("broker", names, indirect=True, scope="session")
 
 

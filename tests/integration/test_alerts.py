@@ -7,12 +7,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from logistik.config import WebhookConfig
 from logistik.handler import Handler
 from logistik.observe.alerts import CRITICAL, GroupAlert, render
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.support.models import ModelServer, Reply, echo, wait_until
+
+pytestmark = pytest.mark.one_broker  # the subject is the webhook alerts, not the broker
 
 
 def test_a_failing_model_raises_one_critical_and_one_ok_alert(

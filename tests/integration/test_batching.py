@@ -20,7 +20,7 @@ from tests.support.kafkatools import (
 )
 from tests.support.models import ModelServer, Reply, wait_until
 
-pytestmark = pytest.mark.brokers("tansu")  # batching is the router's, not the broker's
+pytestmark = pytest.mark.one_broker  # batching is the router's, not the broker's
 
 
 class BatchModel:

@@ -12,6 +12,8 @@ from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, end_offsets, event, produce, unique
 from tests.support.models import ModelServer
 
+pytestmark = pytest.mark.one_broker  # the subject is the Redis cache, not the broker
+
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:

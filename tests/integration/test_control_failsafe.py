@@ -22,6 +22,8 @@ from tests.support.harness import RouterProcess, handler, make_config
 from tests.support.kafkatools import create_topics, event, produce, unique
 from tests.support.models import wait_until
 
+pytestmark = pytest.mark.one_broker  # the subject is the control plane, not the broker
+
 StartProcess = Callable[[dict[str, Any]], RouterProcess]
 
 TOKEN = "tok-leak-check-4f1c9e7a"

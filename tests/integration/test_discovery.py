@@ -23,6 +23,8 @@ from tests.support.harness import RouterThread, make_config, on_store
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.support.models import ModelServer, wait_until
 
+pytestmark = pytest.mark.one_broker  # the subject is Consul discovery, not the broker
+
 StartModel = Callable[..., ModelServer]
 StartRouter = Callable[[dict[str, Any]], RouterThread]
 

@@ -29,6 +29,8 @@ from tests.support.rollouts import (
     wait_for_rollout,
 )
 
+pytestmark = pytest.mark.one_broker  # the subject is the rollout decisions, not the broker
+
 StartModel = Callable[..., ModelServer]
 StartRouter = Callable[[dict[str, Any]], RouterThread]
 PRODUCTION = "face-127.0.0.1-model-0"

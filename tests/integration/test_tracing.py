@@ -15,6 +15,8 @@ from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.support.models import ModelServer, Reply, echo
 
+pytestmark = pytest.mark.one_broker  # the subject is tracing, not the broker
+
 _EXPORTER = InMemorySpanExporter()
 
 

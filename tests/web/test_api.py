@@ -7,9 +7,13 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.support.models import ModelServer, Reply, wait_until
+
+pytestmark = pytest.mark.one_broker  # the subject is the REST API, not the broker
 
 
 def get(running: RouterThread, path: str) -> Any:

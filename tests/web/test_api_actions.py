@@ -12,6 +12,8 @@ from tests.support.api_client import TOKEN, Client, quiet_config, refused
 from tests.support.harness import RouterThread, handler
 from tests.support.kafkatools import unique
 
+pytestmark = pytest.mark.one_broker  # the subject is the REST API, not the broker
+
 
 @pytest.fixture(scope="module")
 def api(broker: Broker) -> Iterator[Client]:

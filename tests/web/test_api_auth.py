@@ -25,6 +25,8 @@ from tests.support.api_client import (
 from tests.support.harness import RouterThread, handler
 from tests.support.kafkatools import unique
 
+pytestmark = pytest.mark.one_broker  # the subject is the REST API's authentication, not the broker
+
 AUTH = {
     "tokens": [TOKEN, OTHER_TOKEN],
     "session_secret": SESSION_SECRET,

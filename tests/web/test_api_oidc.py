@@ -25,6 +25,8 @@ from tests.support.api_client import CLIENT_SECRET, SECRETS, Client, Reply, quie
 from tests.support.harness import RouterThread
 from tests.support.oidc_provider import OidcProvider, b64url
 
+pytestmark = pytest.mark.one_broker  # the subject is OpenID Connect, not the broker
+
 CLIENT_ID = "logistik-ui"
 ALLOWED = ["alice@example.org", "u-42"]
 

@@ -14,6 +14,8 @@ from tests.support.harness import RouterThread, handler
 from tests.support.kafkatools import unique
 from tests.support.models import ModelServer, Reply
 
+pytestmark = pytest.mark.one_broker  # the subject is the query endpoint, not the broker
+
 MAX_BYTES = 2000
 
 

@@ -16,6 +16,8 @@ from tests.support.harness import RouterThread, handler
 from tests.support.kafkatools import unique
 from tests.support.models import wait_until
 
+pytestmark = pytest.mark.one_broker  # the subject is the store, not the broker
+
 
 def readiness(api: Client) -> tuple[int, dict[str, Any]]:
     """/readyz: its status and checks."""

@@ -22,6 +22,8 @@ from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.support.models import ModelServer, wait_until
 
+pytestmark = pytest.mark.one_broker  # the subject is uWSGI's figures, not the broker
+
 APP = Path(__file__).parent.parent / "support" / "uwsgi_app.py"
 
 

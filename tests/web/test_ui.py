@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from logistik.control.handler_service import HandlerService
@@ -23,6 +24,8 @@ from tests.support.ui_helpers import (
     row,
     screenshot,
 )
+
+pytestmark = pytest.mark.one_broker  # the subject is the web UI, not the broker
 
 TOKEN = "test-token"
 Router = Callable[[dict[str, Any]], RouterThread]

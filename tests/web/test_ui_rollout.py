@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests.support.harness import handler
@@ -12,6 +13,8 @@ from tests.support.models import ModelServer, wait_until
 from tests.support.rollouts import EventFlow
 from tests.support.ui_helpers import log_in_with_token, screenshot
 from tests.web.test_ui import TOKEN, Router, start, web
+
+pytestmark = pytest.mark.one_broker  # the subject is the web UI, not the broker
 
 
 def test_a_rollout_started_from_the_detail_page_advances_on_its_timeline(
