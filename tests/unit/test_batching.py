@@ -123,10 +123,11 @@ def test_an_item_over_the_answer_limit_is_rejected_alone() -> None:
 class Recorder:
     """A batch sender that answers each body with itself and keeps every batch it got."""
 
-    def __init__(self, fail: Exception | None = None) -> None:
+    def __init__(self, fail: Exception | None = None, short: bool = False) -> None:
         self.batches: list[list[bytes]] = []
         self.sent_at: list[float] = []
         self.fail = fail
+        self.short = short  # answer one item too few, as a broken sender would
 
     async def __call__(
         self, handler: Handler, bodies: list[bytes], timeout_s: float, headers: Any
@@ -136,7 +137,8 @@ class Recorder:
         await asyncio.sleep(0)
         if self.fail is not None:
             raise self.fail
-        return [Answer(Outcome.OK, 200, body=b) for b in bodies]
+        answers = [Answer(Outcome.OK, 200, body=b) for b in bodies]
+        return answers[1:] if self.short else answers
 
 
 async def test_a_full_batch_goes_at_once_and_the_rest_after_the_wait() -> None:
@@ -172,6 +174,19 @@ async def test_a_sender_bug_reaches_every_caller_of_the_batch() -> None:
         *(batcher.call(handler, b"x", 5, None) for _ in range(2)), return_exceptions=True
     )
     assert [str(r) for r in results] == ["boom", "boom"]
+    await batcher.close()
+
+
+async def test_a_sender_answering_too_few_fails_every_caller_instead_of_hanging() -> None:
+    batcher = Batcher(Recorder(short=True))
+    handler = batching(size=2)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(batcher.call(handler, b"x", 5, None) for _ in range(2)), return_exceptions=True
+        ),
+        5,
+    )
+    assert [str(r) for r in results] == ["1 answer(s) for a batch of 2"] * 2
     await batcher.close()
 
 

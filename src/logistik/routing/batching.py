@@ -83,6 +83,8 @@ class Batcher:
         bodies = [batch.bodies[i] for i in wanted]
         try:
             answers = await self._send(batch.handler, bodies, batch.timeout_s, batch.headers)
+            if len(answers) != len(wanted):
+                raise RuntimeError(f"{len(answers)} answer(s) for a batch of {len(wanted)}")
         except asyncio.CancelledError:
             for i in wanted:
                 futures[i].cancel()
