@@ -100,9 +100,6 @@ class ConsumeLoop:
         while not stop.is_set():
             now = self._last_turn = time.monotonic()
             subscribed = await self._subscribe(subscribed)
-            # Calls queued behind a model that stopped answering give up their place: the
-            # loop turns at least every FULL_WAKE_S, even while the in-flight budget is full.
-            self._registry.shed_stalled(now, self._routing.max_queue_wait_s)
             await self._pace_retries()
             await self._resume_due(now)
             commit = now - last_commit >= commit_interval_s

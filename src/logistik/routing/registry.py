@@ -12,10 +12,6 @@ from logistik.event import Event, channel_groups, event_id
 from logistik.handler import Handler, ModelType
 from logistik.routing.slots import Slots
 
-# No call of an instance whose every slot is taken has ended for this long: it is slow, not
-# the event loop busy (a flood of new events delays answers by a tenth of a second or two).
-STALL_S = 0.25
-
 
 class Circuit(StrEnum):
     """Whether a model instance is called: closed (yes), open (no), half-open (one probe)."""
@@ -47,6 +43,7 @@ class LiveHandler:
     open_until: float = 0.0  # monotonic time the next probe is allowed
     cooldown_s: float = 0.0
     last_error: str = ""
+    call_s: float = 0.0  # a moving average of how long its calls take, waits excluded
     last_done: float = 0.0  # monotonic time its last call ended
     last_free: float = 0.0  # monotonic time a call last found a slot free at once
     slots: Slots = field(init=False)
@@ -54,34 +51,21 @@ class LiveHandler:
     def __post_init__(self) -> None:
         self.slots = Slots(self.max_concurrency)
 
-    def ended(self, now: float) -> None:
-        """Note that one of its calls ended (`now`, monotonic)."""
+    def timed(self, seconds: float, now: float) -> None:
+        """Fold one call's duration into the moving average."""
+        self.call_s = seconds if self.call_s == 0.0 else self.call_s + (seconds - self.call_s) / 16
         self.last_done = now
 
     def expected_wait_s(self, now: float) -> float:
-        """At least how long a call queued now would wait for a slot, 0 when nothing says.
+        """How long a call queued now would wait for a slot, from the calls ahead of it.
 
-        While every slot has been taken and no call ended for longer than a busy event loop
-        explains, each call under way has run at least that long: a model slower than ever
-        before is seen before its first answer.
+        While every slot has been taken and no call ended, the calls under way have taken at
+        least that long: a model slower than ever before is seen before its first answer.
         """
         if self.slots.free:
             return 0.0
-        stalled_s = now - max(self.last_done, self.last_free)
-        if stalled_s <= STALL_S:
-            return 0.0
-        return (self.slots.waiting + 1) * stalled_s / self.max_concurrency
-
-    def shed_stalled(self, now: float, max_wait_s: float) -> int:
-        """Tell the queued calls that would wait longer than `max_wait_s` to give up (they go
-        to the retry topic and free the in-flight budget); returns how many were told."""
-        if self.expected_wait_s(now) <= max_wait_s:
-            return 0
-        stalled_s = now - max(self.last_done, self.last_free)
-        told = self.slots.give_up_after(int(max_wait_s * self.max_concurrency / stalled_s))
-        if told:
-            self.shed_until = max(self.shed_until, now + max_wait_s)
-        return told
+        call_s = max(self.call_s, now - max(self.last_done, self.last_free))
+        return (self.slots.waiting + 1) * call_s / self.max_concurrency
 
     @property
     def node_id(self) -> str:
@@ -246,10 +230,6 @@ class Registry:
         self._instances = instances
         self._groups = _group(instances.values(), down)
         self.version += 1
-
-    def shed_stalled(self, now: float, max_wait_s: float) -> int:
-        """Queued calls told to give up, over every instance (see LiveHandler.shed_stalled)."""
-        return sum(i.shed_stalled(now, max_wait_s) for i in self._instances.values())
 
     def instance(self, node_id: str) -> LiveHandler | None:
         """The live instance of a node id, if it is routed to."""

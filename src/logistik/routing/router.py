@@ -540,7 +540,7 @@ class Router:
                     await slots.acquire(None)
                 finally:
                     instance.patient_waiting -= 1
-            elif not await slots.acquire(min(max_wait_s, timeout_s / 2), patient=False):
+            elif not await slots.acquire(min(max_wait_s, timeout_s / 2)):
                 instance.shed_until = time.monotonic() + max_wait_s
                 instance.end_probe()
                 return _held_busy(instance)
@@ -564,7 +564,7 @@ class Router:
             raise
         finally:
             instance.in_flight -= 1
-        instance.ended(time.monotonic())
+        instance.timed(answer.latency_s, time.monotonic())
         self.figures.call(instance.node_id, answer, retry)
         self.rollouts.call(handler, answer)
         if self._statsd is not None:

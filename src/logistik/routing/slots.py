@@ -11,15 +11,14 @@ class Slots:
 
     asyncio.Semaphore scans its waiters on every release, which costs more than a model call's
     own bookkeeping once thousands of events wait on one busy model: here a release is O(1).
-    Waiters that may give up (not `patient`) can be told, newest first, that no slot will come.
     """
 
     __slots__ = ("_free", "_waiters")
 
     def __init__(self, size: int) -> None:
         self._free = size
-        # Each waiter: its future (True: a slot; False: give up), when it began, patience.
-        self._waiters: deque[tuple[asyncio.Future[bool], float, bool]] = deque()
+        # Each waiter with the time it began to wait.
+        self._waiters: deque[tuple[asyncio.Future[None], float]] = deque()
 
     @property
     def waiting(self) -> int:
@@ -27,7 +26,18 @@ class Slots:
         return len(self._waiters)
 
     async def __aenter__(self) -> None:
-        await self.acquire(None)
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiters.append((future, loop.time()))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release()  # handed a slot just as the wait was cancelled: pass it on
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         self._release()
@@ -44,35 +54,18 @@ class Slots:
         """Whether a caller would get a slot at once."""
         return self._free > 0 and not self._waiters
 
-    async def acquire(self, timeout_s: float | None, patient: bool = True) -> bool:
+    async def acquire(self, timeout_s: float | None) -> bool:
         """Take a slot, waiting at most `timeout_s` (None: as long as it takes); False when none
-        came in time, or the wait was given up (`give_up_after`) for one that is not patient."""
+        came in time."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append((future, loop.time(), patient))
         try:
             async with asyncio.timeout(timeout_s):
-                try:
-                    return await future
-                except asyncio.CancelledError:  # cancelled, or the timeout ran out
-                    if future.done() and not future.cancelled() and future.result():
-                        self._release()  # handed a slot just as the wait ended: pass it on
-                    raise
+                await self.__aenter__()
         except TimeoutError:
             return False
-
-    def give_up_after(self, keep: int) -> int:
-        """Tell the waiters that are not patient, beyond the first `keep` waiters, that no slot
-        will come for them; returns how many were told."""
-        told = 0
-        for position, (future, _, patient) in enumerate(self._waiters):
-            if position >= keep and not patient and not future.done():
-                future.set_result(False)
-                told += 1
-        return told
+        return True
 
     def release(self) -> None:
         """Give back a slot taken with `acquire`."""
@@ -81,8 +74,8 @@ class Slots:
     def _release(self) -> None:
         waiters = self._waiters
         while waiters:
-            future, _, _ = waiters.popleft()
-            if not future.done():  # a cancelled or given-up wait is skipped
-                future.set_result(True)
+            future, _ = waiters.popleft()
+            if not future.done():  # a cancelled wait is skipped
+                future.set_result(None)
                 return
         self._free += 1
