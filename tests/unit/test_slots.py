@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from logistik.handler import Handler
-from logistik.routing.registry import LiveHandler
 from logistik.routing.slots import Slots
 from tests.support.models import wait_until_async
 
@@ -72,22 +70,3 @@ async def test_a_slot_handed_to_a_wait_cancelled_before_it_ran_is_passed_on() ->
     assert handed.cancelled()
     async with slots:
         pass
-
-
-async def test_the_wait_ahead_is_expected_from_the_calls_under_way() -> None:
-    handler = Handler(name="m", event="t", endpoint="127.0.0.1", port=1, return_to="r")
-    instance = LiveHandler(handler, 2)
-    assert instance.expected_wait_s(100.0) == 0.0  # a free slot: no wait
-    for _ in range(2):
-        await instance.slots.acquire(None)
-    instance.last_free = 100.0
-    # No call ended yet: the calls under way have run at least 3 s, so a call queued now
-    # waits at least 3 s / 2 slots.
-    assert instance.expected_wait_s(103.0) == 1.5
-    waiters = [asyncio.ensure_future(instance.slots.acquire(None)) for _ in range(3)]
-    await asyncio.sleep(0)
-    assert instance.expected_wait_s(103.0) == 6.0  # three ahead, then this one
-    instance.timed(0.2, 103.0)  # calls end in 0.2 s after all: the queue moves fast
-    assert instance.expected_wait_s(103.05) == 0.4
-    for waiter in waiters:
-        waiter.cancel()

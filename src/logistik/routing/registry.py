@@ -43,29 +43,10 @@ class LiveHandler:
     open_until: float = 0.0  # monotonic time the next probe is allowed
     cooldown_s: float = 0.0
     last_error: str = ""
-    call_s: float = 0.0  # a moving average of how long its calls take, waits excluded
-    last_done: float = 0.0  # monotonic time its last call ended
-    last_free: float = 0.0  # monotonic time a call last found a slot free at once
     slots: Slots = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.max_concurrency)
-
-    def timed(self, seconds: float, now: float) -> None:
-        """Fold one call's duration into the moving average."""
-        self.call_s = seconds if self.call_s == 0.0 else self.call_s + (seconds - self.call_s) / 16
-        self.last_done = now
-
-    def expected_wait_s(self, now: float) -> float:
-        """How long a call queued now would wait for a slot, from the calls ahead of it.
-
-        While every slot has been taken and no call ended, the calls under way have taken at
-        least that long: a model slower than ever before is seen before its first answer.
-        """
-        if self.slots.free:
-            return 0.0
-        call_s = max(self.call_s, now - max(self.last_done, self.last_free))
-        return (self.slots.waiting + 1) * call_s / self.max_concurrency
 
     @property
     def node_id(self) -> str:

@@ -515,21 +515,16 @@ class Router:
         slots = instance.slots
         max_wait_s = self._routing.max_queue_wait_s
         # While calls from the retry topic wait for this instance, or for a while after a call
-        # waited too long, or when the calls ahead would make it wait too long, new events
-        # join the retry topic rather than queue here: queued, they would hold the in-flight
-        # budget (and with it every other group's events) for the whole wait.
+        # waited too long, new events join the retry topic rather than queue here.
         now = time.monotonic()
         if not patient and (
             instance.patient_waiting
             or now < instance.shed_until
             or slots.oldest_wait_s(asyncio.get_running_loop().time()) > max_wait_s
-            or instance.expected_wait_s(now) > max_wait_s
         ):
             instance.shed_until = max(instance.shed_until, now + max_wait_s)
             instance.end_probe()
             return _held_busy(instance)
-        if slots.free:
-            instance.last_free = now
         # Counted before waiting for a slot so the load spread sees queued calls too.
         instance.in_flight += 1
         started = now
@@ -564,7 +559,6 @@ class Router:
             raise
         finally:
             instance.in_flight -= 1
-        instance.timed(answer.latency_s, time.monotonic())
         self.figures.call(instance.node_id, answer, retry)
         self.rollouts.call(handler, answer)
         if self._statsd is not None:
