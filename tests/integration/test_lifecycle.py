@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -127,7 +128,12 @@ def test_kill_9_mid_stream_loses_nothing(
 ) -> None:
     topic = unique("events")
     create_topics(servers, topic, f"{topic}-results", f"{topic}-failed", partitions=3)
-    model = model_server(lambda ev, n: Reply(200, {"id": ev["id"]}, delay_s=0.01))
+    # Past its 100th call the model holds its answers until the kill, so that the stream
+    # cannot finish first, however fast the router and however slow the reader to start.
+    held = threading.Event()
+    model = model_server(
+        lambda ev, n: Reply(200, {"id": ev["id"]}, delay_s=0.01, gate=held if n > 100 else None)
+    )
     config = make_config(servers, [handler("m", topic, model.port)], routing={"max_in_flight": 16})
     sent = [event(actor=f"actor-{i % 7}") for i in range(300)]
     with TopicReader(servers, f"{topic}-results", f"{topic}-failed") as reader:
@@ -136,6 +142,7 @@ def test_kill_9_mid_stream_loses_nothing(
         wait_until(lambda: len(reader.on(f"{topic}-results")) >= 60, what="first answers")
         first.kill()
         assert first.wait(10) == -signal.SIGKILL
+        held.set()
         before = len(reader.on(f"{topic}-results"))
         assert before < len(sent), "the stream finished before the kill; nothing was tested"
         second = router_process(config)
