@@ -38,6 +38,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from logistik.commands.tail import text_of
 from logistik.kafka import QuietLog, free_port, header_pairs
+from logistik.protocol import retry_topic
 from tests.support.apache_kafka import ApacheKafka
 from tests.support.fatal_errors import inject_fatal_error
 from tests.support.harness import RouterProcess, RouterThread, handler, make_config
@@ -463,8 +464,9 @@ def test_three_processes_one_killed_one_added_one_stopped(
     killed, stopped, kept = (process(m) for m in models[:3])
     feeder = Feeder(servers, topic, 5000, 200)
     processes = [killed, stopped, kept]
+    retries = retry_topic(topic, "face")
     try:
-        with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
+        with Observer(servers, f"{topic}-failed", retries, *groups.values()) as reader:
             found = Answers(reader, groups, f"{topic}-failed")
             feeder.start()
 
@@ -503,7 +505,11 @@ def test_three_processes_one_killed_one_added_one_stopped(
     row = account("3 processes: kill -9 one, add one, SIGTERM one", found, feeder.ids(), resume_s)
     assert row.lost == 0 and row.failed == 0
     twice = {i for i, n in Counter(found.answers["face"]).items() if n > 1}
-    assert twice <= set(models[0].ids())  # only events the killed process had called
+    # Only events the killed process had called, or that waited on the retry topic (a model
+    # busy on a loaded machine sends events there; a record taken from it when its partition
+    # changes hands is delivered again from the commit point, as any record is).
+    retried = {orjson.loads(r.value or b"{}").get("id") for r in reader.on(retries)}
+    assert twice <= set(models[0].ids()) | retried
 
 
 def test_a_return_topic_the_broker_refuses(
