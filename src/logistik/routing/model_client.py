@@ -25,6 +25,7 @@ MODEL_HEADERS = {
 
 
 _RETRY_4XX = frozenset({408, 425, 429})
+BATCH_ANSWER_MAX_BYTES = 64 * 1024 * 1024  # a whole batch's answer, read into memory at once
 BATCH_ENVELOPE = b'"logistik"'  # an item holding it may be a status rather than an answer
 
 
@@ -81,7 +82,8 @@ class ModelClient:
     ) -> list[Answer]:
         """Send events as one JSON list and classify each item of the list answered."""
         body = b"[" + b",".join(bodies) + b"]"
-        limit = self._max_answer_bytes * len(bodies)
+        # Each event's answer may be as large as one alone, up to a bound on the whole list.
+        limit = min(self._max_answer_bytes * len(bodies), BATCH_ANSWER_MAX_BYTES)
         reply = await self._request(handler, body, timeout_s, headers, limit)
         if isinstance(reply, Answer):
             return reply.shared_by(len(bodies))
