@@ -278,6 +278,10 @@ class RoutingConfig(_Section):
     # hold the events of other models. Above max_in_flight / events per second, the wait a
     # busy but healthy router makes every event wait.
     max_queue_wait_s: float = Field(default=2.0, gt=0)
+    # While the in-flight budget is full and a model that was answering sits idle, a model
+    # whose queued calls have not moved for this long gives them to its retry topic at once,
+    # rather than after max_queue_wait_s: a model that stalls must not hold the others.
+    stalled_after_s: float = Field(default=0.25, gt=0)
     # Records of a group's retry topic held at once (waiting for their due time or a slot).
     max_waiting_retries: int = Field(default=2_000, ge=1)
     # An event no instance could take (circuits open, or busy) waits on the retry topic

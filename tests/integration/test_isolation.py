@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tests.support.harness import RouterThread, handler, make_config
-from tests.support.kafkatools import Record, TopicReader, create_topics, event, produce, unique
+from tests.support.kafkatools import (
+    Record,
+    TopicReader,
+    create_topics,
+    end_offsets,
+    event,
+    produce,
+    unique,
+)
 from tests.support.models import ModelServer, Reply, echo, wait_until
 
 StartModel = Callable[..., ModelServer]
@@ -113,3 +121,45 @@ def test_a_hanging_model_holds_neither_its_topic_nor_another(
         f"hanging model: healthy groups done in {healthy_s:.1f} s; hang group answered "
         f"{len(answered)}, failed {len(failed_ids)}, duplicated {len(answers) - len(answered)}"
     )
+
+
+def test_a_model_that_stops_answering_gives_its_queue_to_the_retry_topic_at_once(
+    servers: str, model_server: StartModel, router: StartRouter
+) -> None:
+    # Queued calls would wait up to 30 s (half the timeout) before the retry topic: only the
+    # stall rule can free the in-flight budget for the fast group within the test's wait.
+    healed = threading.Event()
+    hanging, fast = model_server(hanging_until(healed)), model_server()
+    topic = unique("stall")
+    create_topics(servers, topic, f"{topic}-results", f"{topic}-failed", f"{topic}-hang")
+    config = make_config(
+        servers,
+        [
+            handler("hang", topic, hanging.port, return_to=f"{topic}-hang", timeout=60),
+            handler("fast", topic, fast.port),
+        ],
+        routing={
+            "max_in_flight": 100,
+            "max_concurrency_per_handler": 4,
+            "max_queue_wait_s": 60,
+        },
+    )
+    sent = [event() for _ in range(600)]
+    ids = {e["id"] for e in sent}
+    with TopicReader(servers, f"{topic}-results", f"{topic}-hang") as reader, healing(healed):
+        running = router(config)
+        produce(servers, topic, sent)
+        reader.wait_for(f"{topic}-results", 600, timeout_s=20)
+        # Every fast answer is out while the hanging model holds its four calls.
+        assert reader.on(f"{topic}-hang") == []
+        assert hanging.active == 4
+        assert running.runner is not None
+        assert running.runner.figures.deferred[topic] >= 500
+        healed.set()
+        wait_until(
+            lambda: {r.json()["id"] for r in reader.on(f"{topic}-hang")} == ids,
+            60,
+            "every event answered by the model that hung, from its retry topic",
+        )
+    assert sorted(r.json()["id"] for r in reader.on(f"{topic}-results")) == sorted(ids)
+    assert end_offsets(servers, f"{topic}-failed") == [0]

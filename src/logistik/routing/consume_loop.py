@@ -97,6 +97,8 @@ class ConsumeLoop:
         commit_interval_s = self._kafka.commit_interval_ms / 1000
         subscribed: set[str] = set()
         last_commit = 0.0
+        # A full loop turns often enough to see a stalled model within stalled_after_s.
+        full_wake_s = min(FULL_WAKE_S, self._routing.stalled_after_s / 2)
         while not stop.is_set():
             now = self._last_turn = time.monotonic()
             subscribed = await self._subscribe(subscribed)
@@ -107,6 +109,7 @@ class ConsumeLoop:
                 last_commit = now
             room = backpressure.room(self.in_flight)
             if room == 0:
+                self._router.relieve()
                 if backpressure.full(now):
                     await consumer.run(consumer.pause)
                 if backpressure.paused:
@@ -115,7 +118,7 @@ class ConsumeLoop:
                     await self._dispatch_all(batch)
                 elif commit:
                     await consumer.run(partial(consumer.commit, self._book.to_commit()))
-                await backpressure.wait(stop, FULL_WAKE_S)
+                await backpressure.wait(stop, full_wake_s)
                 continue
             if backpressure.resumed():
                 await consumer.run(consumer.resume)

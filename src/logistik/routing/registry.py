@@ -216,6 +216,10 @@ class Registry:
         """The live instance of a node id, if it is routed to."""
         return self._instances.get(node_id)
 
+    def live(self) -> list[LiveHandler]:
+        """Every instance routed to, with its runtime state."""
+        return list(self._instances.values())
+
     def topics(self) -> set[str]:
         """Every topic that has at least one active handler."""
         return set(self._groups)

@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 events_log = logging.getLogger(EVENTS_LOGGER)
 
 FAILED_WRITE_RETRY_CAP_S = 30.0
+# A model that answered within this long and has free slots now is taken to be held back by
+# the full in-flight budget (a model with no events is not).
+IDLE_WINDOW_S = 1.0
 # What a failed record keeps of a value the broker refused as too large.
 FAILED_VALUE_KEEP_BYTES = 64 * 1024
 
@@ -478,9 +481,14 @@ class Router:
             )
             return
         self.figures.deferred[source.topic] += 1
-        if events_log.isEnabledFor(logging.INFO):
+        # An event no call was made for (its model busy or its circuit open) is logged at
+        # debug: thousands a second may pass to the retry topic while one warning says why,
+        # and its outcome is logged once it is called.
+        level = logging.DEBUG if answer.held else logging.INFO
+        if events_log.isEnabledFor(level):
             ident = event_id(delivery.event)
-            events_log.info(
+            events_log.log(
+                level,
                 "event %s group %s: %s; retry %d in %.1f s",
                 ident,
                 group.group_id,
@@ -520,9 +528,9 @@ class Router:
         if not patient and (
             instance.patient_waiting
             or now < instance.shed_until
-            or slots.oldest_wait_s(asyncio.get_running_loop().time()) > max_wait_s
+            or slots.oldest_wait_s(now) > max_wait_s
         ):
-            instance.shed_until = max(instance.shed_until, now + max_wait_s)
+            self._shed(instance, now)
             instance.end_probe()
             return _held_busy(instance)
         # Counted before waiting for a slot so the load spread sees queued calls too.
@@ -536,7 +544,7 @@ class Router:
                 finally:
                     instance.patient_waiting -= 1
             elif not await slots.acquire(min(max_wait_s, timeout_s / 2)):
-                instance.shed_until = time.monotonic() + max_wait_s
+                self._shed(instance, time.monotonic())
                 instance.end_probe()
                 return _held_busy(instance)
             if instance.circuit is Circuit.OPEN:  # it opened while this call waited
@@ -569,6 +577,51 @@ class Router:
         elif instance.record_success():
             logger.info("circuit of %s closed: it answers again", instance.node_id)
         return answer
+
+    def relieve(self) -> int:
+        """Called while the in-flight budget is full: the queued calls of a model that stopped
+        answering go to its retry topic when a model that was answering sits idle meanwhile.
+
+        Returns how many calls were let go. A model alone, or with every other one busy too,
+        keeps its queue: the budget is then full because there is more work than models,
+        and the retry topic would only add to it.
+        """
+        now = time.monotonic()
+        stall_s = self._routing.stalled_after_s
+        live = self._registry.live()
+        # Calls queued for the whole window and no slot freed in it: the model answered nothing.
+        stalled = [
+            i
+            for i in live
+            if now - i.slots.last_release_s >= stall_s and i.slots.oldest_wait_s(now) >= stall_s
+        ]
+        if not stalled or not any(
+            i.slots.free and now - i.slots.last_release_s <= IDLE_WINDOW_S for i in live
+        ):
+            return 0
+        total = 0
+        for instance in stalled:
+            last_s = instance.slots.last_release_s
+            silent = f"for {now - last_s:.1f} s" if last_s else "yet"
+            waiting = instance.slots.waiting
+            shed = instance.slots.shed()
+            if not shed:
+                continue  # only calls from the retry topic wait: they do not hold the budget
+            why = (
+                f"{instance.node_id} has answered nothing {silent} while {waiting} call(s) "
+                f"waited for its {instance.max_concurrency} slots and held the in-flight "
+                "budget other models need"
+            )
+            self._shed(instance, now, why)
+            total += shed
+        return total
+
+    def _shed(self, instance: LiveHandler, now: float, why: str | None = None) -> None:
+        """New events of `instance` go to its retry topic for max_queue_wait_s; one line says
+        so when this starts."""
+        if now >= instance.shed_until:
+            logger.warning("%s: its events go to its retry topic for now", why or _busy(instance))
+        instance.shed_until = max(instance.shed_until, now + self._routing.max_queue_wait_s)
 
     def _failed_call(self, instance: LiveHandler, answer: Answer) -> None:
         routing = self._routing
@@ -803,7 +856,7 @@ def _held_busy(instance: LiveHandler) -> Answer:
 
 
 def _busy(instance: LiveHandler) -> str:
-    oldest_s = instance.slots.oldest_wait_s(asyncio.get_running_loop().time())
+    oldest_s = instance.slots.oldest_wait_s(time.monotonic())
     return (
         f"{instance.node_id} is busy: {instance.slots.waiting} call(s) waiting for its "
         f"{instance.max_concurrency} slots, the oldest for {oldest_s:.1f} s"

@@ -1,0 +1,186 @@
+"""A model that stops answering gives up its queue while the in-flight budget is full, when
+(and only when) a model that was answering sits idle for want of that budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import orjson
+
+from logistik.answer import Answer, Outcome
+from logistik.config import RoutingConfig
+from logistik.handler import Handler
+from logistik.protocol import Header, retry_topic
+from logistik.routing.registry import LiveHandler, Registry
+from logistik.routing.router import Router, Source
+from logistik.routing.slots import Slots
+from tests.support.models import wait_until_async
+from tests.unit.test_router import MemoryTopics, event, handler
+
+STALL_S = 0.05
+
+
+@dataclass
+class GatedModels:
+    """Models that answer at once, except those named in `held`, which answer once released."""
+
+    held: set[str]
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: list[str] = field(default_factory=list)
+
+    async def call(
+        self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> Answer:
+        self.calls.append(handler.name)
+        if handler.name in self.held:
+            await self.released.wait()
+        return Answer(Outcome.OK, 200, body=orjson.dumps({"by": handler.name}))
+
+
+def routed(
+    handlers: list[Handler], held: set[str]
+) -> tuple[Router, Registry, GatedModels, MemoryTopics]:
+    registry = Registry(max_concurrency=2)
+    registry.replace(handlers)
+    models, topics = GatedModels(held), MemoryTopics()
+    routing = RoutingConfig(
+        stalled_after_s=STALL_S, max_queue_wait_s=60, backoff_base_s=0, backoff_cap_s=0
+    )
+    return Router(registry, models, topics, routing), registry, models, topics
+
+
+def live(registry: Registry, name: str) -> LiveHandler:
+    instance = registry.instance(f"{name}-127.0.0.1-model-0")
+    assert instance is not None
+    return instance
+
+
+@contextmanager
+def routing(
+    router: Router, count: int, topic: str = "detect"
+) -> Iterator[list[asyncio.Task[None]]]:
+    """`count` events routed as the consume loop does, each a task; cancelled at the end."""
+    tasks = [
+        asyncio.create_task(router.handle(Source(topic, 0, n), event(id=f"e{n}")))
+        for n in range(count)
+    ]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def stalled_for(instance: LiveHandler, waiting: int) -> None:
+    """Until `waiting` calls have queued for the instance for longer than the stall window."""
+    await wait_until_async(
+        lambda: (
+            instance.slots.waiting == waiting
+            and instance.slots.oldest_wait_s(time.monotonic()) > STALL_S
+        ),
+        5,
+        f"{waiting} calls queued for {instance.node_id} past the stall window",
+    )
+
+
+async def test_a_stalled_model_beside_an_idle_one_sends_its_queue_to_the_retry_topic() -> None:
+    router, registry, models, topics = routed([handler("hang"), handler("fast")], {"hang"})
+    hang, fast = live(registry, "hang"), live(registry, "fast")
+    with routing(router, 6) as tasks:
+        await wait_until_async(lambda: len(topics.on("fast-results")) == 6, 5, "fast answers")
+        await stalled_for(hang, 4)
+        assert fast.slots.free
+        assert router.relieve() == 4
+        # The four queued events are done for the hanging group without a call: each waits
+        # on its retry topic; the two calls under way go on.
+        await wait_until_async(lambda: sum(t.done() for t in tasks) == 4, 5, "four events done")
+        retries = topics.on(retry_topic("detect", "hang"))
+        assert len(retries) == 4
+        assert all("is busy" in r.headers[Header.ERROR] for r in retries)
+        assert models.calls.count("hang") == 2
+        # New events of the stalled model go to the retry topic too, without queueing.
+        with routing(router, 1, "detect") as more:
+            await asyncio.wait_for(asyncio.gather(*more), 5)
+        assert len(topics.on(retry_topic("detect", "hang"))) == 5
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(topics.on("hang-results")) == 2
+
+
+async def test_a_model_alone_keeps_its_queue_however_long_it_stalls() -> None:
+    router, registry, models, topics = routed([handler("hang")], {"hang"})
+    hang = live(registry, "hang")
+    with routing(router, 6) as tasks:
+        await stalled_for(hang, 4)
+        assert router.relieve() == 0
+        assert hang.slots.waiting == 4
+        assert topics.records == []
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(topics.on("hang-results")) == 6
+
+
+async def test_models_that_all_stall_keep_their_queues() -> None:
+    handlers = [handler("hang"), handler("slow")]
+    router, registry, models, topics = routed(handlers, {"hang", "slow"})
+    with routing(router, 6) as tasks:
+        await stalled_for(live(registry, "hang"), 4)
+        await stalled_for(live(registry, "slow"), 4)
+        assert router.relieve() == 0
+        assert topics.records == []
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(topics.on("hang-results")) == len(topics.on("slow-results")) == 6
+
+
+async def test_an_idle_model_that_has_never_answered_does_not_count_as_held_back() -> None:
+    # "elsewhere" reads another topic and has had no event: nothing of it waits on the budget.
+    handlers = [handler("hang"), handler("elsewhere", event="other")]
+    router, registry, models, topics = routed(handlers, {"hang"})
+    with routing(router, 6) as tasks:
+        await stalled_for(live(registry, "hang"), 4)
+        assert live(registry, "elsewhere").slots.free
+        assert router.relieve() == 0
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(topics.on("hang-results")) == 6
+
+
+async def test_a_model_answering_slowly_but_steadily_is_not_stalled() -> None:
+    router, registry, models, topics = routed([handler("hang"), handler("fast")], {"hang"})
+    hang = live(registry, "hang")
+    with routing(router, 6) as tasks:
+        await wait_until_async(lambda: len(topics.on("fast-results")) == 6, 5, "fast answers")
+        await stalled_for(hang, 4)
+        # One call ends: the queue has waited past the window, but the model just answered.
+        models.released.set()
+        await wait_until_async(lambda: hang.slots.last_release_s > 0, 5, "one answer")
+        models.released.clear()
+        assert router.relieve() == 0
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(topics.on("hang-results")) == 6
+    assert topics.on(retry_topic("detect", "hang")) == []
+
+
+async def test_shed_ends_limited_waits_and_keeps_the_patient_ones_in_order() -> None:
+    slots = Slots(1)
+    assert await slots.acquire(0)  # this test holds the only slot
+    limited = asyncio.create_task(slots.acquire(60))
+    patient = asyncio.create_task(slots.acquire(None))
+    limited_too = asyncio.create_task(slots.acquire(60))
+    await wait_until_async(lambda: slots.waiting == 3, 5, "three waits")
+    assert slots.shed() == 2
+    assert await asyncio.wait_for(limited, 5) is False
+    assert await asyncio.wait_for(limited_too, 5) is False
+    assert not patient.done()
+    assert slots.last_release_s == 0.0
+    slots.release()
+    assert await asyncio.wait_for(patient, 5) is True
+    assert slots.last_release_s > 0
+    slots.release()
+    assert slots.free
