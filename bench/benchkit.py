@@ -198,6 +198,7 @@ class Child:
         self._log_path = log_path
         self._cwd = cwd
         self._process: subprocess.Popen[bytes] | None = None
+        self.web_port: int | None = None  # logistik's web port, for its /metrics
 
     def start(self) -> Child:
         """Start it apart from the terminal's process group: a Ctrl-C stops it only via `stop`."""

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from array import array
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -134,6 +135,8 @@ class Measurement:
     note: str = ""
     # Paced Kafka loads: from send to the reader reading the event itself, a floor of latency.
     hop_ms: dict[str, float] = field(default_factory=dict)
+    # logistik: (event, group) pairs it passed to a retry topic while measuring.
+    retried: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The measurement with its derived figures, for the report."""
@@ -438,10 +441,13 @@ def start_router(
     """Start the router of a Kafka measurement in its own process."""
     if router == "logistik":
         path = run_dir / "logistik.yaml"
-        config = logistik_config(servers, groups, free_port(), ctx.params.logistik_settings)
+        port = free_port()
+        config = logistik_config(servers, groups, port, ctx.params.logistik_settings)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "logistik", "run", "--config", str(path)]
-        return Child("logistik", argv, run_dir / "logistik.log", run_dir).start()
+        child = Child("logistik", argv, run_dir / "logistik.log", run_dir)
+        child.web_port = port
+        return child.start()
     (group,) = groups
     argv = [
         sys.executable,
@@ -568,6 +574,7 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
         if (pid := broker_pid()) is not None:
             roles["broker"] = pid
         before = {role: cpu_seconds(pid) for role, pid in roles.items()}
+        retried_before = await retried(router)
         memory = MemoryTrace(router.pid, load.count)
         sending = asyncio.create_task(produce(servers, MEASURED, load.count, load.rate, run_dir))
         budget_s = (load.count / load.rate if load.rate else 0.0) + answer_budget_s(load.count)
@@ -589,12 +596,19 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
         rss = memory.end()
         peaks = {role: rss_kb(pid)[1] / 1024 for role, pid in roles.items()}
         duplicates = reader.duplicates
+        retried_after = await retried(router)
         # Sending takes a fraction of answering, so it has ended even when the cap stopped us.
         sent, cpu["load"] = await sending
         answers = await reader.finish()
         code = await asyncio.to_thread(router.stop)
     result = kafka_result(load, sent, answers, wait_for, cpu, rss, complete, code, duplicates)
     result.rss_peak_mb = peaks
+    if retried_before is not None and retried_after is not None:
+        result.retried = retried_after - retried_before
+        if result.retried:
+            result.note = "; ".join(
+                n for n in (result.note, f"{result.retried:,} passed to a retry topic") if n
+            )
     if load.hop:
         arrived = answers.get(TOPIC, {})
         hops = [
@@ -604,6 +618,28 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
         ]
         result.hop_ms = percentiles(hops)
     return result
+
+
+DEFERRED_METRIC = re.compile(rb"^logistik_topic_deferred_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+async def retried(router: Child) -> int | None:
+    """(event, group) pairs logistik has passed to its retry topics, from its /metrics."""
+    if router.web_port is None:
+        return None
+    url = f"http://127.0.0.1:{router.web_port}/metrics"
+
+    def fetch() -> bytes:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body: bytes = response.read()
+        return body
+
+    try:
+        text = await asyncio.to_thread(fetch)
+    except OSError as exc:
+        progress(f"  could not read logistik's /metrics: {exc}")
+        return None
+    return int(sum(float(n) for n in DEFERRED_METRIC.findall(text)))
 
 
 def kafka_result(
@@ -995,6 +1031,7 @@ def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None
                 "events_per_s": m["events_per_s"],
                 "calls_per_s": m["calls_per_s"],
                 "calls_vs_one_group": m["calls_per_s"] / alone if alone else None,
+                "retried": m.get("retried"),
             }
             for m in measurements
             if m["phase"] == "groups"
@@ -1007,6 +1044,7 @@ def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None
                 "alone_events_per_s": alone,
                 "change": m["events_per_s"] / alone - 1 if alone else None,
                 "complete": m["complete"],
+                "retried": m.get("retried"),
             }
     return found
 
@@ -1204,19 +1242,25 @@ def paced_table(
     return lines
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
 def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
     """Groups on one topic, a slow group beside a fast one, memory over a long run."""
     lines: list[str] = []
     if summary.get("groups"):
         lines += [
             "",
-            "| logistik, groups on one topic | events/s | model calls/s | calls/s ÷ 1 group's |",
-            "|---|---|---|---|",
+            "| logistik, groups on one topic | events/s | model calls/s | calls/s ÷ 1 group's "
+            "| via a retry topic |",
+            "|---|---|---|---|---|",
         ]
         for row in summary["groups"]:
             lines.append(
                 f"| {row['groups']} | {row['events_per_s']:,.0f} | {row['calls_per_s']:,.0f} | "
                 + (f"{row['calls_vs_one_group']:.2f} |" if row["calls_vs_one_group"] else "- |")
+                + f" {_count(row.get('retried'))} |"
             )
     if "slow" in summary:
         slow = summary["slow"]
@@ -1226,10 +1270,12 @@ def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
             else ""
         )
         capped = "" if slow["complete"] else f", measured for {params['slow_seconds']:g} s"
+        retried = slow.get("retried")
+        via = "" if retried is None else f"; {retried:,} (event, group) pairs via a retry topic"
         lines += [
             "",
             f"A group whose model answers in {params['slow_delay_s']:g} s beside a fast group: "
-            f"the fast group moved {slow['fast_events_per_s']:,.0f} events/s{alone}{capped}.",
+            f"the fast group moved {slow['fast_events_per_s']:,.0f} events/s{alone}{capped}{via}.",
         ]
     if "batch" in summary:
         lines += batch_lines(summary["batch"], params)

@@ -41,6 +41,7 @@ def measurement(
         "complete": True,
         "note": "",
         "hop_ms": extra.get("hop_ms", {}),
+        "retried": extra.get("retried"),
         "events_per_s": rate,
         "calls_per_s": rate * groups,
         "cpu_us_per_event": cpu_us,
@@ -60,8 +61,8 @@ def report() -> dict[str, Any]:
         measurement("burst", "logistik", 2, 4_000.0, 400.0, cpu_us=router_cpu, rss_mb=rss),
         measurement("paced", "direct", 1, 1_750.0, 0.3),
         measurement("paced", "logistik", 1, 1_750.0, 1.3, hop_ms={"p50": 0.5, "p99": 2.0}),
-        measurement("groups", "logistik", 1, 1_500.0, 900.0, groups=3),
-        measurement("slow", "logistik", 1, 3_000.0, 400.0),
+        measurement("groups", "logistik", 1, 1_500.0, 900.0, groups=3, retried=0),
+        measurement("slow", "logistik", 1, 3_000.0, 400.0, retried=29_000),
         measurement("soak", "logistik", 1, 3_500.0, 400.0, rss_mb=rss),
     ]
     return {
@@ -101,7 +102,10 @@ def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
     assert "| logistik run | 3,500 (3,000-4,000) | - | 400.0 | 1600.0 | 150 | 198 | 121 |" in lines
     assert "| ≥ 1.5 x the faster plain loop | 0.78 x | **no** |" in lines
     assert "| added p50 ≤ 2 ms at half peak | +1.0 ms | yes |" in lines
-    assert "| 3 | 1,500 | 4,500 | 1.29 |" in lines
+    assert "| 3 | 1,500 | 4,500 | 1.29 | 0 |" in lines
+    assert any(
+        line.endswith("(-14%); 29,000 (event, group) pairs via a retry topic.") for line in lines
+    )
     assert "| a slow group changes the fast one < 10 % | -14% | **no** |" in lines
     assert any(
         line.startswith("logistik's RSS over 10,000 events (sent at once): 100 MB at the start")
