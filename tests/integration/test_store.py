@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,37 @@ async def test_open_migrates_an_empty_database_to_the_newest_revision(database_u
         assert await store.revision() == "0005"
     finally:
         await store.close()
+
+
+OPEN_AND_CLOSE = """
+import asyncio, sys
+from logistik.control.store import Store
+
+async def main():
+    store = await Store.open(sys.argv[1])
+    print(await store.revision())
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_processes_that_open_a_new_database_at_once_all_find_it_migrated(
+    database_url: str,
+) -> None:
+    # As the workers of `logistik run --workers N` do: one migrates, the others wait for it.
+    opening = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_CLOSE, database_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=60) for process in opening]
+    assert [process.returncode for process in opening] == [0] * 4, outputs
+    assert [out.strip() for out, _ in outputs] == ["0005"] * 4
 
 
 async def test_upgrade_keeps_every_row(database_url: str) -> None:

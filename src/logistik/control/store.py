@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import os
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -177,6 +179,20 @@ class HandlerRecord:
         return self.decoy_agreed / self.decoy_compared if self.decoy_compared else None
 
 
+@contextlib.asynccontextmanager
+async def _sqlite_file_lock(database: str | None) -> AsyncIterator[None]:
+    """Hold an exclusive lock on a file beside an SQLite database (none in memory)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    lock = os.open(f"{database}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # closing releases the lock
+
+
 def async_url(url: str) -> str:
     """The SQLAlchemy async URL for a config URL (sqlite:/// or postgresql://)."""
     for plain, driver in (
@@ -288,12 +304,18 @@ class Store:
         return self._engine
 
     async def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema to a revision, serialised between processes on PostgreSQL."""
-        async with self._engine.begin() as connection:
+        """Upgrade the schema to a revision, serialised between processes."""
+        # Several logistik processes may start at once against one database (the workers of
+        # `run --workers N` always do): one upgrades, the others then find it done.
+        database = self._engine.url.database if self._sqlite else None
+        async with _sqlite_file_lock(database), self._engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                # Several logistik processes may start at once against one database.
                 await connection.execute(text("SELECT pg_advisory_xact_lock(5656)"))
             await connection.run_sync(_upgrade, revision)
+
+    @property
+    def _sqlite(self) -> bool:
+        return self._engine.dialect.name == "sqlite"
 
     async def ping(self) -> None:
         """Run a trivial query; StoreUnavailableError when the database does not answer."""
