@@ -306,6 +306,8 @@ class Config(_Section):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     statsd: StatsdConfig | None = None
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    # Routers started by `logistik run` on this host, in one consumer group (`--workers`).
+    workers: int = Field(default=1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     _source: str = PrivateAttr(default="the config")  # the file, for messages

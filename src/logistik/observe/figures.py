@@ -80,6 +80,17 @@ class Series:
         bucket.latency_sum_s += latency_s
         bucket.errors += int(failed)
 
+    def absorb(self, buckets: list[list[float]]) -> None:
+        """Add another process's buckets (`[start, calls, errors, latency_sum_s]`) to these."""
+        merged = {b.start: b for b in self.buckets}
+        for start, calls, errors, latency_sum_s in buckets:
+            bucket = merged.setdefault(int(start), Bucket(int(start)))
+            bucket.calls += int(calls)
+            bucket.errors += int(errors)
+            bucket.latency_sum_s += latency_sum_s
+        self.buckets.clear()
+        self.buckets.extend(merged[start] for start in sorted(merged))
+
     def calls_since(self, since_s: float) -> int:
         """Calls in the buckets that start at or after `since_s`."""
         first = int(since_s // self.width_s)
@@ -137,6 +148,45 @@ class HandlerFigures:
             self.last_error = answer.error
             self.last_error_at = datetime.now(UTC)
 
+    def raw(self) -> dict[str, Any]:
+        """Everything counted, as plain data another process can add to its own (`absorb`)."""
+        return {
+            "since": self.since.isoformat(),
+            "requests": self.requests,
+            "retries": self.retries,
+            "answers": dict(self.answers),
+            "latencies_s": list(self.latencies_s),
+            "series": {
+                name: [[b.start, b.calls, b.errors, b.latency_sum_s] for b in series.buckets]
+                for name, series in self.series.items()
+            },
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            "bucket_counts": list(self.bucket_counts),
+            "latency_sum_s": self.latency_sum_s,
+        }
+
+    def absorb(self, raw: dict[str, Any]) -> None:
+        """Add another process's figures of the same handler (from `raw`)."""
+        self.since = min(self.since, datetime.fromisoformat(raw["since"]))
+        self.requests += raw["requests"]
+        self.retries += raw["retries"]
+        self.answers.update(raw["answers"])
+        self.latencies_s.extend(raw["latencies_s"])
+        for name, buckets in raw["series"].items():
+            series = self.series.get(name)
+            if series is not None:
+                series.absorb(buckets)
+        at = raw["last_error_at"]
+        if at is not None and (
+            self.last_error_at is None or datetime.fromisoformat(at) > self.last_error_at
+        ):
+            self.last_error, self.last_error_at = raw["last_error"], datetime.fromisoformat(at)
+        self.bucket_counts = [
+            a + b for a, b in zip(self.bucket_counts, raw["bucket_counts"], strict=True)
+        ]
+        self.latency_sum_s += raw["latency_sum_s"]
+
     def recent_calls(self, now_s: float, window_s: float = RATE_WINDOW_S) -> int:
         """Calls in about the last `window_s` seconds (whole buckets of ten seconds)."""
         return self.series["5m"].calls_since(now_s - window_s)
@@ -180,6 +230,49 @@ class Figures:
         self.retried: Counter[str] = Counter()  # retry records taken back and handled
         self.failed: Counter[tuple[str, str]] = Counter()
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
+
+    def raw(self) -> dict[str, Any]:
+        """Everything counted, as plain data another process can add to its own (`absorb`)."""
+        return {
+            "handlers": {node_id: f.raw() for node_id, f in self.handlers.items()},
+            "events_in": dict(self.events_in),
+            "published": dict(self.published),
+            "deferred": dict(self.deferred),
+            "retried": dict(self.retried),
+            "failed": [[topic, reason, n] for (topic, reason), n in self.failed.items()],
+            "recent_failures": list(self.recent_failures),
+        }
+
+    def absorb(self, raw: dict[str, Any]) -> None:
+        """Add another process's figures (from `raw`) to these: the workers of one host."""
+        for node_id, handler_raw in raw["handlers"].items():
+            figures = self.handlers.get(node_id)
+            if figures is None:
+                figures = self.handlers[node_id] = HandlerFigures(
+                    node_id, since=datetime.fromisoformat(handler_raw["since"])
+                )
+            figures.absorb(handler_raw)
+        self.events_in.update(raw["events_in"])
+        self.published.update(raw["published"])
+        self.deferred.update(raw["deferred"])
+        self.retried.update(raw["retried"])
+        self.failed.update({(topic, reason): n for topic, reason, n in raw["failed"]})
+        failures = sorted(
+            [*self.recent_failures, *raw["recent_failures"]],
+            key=lambda details: str(details.get("at", "")),
+            reverse=True,
+        )
+        self.recent_failures = deque(failures[:RECENT_FAILURES], maxlen=RECENT_FAILURES)
+
+    def refill(self, raws: list[dict[str, Any]]) -> None:
+        """Become the sum of these figures (of each worker of one host), forgetting the past."""
+        self.handlers = {}
+        for counter in (self.events_in, self.published, self.deferred, self.retried):
+            counter.clear()
+        self.failed.clear()
+        self.recent_failures.clear()
+        for raw in raws:
+            self.absorb(raw)
 
     def failure(self, topic: str, reason: str, details: dict[str, Any]) -> None:
         """Count a record written to a failed topic and keep it among the recent ones."""

@@ -106,6 +106,10 @@ def mask_secrets(secrets: Iterable[str]) -> None:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any event fields."""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker  # the worker of `run --workers N` that logs, None: the only one
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as a JSON line."""
         document: dict[str, Any] = {
@@ -114,6 +118,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._worker is not None:
+            document["worker"] = self._worker
         for name in EVENT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
@@ -123,13 +129,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document, ensure_ascii=False)
 
 
-def setup_logging(level: str, json_lines: bool = False) -> None:
-    """Log to stderr at `level`, as text or JSON lines, rate-limiting warnings, masking secrets."""
+def setup_logging(level: str, json_lines: bool = False, worker: int | None = None) -> None:
+    """Log to stderr at `level`, as text or JSON lines, rate-limiting warnings, masking secrets.
+
+    A worker of `run --workers N` names itself in each line.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        who = "" if worker is None else f"[worker {worker}] "
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s {who}%(name)s: %(message)s")
+        )
     handler.addFilter(RateLimit())
     handler.addFilter(SECRETS)  # after RateLimit, which groups records by their template
     root = logging.getLogger()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 from confluent_kafka.admin import AdminClient
+from starlette.applications import Starlette
 
 from logistik.config import Config
 from logistik.control.discovery import ConsulDiscovery
@@ -30,6 +32,7 @@ from logistik.observe.reachability import Reachability
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
 from logistik.process.supervisor import Supervisor
+from logistik.process.workers import Peers, WorkerRole, snapshot_app, unix_socket
 from logistik.routing.cache import ResponseCache
 from logistik.routing.consume_loop import ConsumeLoop
 from logistik.routing.decoy import DecoyTally
@@ -49,6 +52,7 @@ WEB = "web server"
 PRODUCER = "kafka producer"
 FAILED_RECORDS = "failed-record writer"
 ROLLOUTS = "rollout controller"
+WORKERS = "workers watch"
 FLUSH_TIMEOUT_S = 10.0
 START_RETRY_BASE_S = 0.5  # first wait for a broker that does not answer at start
 START_RETRY_CAP_S = 15.0
@@ -58,11 +62,23 @@ START_CHECK_TIMEOUT_S = 3.0
 class Runner:
     """Runs one logistik process: router, control plane and web, until stopped or broken."""
 
-    def __init__(self, config: Config, after_start: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        after_start: Callable[[], None] | None = None,
+        role: WorkerRole | None = None,
+    ) -> None:
         self.config = config
         self._after_start = after_start  # e.g. tuning the GC once start-up objects exist
+        self.role = role  # one of the workers of `run --workers N`; None: the only process
         self.registry = Registry(config.routing.max_concurrency_per_handler)
-        self.figures = Figures()
+        self.figures = Figures()  # what this process's router counts
+        # What the web and /metrics show: the front worker's sum of every worker's figures.
+        self.shown = self.figures
+        self.peers: Peers | None = None
+        if role is not None and role.front:
+            self.shown = Figures()
+            self.peers = Peers(role, self.figures, self.shown)
         self.decoys = DecoyTally()
         self.tally = RolloutTally()
         self.rollouts: RolloutController | None = None
@@ -89,8 +105,7 @@ class Runner:
         mask_secrets(self.config.secrets())
         for warning in self.config.warnings():
             logger.warning(warning)
-        web = self.config.web
-        sock = bind(web.host, web.port) if web.enabled else None  # a taken port fails first
+        sock, answer_front = self._sockets()  # a taken port fails first
         halt = asyncio.Event()
         supervisor = self._supervisor = Supervisor(halt)
         relay = asyncio.create_task(_relay(stop, halt), name="stop relay")
@@ -105,6 +120,9 @@ class Runner:
                 await store.sync(self.config.discovery.handlers, "static", delete_missing=True)
                 if sock is not None:  # up while waiting for the broker: /readyz says why
                     self._web(stack, sock, store, supervisor)
+                if answer_front is not None:
+                    stack.callback(answer_front.close)
+                    self._serve(stack, supervisor, snapshot_app(self.worker_snapshot), answer_front)
                 follower = self.follower = StoreFollower(
                     store, self.registry, self.config.kafka, self.decoys
                 )
@@ -113,12 +131,7 @@ class Runner:
                 if not self.registry.topics():
                     logger.warning("no enabled handler yet: nothing to consume until one is added")
                 router, session = await self._router(stack, supervisor)
-                if self.config.discovery.consul is not None:
-                    self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
-                    supervisor.start(DISCOVERY, self.discovery.run(halt))
-                supervisor.start(FOLLOWER, follower.follow(halt, self.config.discovery.refresh_s))
-                refresh_s = self.config.discovery.refresh_s
-                supervisor.start(REACHABILITY, self.reachability.watch(halt, refresh_s))
+                self._watch(supervisor, store, follower, session, halt)
                 rollouts = self.rollouts = RolloutController(store, self.tally, self._alerter)
                 supervisor.start(ROLLOUTS, rollouts.run(halt))
                 loop = self._consume_loop(stack, router)
@@ -132,7 +145,13 @@ class Runner:
                     await supervisor.join(CONSUME)
                     await loop.drain(self.config.routing.shutdown_grace_s)
                     await supervisor.cancel(
-                        FOLLOWER, DISCOVERY, REACHABILITY, ROLLOUTS, PRODUCER, FAILED_RECORDS
+                        FOLLOWER,
+                        DISCOVERY,
+                        REACHABILITY,
+                        ROLLOUTS,
+                        PRODUCER,
+                        FAILED_RECORDS,
+                        WORKERS,
                     )
                     await follower.final_refresh()  # writes the last decoy counts
                     await rollouts.flush()
@@ -140,6 +159,40 @@ class Runner:
             relay.cancel()
         if supervisor.failure is not None:
             raise BackgroundTaskError(supervisor.failure)
+
+    @property
+    def front(self) -> bool:
+        """Whether this process serves the web and watches Consul: the only one, or the
+        workers' front."""
+        return self.role is None or self.role.front
+
+    def _sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
+        """The web's socket (the front only), and where a worker answers the front."""
+        web, role = self.config.web, self.role
+        sock = bind(web.host, web.port) if web.enabled and self.front else None
+        if role is None or role.front:
+            return sock, None
+        return sock, unix_socket(role.socket_path(role.index))
+
+    def _watch(
+        self,
+        supervisor: Supervisor,
+        store: Store,
+        follower: StoreFollower,
+        session: aiohttp.ClientSession,
+        halt: asyncio.Event,
+    ) -> None:
+        """Start the control plane's watchers: store, Consul, model probes, other workers."""
+        refresh_s = self.config.discovery.refresh_s
+        supervisor.start(FOLLOWER, follower.follow(halt, refresh_s))
+        if not self.front:
+            return  # one worker of a host watches Consul and probes models for all of them
+        if self.config.discovery.consul is not None:
+            self.discovery = ConsulDiscovery(self.config.discovery.consul, store, session)
+            supervisor.start(DISCOVERY, self.discovery.run(halt))
+        supervisor.start(REACHABILITY, self.reachability.watch(halt, refresh_s))
+        if self.peers is not None:
+            supervisor.start(WORKERS, self.peers.watch(halt))
 
     async def _when_broker_answers(self, follower: StoreFollower, halt: asyncio.Event) -> bool:
         """Load the handlers (creating their topics) once the broker answers; False if halted.
@@ -233,26 +286,40 @@ class Runner:
     def _web(
         self, stack: AsyncExitStack, sock: socket.socket, store: Store, supervisor: Supervisor
     ) -> None:
+        peers = self.peers
         state = AppState(
             self.config,
             HandlerService(store),
-            self.figures,
+            self.shown,
             self.registry,
-            self.status,
+            self.status if peers is None else lambda: peers.status(self.status()),
             self.reachability,
+            None if peers is None else peers.in_flight,
         )
         app = create_app(state)
+
+        def tasks() -> dict[str, dict[str, Any]]:
+            own = supervisor.status()
+            return own if peers is None else {**own, **peers.tasks()}
+
         readiness = Readiness(
             self.config.kafka,
             store,
             self._loop_age_s,
-            supervisor.status,
+            tasks,
             self._producer_state,
             lambda: self.waiting,
             self.control_errors,
         )
-        collectors = metrics_registry(self.figures, self.registry, self._lag)
+        lag = self._lag if peers is None else lambda: peers.lag(self._lag())
+        collectors = metrics_registry(self.shown, self.registry, lag)
         add_operations_routes(app, readiness, collectors)
+        self._serve(stack, supervisor, app, sock)
+
+    def _serve(
+        self, stack: AsyncExitStack, supervisor: Supervisor, app: Starlette, sock: socket.socket
+    ) -> None:
+        """Serve an app on a socket as the supervised web task, stopped by the stack."""
         web_stop = asyncio.Event()
         supervisor.start(WEB, serve(app, sock, web_stop))
 
@@ -270,6 +337,16 @@ class Runner:
 
     def _lag(self) -> dict[tuple[str, int], int]:
         return {} if self._consumer is None else self._consumer.lag
+
+    def worker_snapshot(self) -> dict[str, Any]:
+        """What a worker tells the front: its status, figures, calls in flight and lag."""
+        return {
+            "pid": os.getpid(),
+            "status": self.status(),
+            "figures": self.figures.raw(),
+            "instances": {i.node_id: i.in_flight for i in self.registry.live()},
+            "lag": [[t, p, n] for (t, p), n in self._lag().items()],
+        }
 
     def control_errors(self) -> dict[str, str | None]:
         """What the store follower and Consul discovery fail at while they retry (None: fine)."""

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -65,13 +66,16 @@ def add_operations_routes(
     app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
 
-async def serve(app: FastAPI, sock: socket.socket, stop: asyncio.Event) -> None:
+async def serve(app: Starlette, sock: socket.socket, stop: asyncio.Event) -> None:
     """Serve the app on the socket until `stop` is set."""
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="web")
-    host, port = sock.getsockname()[:2]
-    logger.info("web UI and API on http://%s:%d/", host, port)
+    if sock.family == socket.AF_UNIX:  # a worker answering the front of `run --workers N`
+        logger.debug("answering the front worker on %s", sock.getsockname())
+    else:
+        host, port = sock.getsockname()[:2]
+        logger.info("web UI and API on http://%s:%d/", host, port)
     try:
         await stop.wait()
     finally:

@@ -49,7 +49,7 @@ def handler_view(
             "agreed": record.decoy_agreed,
             "agreement": record.agreement,
         },
-        "in_flight": instance.in_flight if instance else 0,
+        "in_flight": state.in_flight(record.node_id, instance.in_flight if instance else 0),
         "circuit": circuit_view(instance),
         "reachable": reach.view() if (reach := _reach(state, record.node_id)) else None,
         "share": measured_share(state, record.handler),
