@@ -61,7 +61,15 @@ from logistik.kafka.embedded import EmbeddedBroker
 from logistik.protocol import failed_topic
 
 PHASES = ("burst", "paced", "groups", "slow", "batch", "soak")
-ROUTERS = ("direct-wrk", "direct", "plain-aiokafka", "plain-confluent", "logistik")
+ROUTERS = (
+    "direct-wrk",
+    "direct",
+    "plain-aiokafka",
+    "plain-confluent",
+    "logistik",
+    "logistik-workers",
+)
+LOGISTIK = ("logistik", "logistik-workers")
 PLAIN = ("plain-aiokafka", "plain-confluent")
 TITLES = {
     "direct-wrk": "direct load, wrk",
@@ -69,6 +77,7 @@ TITLES = {
     "plain-aiokafka": "plain loop, aiokafka + aiohttp",
     "plain-confluent": "plain loop, confluent-kafka + aiohttp",
     "logistik": "logistik run",
+    "logistik-workers": "logistik run --workers {workers}",
 }
 FASTEST_CLIENTS = ("pycurl", "pyreqwest-unbounded", "aiohttp-unbounded")
 TOPIC = "bench-events"
@@ -104,6 +113,7 @@ class Params:
     batch_cost_ms: float = 2.0
     batch_paced_rate: float = 50.0
     logistik_settings: tuple[str, ...] = ()
+    workers: int = 2  # of the logistik-workers router
 
 
 @dataclass(frozen=True)
@@ -439,10 +449,13 @@ def start_router(
     router: str, servers: str, groups: Sequence[Group], ctx: Context, run_dir: Path
 ) -> Child:
     """Start the router of a Kafka measurement in its own process."""
-    if router == "logistik":
+    if router in LOGISTIK:
         path = run_dir / "logistik.yaml"
         port = free_port()
-        config = logistik_config(servers, groups, port, ctx.params.logistik_settings)
+        settings = ctx.params.logistik_settings
+        if router == "logistik-workers":
+            settings = (*settings, f"workers={ctx.params.workers}")
+        config = logistik_config(servers, groups, port, settings)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "logistik", "run", "--config", str(path)]
         child = Child("logistik", argv, run_dir / "logistik.log", run_dir)
@@ -892,7 +905,12 @@ async def run(params: Params, record: Callable[[Measurement], None]) -> None:
             for phase in ("burst", "paced"):
                 if phase not in params.phases:
                     continue
-                routers = [r for r in params.routers if phase == "burst" or r != "direct-wrk"]
+                # The paced latency is measured with the shipped defaults only.
+                routers = [
+                    r
+                    for r in params.routers
+                    if phase == "burst" or r not in ("direct-wrk", "logistik-workers")
+                ]
                 rate = half_peak(results, params) if phase == "paced" else None
                 for round_ in range(1, params.rounds + 1):
                     for router in routers:
@@ -974,6 +992,13 @@ def summarise(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ratio = ratio_of(logistik, theirs, "events_per_s")
         if ratio is not None:
             summary["throughput"][name] = ratio
+    workers = bursts.get("logistik-workers", [])
+    vs_plain = ratio_of(workers, references["plain-faster"], "events_per_s")
+    if vs_plain is not None:
+        summary["workers"] = {
+            "vs_one": ratio_of(workers, logistik, "events_per_s"),
+            "vs_plain": vs_plain,
+        }
     for router in ("logistik", *PLAIN):
         added = latency_added(paced.get(router, []), paced.get("direct", []))
         if added is not None:
@@ -1056,6 +1081,11 @@ def goals(summary: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if "plain-faster" in throughput:
         value = throughput["plain-faster"]["median"]
         found.append(("≥ 1.5 x the faster plain loop", f"{value:.2f} x", value >= 1.5))
+    if "workers" in summary:
+        value = summary["workers"]["vs_plain"]["median"]
+        found.append(
+            ("≥ 1.5 x the faster plain loop, with --workers", f"{value:.2f} x", value >= 1.5)
+        )
     for name, how in (("direct", "a Python client"), ("direct-wrk", "wrk")):
         if name in throughput:
             value = throughput[name]["median"]
@@ -1119,7 +1149,8 @@ def _range(figure: dict[str, Any], fmt: str = "{:.2f}") -> str:
 
 def title(router: str, report: dict[str, Any]) -> str:
     """A router's name as the tables show it."""
-    return TITLES[router].format(client=report["parameters"]["client"])
+    parameters = report["parameters"]
+    return TITLES[router].format(client=parameters["client"], workers=parameters.get("workers", 2))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -1183,6 +1214,14 @@ def burst_table(
     plain = summary["throughput"].get("plain-faster")
     if plain:
         lines += ["", f"logistik ÷ the faster plain loop, round by round: {_range(plain)}."]
+    scaled = summary.get("workers")
+    if scaled:
+        workers = report["parameters"].get("workers", 2)
+        line = f"`logistik run --workers {workers}` ÷ the faster plain loop: "
+        line += _range(scaled["vs_plain"])
+        if scaled["vs_one"]:
+            line += f"; ÷ `logistik run` (one worker): {_range(scaled['vs_one'])}"
+        lines += [line + "."]
     return header + lines
 
 
@@ -1375,6 +1414,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="change a logistik setting, e.g. log_level=warning (to measure a lever; "
         "the report says so)",
     )
+    add(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="--workers of the logistik-workers router (N routers on this host)",
+    )
     add("--report", metavar="PATH", help="write the JSON report here")
     add("--markdown", metavar="REPORT", help="print the README tables of a JSON report and exit")
     return parser.parse_args(argv)
@@ -1411,6 +1456,7 @@ def params_from(args: argparse.Namespace) -> Params:
         "batch_size",
         "batch_cost_ms",
         "batch_paced_rate",
+        "workers",
     ):
         if getattr(args, name) <= 0:
             sys.exit(f"--{name.replace('_', '-')} must be positive")
@@ -1441,6 +1487,7 @@ def params_from(args: argparse.Namespace) -> Params:
         batch_cost_ms=args.batch_cost_ms,
         batch_paced_rate=args.batch_paced_rate,
         logistik_settings=tuple(args.logistik_set),
+        workers=args.workers,
     )
 
 

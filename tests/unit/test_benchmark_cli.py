@@ -59,6 +59,8 @@ def report() -> dict[str, Any]:
         measurement("burst", "direct", 2, 22_000.0, 3.0),
         measurement("burst", "plain-confluent", 2, 5_000.0, 300.0, cpu_us=router_cpu),
         measurement("burst", "logistik", 2, 4_000.0, 400.0, cpu_us=router_cpu, rss_mb=rss),
+        measurement("burst", "logistik-workers", 1, 4_500.0, 400.0, cpu_us=router_cpu),
+        measurement("burst", "logistik-workers", 2, 5_000.0, 400.0, cpu_us=router_cpu),
         measurement("paced", "direct", 1, 1_750.0, 0.3),
         measurement("paced", "logistik", 1, 1_750.0, 1.3, hop_ms={"p50": 0.5, "p99": 2.0}),
         measurement("groups", "logistik", 1, 1_500.0, 900.0, groups=3, retried=0),
@@ -101,6 +103,12 @@ def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
     )
     assert "| logistik run | 3,500 (3,000-4,000) | - | 400.0 | 1600.0 | 150 | 198 | 121 |" in lines
     assert "| ≥ 1.5 x the faster plain loop | 0.78 x | **no** |" in lines
+    # Two workers: 4,500 and 5,000 events/s, against the plain loop's 4,000 and 5,000.
+    assert (
+        "`logistik run --workers 2` ÷ the faster plain loop: 1.06 (1.00-1.12); "
+        "÷ `logistik run` (one worker): 1.38 (1.25-1.50)." in lines
+    )
+    assert "| ≥ 1.5 x the faster plain loop, with --workers | 1.06 x | **no** |" in lines
     assert "| added p50 ≤ 2 ms at half peak | +1.0 ms | yes |" in lines
     assert "| 3 | 1,500 | 4,500 | 1.29 | 0 |" in lines
     assert any(
