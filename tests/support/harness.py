@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,6 +168,15 @@ class RouterProcess:
         """Wait for exit and return the exit code."""
         assert self.process is not None
         return self.process.wait(timeout_s)
+
+    def workers_assigned(self, count: int) -> bool:
+        """Whether each of `count` workers (`run --workers`) has been given partitions: the
+        first to join a group may take them all until the others have joined."""
+        log = self.log()
+        return all(
+            re.search(rf"\[worker {k}\] logistik\.kafka\.consumer: assigned (?!nothing)", log)
+            for k in range(count)
+        )
 
     def kill(self) -> None:
         """Kill -9 if still running."""

@@ -183,12 +183,19 @@ async function refreshStatus() {
     pills.push(h("span", { class: "pill bad", title: `cannot be reached: ${unreachable.join(", ")}` },
       h("span", { class: "dot" }), `${num(unreachable.length)} unreachable`));
   }
+  const workers = status.workers || [];
+  if (workers.length > 1) {
+    const down = workers.filter((w) => !w.ok);
+    const detail = workers.map((w) => `worker ${w.index}: ${w.ok ? "consuming" : w.detail || "not consuming"}`).join("\n");
+    pills.push(h("span", { class: `pill ${down.length ? "bad" : "plain"}`, title: detail },
+      down.length ? `${num(workers.length - down.length)} / ${num(workers.length)} workers` : `${num(workers.length)} workers`));
+  }
   const consul = status.consul;
   if (consul) {
     pills.push(h("span", { class: `pill ${consul.error ? "bad" : "good"}`, title: consul.url || "Consul" },
       h("span", { class: "dot" }), consul.error ? "Consul error" : "Consul"));
   }
-  fill(topStatus, JSON.stringify([consuming, status.in_flight, status.max_in_flight, consul, status.group_id, unreachable]), pills);
+  fill(topStatus, JSON.stringify([consuming, status.in_flight, status.max_in_flight, consul, status.group_id, unreachable, workers]), pills);
   setBanner("consul", consul && consul.error ? h("div", { class: "banner error", role: "alert" },
     h("strong", {}, "Consul cannot be reached: "), consul.error,
     h("span", { class: "muted" }, ` (${consul.url}). Routing goes on with the last known models.`)) : null);
