@@ -273,14 +273,14 @@ class RoutingConfig(_Section):
     unhealthy_after_failures: int = Field(default=3, ge=1)
     unhealthy_cooldown_s: float = Field(default=10.0, ge=0)
     circuit_open_max_s: float = Field(default=120.0, ge=0)
-    # A call does not wait for one of the instance's slots longer than this, nor queue behind
-    # calls that waited longer: it goes to the retry topic instead, so that a slow model cannot
-    # hold the events of other models. Above max_in_flight / events per second, the wait a
-    # busy but healthy router makes every event wait.
+    # While the in-flight budget is full and a model that was answering sits idle for want of
+    # it, a call does not queue for one of the instance's slots behind calls that waited longer
+    # than this: they go to the retry topic instead, so that a slow model cannot hold the
+    # events of other models. When every model is busy, queues are waited in (up to half a
+    # call's timeout): the retry topic would only add work to a router that has too much.
     max_queue_wait_s: float = Field(default=2.0, gt=0)
-    # While the in-flight budget is full and a model that was answering sits idle, a model
-    # whose queued calls have not moved for this long gives them to its retry topic at once,
-    # rather than after max_queue_wait_s: a model that stalls must not hold the others.
+    # In the same case, a model whose queued calls have not moved for this long gives them to
+    # its retry topic at once: a model that stalls must not hold the others.
     stalled_after_s: float = Field(default=0.25, gt=0)
     # Records of a group's retry topic held at once (waiting for their due time or a slot).
     max_waiting_retries: int = Field(default=2_000, ge=1)

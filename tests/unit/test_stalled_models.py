@@ -42,13 +42,16 @@ class GatedModels:
 
 
 def routed(
-    handlers: list[Handler], held: set[str]
+    handlers: list[Handler], held: set[str], max_queue_wait_s: float = 60
 ) -> tuple[Router, Registry, GatedModels, MemoryTopics]:
     registry = Registry(max_concurrency=2)
     registry.replace(handlers)
     models, topics = GatedModels(held), MemoryTopics()
     routing = RoutingConfig(
-        stalled_after_s=STALL_S, max_queue_wait_s=60, backoff_base_s=0, backoff_cap_s=0
+        stalled_after_s=STALL_S,
+        max_queue_wait_s=max_queue_wait_s,
+        backoff_base_s=0,
+        backoff_cap_s=0,
     )
     return Router(registry, models, topics, routing), registry, models, topics
 
@@ -184,3 +187,33 @@ async def test_shed_ends_limited_waits_and_keeps_the_patient_ones_in_order() -> 
     assert slots.last_release_s > 0
     slots.release()
     assert slots.free
+
+
+async def test_a_long_queue_is_waited_in_when_it_holds_nobody_back() -> None:
+    # Past max_queue_wait_s, a new event still queues: no other model waits for the budget.
+    router, registry, models, topics = routed([handler("hang")], {"hang"}, max_queue_wait_s=0.01)
+    hang = live(registry, "hang")
+    with routing(router, 6) as tasks:
+        await stalled_for(hang, 4)
+        with routing(router, 1) as more:
+            await wait_until_async(lambda: hang.slots.waiting == 5, 5, "the new event queued")
+            assert topics.records == []
+            models.released.set()
+            await asyncio.wait_for(asyncio.gather(*tasks, *more), 5)
+    assert len(topics.on("hang-results")) == 7
+
+
+async def test_a_long_queue_beside_an_idle_model_sends_new_events_to_the_retry_topic() -> None:
+    handlers = [handler("hang"), handler("fast")]
+    router, registry, models, topics = routed(handlers, {"hang"}, max_queue_wait_s=0.01)
+    hang = live(registry, "hang")
+    with routing(router, 6) as tasks:
+        await wait_until_async(lambda: len(topics.on("fast-results")) == 6, 5, "fast answers")
+        await stalled_for(hang, 4)
+        with routing(router, 1) as more:
+            await asyncio.wait_for(asyncio.gather(*more), 5)
+        assert hang.slots.waiting == 4
+        [deferred] = topics.on(retry_topic("detect", "hang"))
+        assert "is busy: 4 call(s) waiting" in deferred.headers[Header.ERROR]
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)

@@ -512,8 +512,9 @@ class Router:
     ) -> Answer:
         """One call; the circuit is kept.
 
-        On the main path (not `patient`) the call's deadline covers its wait for a free slot,
-        and a call that would queue long does not wait at all: its event must not hold the
+        On the main path (not `patient`) the call's deadline covers its wait for a free slot
+        (at most half of it), and while another model sits idle for want of the in-flight
+        budget a call that would queue long does not wait at all: its event must not hold the
         other groups. Calls taken back from the retry topic are off the main path: they wait
         for a slot as long as it takes (their number is bounded by the retry budget), rather
         than go round the retry topic again.
@@ -525,10 +526,13 @@ class Router:
         # While calls from the retry topic wait for this instance, or for a while after a call
         # waited too long, new events join the retry topic rather than queue here.
         now = time.monotonic()
+        # A queue that holds nobody back is waited in: the retry topic would only add work.
         if not patient and (
-            instance.patient_waiting
-            or now < instance.shed_until
-            or slots.oldest_wait_s(now) > max_wait_s
+            now < instance.shed_until
+            or (
+                (instance.patient_waiting or slots.oldest_wait_s(now) > max_wait_s)
+                and self._holds_others(instance, now)
+            )
         ):
             self._shed(instance, now)
             instance.end_probe()
@@ -543,8 +547,10 @@ class Router:
                     await slots.acquire(None)
                 finally:
                     instance.patient_waiting -= 1
-            elif not await slots.acquire(min(max_wait_s, timeout_s / 2)):
-                self._shed(instance, time.monotonic())
+            elif not await slots.acquire(timeout_s / 2):
+                # Shed by `relieve`, or no slot in half the deadline: the retry topic.
+                if self._holds_others(instance, time.monotonic()):
+                    self._shed(instance, time.monotonic())
                 instance.end_probe()
                 return _held_busy(instance)
             if instance.circuit is Circuit.OPEN:  # it opened while this call waited
@@ -580,41 +586,45 @@ class Router:
 
     def relieve(self) -> int:
         """Called while the in-flight budget is full: the queued calls of a model that stopped
-        answering go to its retry topic when a model that was answering sits idle meanwhile.
+        answering, or whose queue is longer than max_queue_wait_s, go to its retry topic when
+        a model that was answering sits idle meanwhile.
 
         Returns how many calls were let go. A model alone, or with every other one busy too,
         keeps its queue: the budget is then full because there is more work than models,
         and the retry topic would only add to it.
         """
         now = time.monotonic()
-        stall_s = self._routing.stalled_after_s
+        stall_s, max_wait_s = self._routing.stalled_after_s, self._routing.max_queue_wait_s
         live = self._registry.live()
-        # Calls queued for the whole window and no slot freed in it: the model answered nothing.
-        stalled = [
-            i
-            for i in live
-            if now - i.slots.last_release_s >= stall_s and i.slots.oldest_wait_s(now) >= stall_s
-        ]
-        if not stalled or not any(
-            i.slots.free and now - i.slots.last_release_s <= IDLE_WINDOW_S for i in live
-        ):
+        if not any(_held_back(i, now) for i in live):
             return 0
         total = 0
-        for instance in stalled:
-            last_s = instance.slots.last_release_s
-            silent = f"for {now - last_s:.1f} s" if last_s else "yet"
-            waiting = instance.slots.waiting
-            shed = instance.slots.shed()
-            if not shed:
-                continue  # only calls from the retry topic wait: they do not hold the budget
-            why = (
-                f"{instance.node_id} has answered nothing {silent} while {waiting} call(s) "
-                f"waited for its {instance.max_concurrency} slots and held the in-flight "
-                "budget other models need"
-            )
-            self._shed(instance, now, why)
-            total += shed
+        for instance in live:
+            slots = instance.slots
+            oldest_s = slots.oldest_wait_s(now)
+            # Calls queued for the whole window and no slot freed in it: it answered nothing.
+            silent = now - slots.last_release_s >= stall_s and oldest_s >= stall_s
+            if not silent and oldest_s <= max_wait_s:
+                continue
+            if silent:
+                last_s = slots.last_release_s
+                why = (
+                    f"{instance.node_id} has answered nothing "
+                    f"{f'for {now - last_s:.1f} s' if last_s else 'yet'} while "
+                    f"{slots.waiting} call(s) waited for its {instance.max_concurrency} slots"
+                )
+            else:
+                why = _busy(instance)
+            shed = slots.shed()
+            if shed:  # else only calls from the retry topic wait: they hold no budget
+                self._shed(instance, now, f"{why} and held the in-flight budget others need")
+                total += shed
         return total
+
+    def _holds_others(self, instance: LiveHandler, now: float) -> bool:
+        """Whether another model that was answering sits idle: the queue of `instance` may be
+        what holds it back."""
+        return any(i is not instance and _held_back(i, now) for i in self._registry.live())
 
     def _shed(self, instance: LiveHandler, now: float, why: str | None = None) -> None:
         """New events of `instance` go to its retry topic for max_queue_wait_s; one line says
@@ -847,6 +857,12 @@ def _held_open(instance: LiveHandler, timeout_s: float) -> Answer:
         retry_after_s=instance.probe_in_s(time.monotonic(), timeout_s),
         held=True,
     )
+
+
+def _held_back(instance: LiveHandler, now: float) -> bool:
+    """Whether a model that answered lately has free slots: with the in-flight budget full,
+    its events wait on some other model's queue."""
+    return instance.slots.free and now - instance.slots.last_release_s <= IDLE_WINDOW_S
 
 
 def _held_busy(instance: LiveHandler) -> Answer:
