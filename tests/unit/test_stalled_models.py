@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -31,14 +33,23 @@ class GatedModels:
     held: set[str]
     released: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[str] = field(default_factory=list)
+    holding: deque[asyncio.Future[None]] = field(default_factory=deque)
 
     async def call(
         self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
     ) -> Answer:
         self.calls.append(handler.name)
-        if handler.name in self.held:
-            await self.released.wait()
+        if handler.name in self.held and not self.released.is_set():
+            one: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.holding.append(one)
+            everyone: asyncio.Future[Any] = asyncio.ensure_future(self.released.wait())
+            await asyncio.wait({one, everyone}, return_when=asyncio.FIRST_COMPLETED)
+            everyone.cancel()
         return Answer(Outcome.OK, 200, body=orjson.dumps({"by": handler.name}))
+
+    def let_one(self) -> None:
+        """Let the longest-held call answer, the others still held."""
+        self.holding.popleft().set_result(None)
 
 
 def routed(
@@ -160,10 +171,11 @@ async def test_a_model_answering_slowly_but_steadily_is_not_stalled() -> None:
         await wait_until_async(lambda: len(topics.on("fast-results")) == 6, 5, "fast answers")
         await stalled_for(hang, 4)
         # One call ends: the queue has waited past the window, but the model just answered.
-        models.released.set()
-        await wait_until_async(lambda: hang.slots.last_release_s > 0, 5, "one answer")
-        models.released.clear()
+        models.let_one()
+        await wait_until_async(lambda: hang.slots.waiting == 3, 5, "one answer, one call in")
+        assert hang.slots.oldest_wait_s(time.monotonic()) > STALL_S
         assert router.relieve() == 0
+        assert hang.slots.waiting == 3
         models.released.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert len(topics.on("hang-results")) == 6

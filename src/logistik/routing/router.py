@@ -549,8 +549,8 @@ class Router:
                     instance.patient_waiting -= 1
             elif not await slots.acquire(timeout_s / 2):
                 # Shed by `relieve`, or no slot in half the deadline: the retry topic.
-                if self._holds_others(instance, time.monotonic()):
-                    self._shed(instance, time.monotonic())
+                if self._holds_others(instance, now := time.monotonic()):
+                    self._shed(instance, now)
                 instance.end_probe()
                 return _held_busy(instance)
             if instance.circuit is Circuit.OPEN:  # it opened while this call waited
