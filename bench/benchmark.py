@@ -34,13 +34,14 @@ from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from benchkit import (
+    BENCH_DIR,
     BenchError,
     Child,
     EventMaker,
@@ -59,6 +60,9 @@ from benchkit import (
 from http_clients import CLIENTS, installed
 from logistik.kafka.embedded import EmbeddedBroker
 from logistik.protocol import failed_topic
+
+if TYPE_CHECKING:
+    from tests.support.apache_kafka import ApacheKafka
 
 PHASES = ("burst", "paced", "groups", "slow", "batch", "soak")
 ROUTERS = (
@@ -79,12 +83,17 @@ TITLES = {
     "logistik": "logistik run",
     "logistik-workers": "logistik run --workers {workers}",
 }
+BROKER_TITLES = {"tansu": "embedded Tansu", "kafka": "Apache Kafka"}
 FASTEST_CLIENTS = ("pycurl", "pyreqwest-unbounded", "aiohttp-unbounded")
 TOPIC = "bench-events"
 RESULTS = "bench-results"
 FAILED = failed_topic(TOPIC)
 WARM_UP, MEASURED = "warm", "m"
 WARM_UP_TIMEOUT_S = 60.0
+# A fresh JVM answers slowly for its first 10-20 s, until it has compiled its hot paths (10,000
+# events at once were not enough): 30,000 events over 15 s through a topic no router reads.
+KAFKA_WARM_UP_EVENTS, KAFKA_WARM_UP_RATE = 30_000, 2_000.0
+BROKER_WARM_TOPIC, BROKER_WARM_UP = "bench-broker-warm-up", "jvm"
 STALL_TIMEOUT_S = 30.0
 POLL_S = 0.05
 RSS_SAMPLE_S = 1.0
@@ -114,6 +123,7 @@ class Params:
     batch_paced_rate: float = 50.0
     logistik_settings: tuple[str, ...] = ()
     workers: int = 2  # of the logistik-workers router
+    broker: str = "tansu"  # which broker each Kafka measurement starts fresh
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,9 @@ class Measurement:
     note: str = ""
     # Paced Kafka loads: from send to the reader reading the event itself, a floor of latency.
     hop_ms: dict[str, float] = field(default_factory=dict)
+    # Paced: from the reader reading an event to it reading the answer, event by event: the
+    # router's own part (fetch, call, produce) and the answer's hop.
+    after_hop_ms: dict[str, float] = field(default_factory=dict)
     # logistik: (event, group) pairs it passed to a retry topic while measuring.
     retried: int | None = None
 
@@ -258,12 +271,59 @@ def run_with_rusage(argv: list[str], timeout_s: float) -> tuple[str, float]:
     return output, usage.ru_utime + usage.ru_stime
 
 
-def broker_pid() -> int | None:
+def tansu_pid() -> int | None:
     """The Tansu broker this process started (one runs at a time)."""
     for pid in process_tree(os.getpid()):
         if "tansu" in command_name(pid):
             return pid
     return None
+
+
+class Broker:
+    """A fresh broker per measurement: embedded Tansu, or Apache Kafka run as its script does."""
+
+    def __init__(self, kind: str, run_dir: Path) -> None:
+        self.kind = kind
+        self._tansu: EmbeddedBroker | None = None
+        self._kafka: ApacheKafka | None = None
+        if kind == "kafka":
+            # The test suite's runner of Apache Kafka, from the repository this script is in.
+            if str(BENCH_DIR.parent) not in sys.path:
+                sys.path.append(str(BENCH_DIR.parent))
+            from tests.support.apache_kafka import SERVER_JVM_OPTIONS, ApacheKafka
+
+            self._kafka = ApacheKafka(
+                log_path=run_dir / "kafka.log", jvm_options=SERVER_JVM_OPTIONS
+            )
+        else:
+            self._tansu = EmbeddedBroker(log_path=run_dir / "tansu.log")
+
+    def __enter__(self) -> Broker:
+        if self._kafka is not None:
+            self._kafka.start()
+        else:
+            assert self._tansu is not None
+            self._tansu.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._kafka is not None:
+            self._kafka.stop()
+        elif self._tansu is not None:
+            self._tansu.__exit__(None, None, None)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The address clients connect to."""
+        if self._kafka is not None:
+            return self._kafka.bootstrap_servers
+        assert self._tansu is not None
+        return self._tansu.bootstrap_servers
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process, for its CPU and memory."""
+        return self._kafka.pid if self._kafka is not None else tansu_pid()
 
 
 def create_topics(servers: str, topics: Sequence[str], partitions: int) -> None:
@@ -372,7 +432,12 @@ class AnswerReader:
 
 
 async def produce(
-    servers: str, prefix: str, count: int, rate: float | None, run_dir: Path
+    servers: str,
+    prefix: str,
+    count: int,
+    rate: float | None,
+    run_dir: Path,
+    topic: str = TOPIC,
 ) -> tuple[array[float], float]:
     """Run the load generator; each event's send time and the CPU seconds the sending took."""
     times = run_dir / f"sent-{prefix}.bin"
@@ -383,7 +448,7 @@ async def produce(
         "--servers",
         servers,
         "--topic",
-        TOPIC,
+        topic,
         "--prefix",
         prefix,
         "--count",
@@ -565,18 +630,34 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
     topics = [g.results for g in load.groups]
     wait_for = list(load.wait_for or topics)
     warm = ctx.params.concurrency * 2
+    warm_broker = ctx.params.broker == "kafka"
     async with AsyncExitStack() as stack:
-        broker = EmbeddedBroker(log_path=run_dir / "tansu.log")
+        broker = Broker(ctx.params.broker, run_dir)
         # Started on this (the main) thread: the broker ends when the thread that started it does.
         stack.enter_context(broker)
         servers = broker.bootstrap_servers
         partitions = ctx.params.partitions
-        await asyncio.to_thread(create_topics, servers, [TOPIC, FAILED, *topics], partitions)
-        read = [*topics, TOPIC] if load.hop else topics
+        extra = [BROKER_WARM_TOPIC] if warm_broker else []
+        await asyncio.to_thread(
+            create_topics, servers, [TOPIC, FAILED, *topics, *extra], partitions
+        )
+        read = [*topics, TOPIC, *extra] if load.hop else [*topics, *extra]
         reader = await AnswerReader.start(servers, read, partitions, run_dir)
         stack.push_async_callback(reader.kill)
         router = start_router(load.router, servers, load.groups, ctx, run_dir)
         stack.callback(router.stop)
+        if warm_broker:
+            await produce(
+                servers,
+                BROKER_WARM_UP,
+                KAFKA_WARM_UP_EVENTS,
+                KAFKA_WARM_UP_RATE,
+                run_dir,
+                topic=BROKER_WARM_TOPIC,
+            )
+            await wait_answers(
+                reader, router, extra, BROKER_WARM_UP, KAFKA_WARM_UP_EVENTS, WARM_UP_TIMEOUT_S
+            )
         await produce(servers, WARM_UP, warm, None, run_dir)
         await wait_answers(reader, router, wait_for, WARM_UP, warm, WARM_UP_TIMEOUT_S)
         roles = {"router": router.pid, "model": ctx.model.pid, "reader": reader.pid}
@@ -584,7 +665,7 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
             roles["slow model"] = ctx.slow_model[0].pid
         if ctx.batch_model is not None and any(g.port == ctx.batch_model[1] for g in load.groups):
             roles["model"] = ctx.batch_model[0].pid
-        if (pid := broker_pid()) is not None:
+        if (pid := broker.pid) is not None:
             roles["broker"] = pid
         before = {role: cpu_seconds(pid) for role, pid in roles.items()}
         retried_before = await retried(router)
@@ -630,6 +711,14 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
             if (at := arrived.get(event_id(MEASURED, i))) is not None
         ]
         result.hop_ms = percentiles(hops)
+        answered = answers.get(wait_for[0], {})
+        result.after_hop_ms = percentiles(
+            [
+                (answered[ident] - at) * 1000
+                for ident, at in arrived.items()
+                if ident in answered and ident.startswith(f"{MEASURED}-")
+            ]
+        )
     return result
 
 
@@ -1162,7 +1251,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{host['cores']} cores ({host['cpu'] or 'unknown CPU'}), Python {report['python']}, "
         f"load average {host['load_average'][0]:.2f} at the start; {params['events']:,} events "
         f"of 300-1000 B per burst, {params['partitions']} partitions, {params['concurrency']} "
-        f"calls in flight, {params['rounds']} round(s), medians of per-round figures (range).",
+        f"calls in flight, {params['rounds']} round(s), medians of per-round figures (range); "
+        f"a fresh {BROKER_TITLES[params.get('broker', 'tansu')]} broker per Kafka measurement.",
     ]
     if params.get("logistik_settings"):
         lines.append(f"logistik settings changed: {', '.join(params['logistik_settings'])}.")
@@ -1254,8 +1344,8 @@ def paced_table(
     lines = [
         "",
         f"| paced, ~{rate:,.0f} events/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| Kafka hop p50 / p99 ms |",
-        "|---|---|---|---|---|---|",
+        "| Kafka hop p50 / p99 ms | event readable → answer readable p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for router in ROUTERS:
         runs = [m for m in paced if m["router"] == router]
@@ -1268,6 +1358,12 @@ def paced_table(
             if hops
             else "-"
         )
+        afters = [m["after_hop_ms"] for m in runs if m.get("after_hop_ms")]
+        after = (
+            f"{median(h['p50'] for h in afters):.1f} / {median(h['p99'] for h in afters):.1f}"
+            if afters
+            else "-"
+        )
         lines.append(
             f"| {title(router, report)} | {median(m['latency_ms']['p50'] for m in runs):.1f} | "
             f"{median(m['latency_ms']['p99'] for m in runs):.1f} | "
@@ -1276,7 +1372,7 @@ def paced_table(
                 if added
                 else "- | - | "
             )
-            + f"{hop} |"
+            + f"{hop} | {after} |"
         )
     return lines
 
@@ -1354,11 +1450,13 @@ def batch_lines(batch: dict[str, Any], params: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_report(params: Params, measurements: Sequence[Measurement]) -> dict[str, Any]:
+def build_report(
+    params: Params, measurements: Sequence[Measurement], host: dict[str, Any]
+) -> dict[str, Any]:
     """The JSON report: machine, parameters, every measurement and the summary."""
     rows = [m.to_json() for m in measurements]
     return {
-        "machine": {**machine(), "system": f"{platform.system()} {platform.machine()}"},
+        "machine": {**host, "system": f"{platform.system()} {platform.machine()}"},
         "python": platform.python_version(),
         "parameters": asdict(params),
         "model_server": "bench/model_server.py raw (asyncio Protocol on uvloop)",
@@ -1419,6 +1517,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=defaults.workers,
         help="--workers of the logistik-workers router (N routers on this host)",
+    )
+    add(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default=defaults.broker,
+        help="the broker started fresh for each Kafka measurement: embedded Tansu, or Apache "
+        "Kafka (its jars: python -m tests.support.apache_kafka fetch)",
     )
     add("--report", metavar="PATH", help="write the JSON report here")
     add("--markdown", metavar="REPORT", help="print the README tables of a JSON report and exit")
@@ -1488,6 +1593,7 @@ def params_from(args: argparse.Namespace) -> Params:
         batch_paced_rate=args.batch_paced_rate,
         logistik_settings=tuple(args.logistik_set),
         workers=args.workers,
+        broker=args.broker,
     )
 
 
@@ -1501,12 +1607,13 @@ def main() -> None:
             sys.exit(f"--markdown: cannot read the report {args.markdown}: {exc!r}")
         return
     params = params_from(args)
+    host = machine()  # its load average is the one at the start
     measurements: list[Measurement] = []
 
     def record(result: Measurement) -> None:
         measurements.append(result)
         if args.report:  # written after each measurement: a failed run keeps what it measured
-            report = build_report(params, measurements)
+            report = build_report(params, measurements, host)
             Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
 
     failure = None
@@ -1517,7 +1624,7 @@ def main() -> None:
     except (KeyboardInterrupt, asyncio.CancelledError):
         failure = "benchmark interrupted; every process it started is stopped"
     if measurements:
-        print(markdown(build_report(params, measurements)))
+        print(markdown(build_report(params, measurements, host)))
     if failure:
         sys.exit(failure)
 

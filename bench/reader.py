@@ -102,11 +102,18 @@ def read(args: argparse.Namespace, stop: threading.Event) -> Reader:
     )
     shown, shown_at = b"", 0.0
     while not stop.is_set():
-        messages = consumer.consume(BATCH, POLL_S)
+        # poll() returns as soon as one record is there; consume(BATCH, POLL_S) would wait out
+        # its timeout for a full batch and add up to POLL_S to every latency measured.
+        first = consumer.poll(POLL_S)
         read_at = time.time()
-        for message in messages:
-            if message.error() is None:
-                reader.record(message, read_at)
+        if first is not None and first.error() is None:
+            reader.record(first, read_at)
+        if first is not None:
+            messages = consumer.consume(BATCH, 0)  # what has arrived with it, without waiting
+            read_at = time.time()
+            for message in messages:
+                if message.error() is None:
+                    reader.record(message, read_at)
         now = time.monotonic()
         if now - shown_at >= PROGRESS_S:
             line = reader.progress()

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeAlias
@@ -39,6 +40,16 @@ KAFKA_VERSION = "4.4.0"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 # Fast start over peak speed: the tests' load is small and the machine may have few cores.
 JVM_OPTIONS = ("-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+# What Kafka's own start script gives a broker: for measuring, where peak speed counts.
+SERVER_JVM_OPTIONS = (
+    "-Xms1g",
+    "-Xmx1g",
+    "-server",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+)
 
 POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -156,8 +167,10 @@ class ApacheKafka:
         log_path: Path | None = None,
         version: str = KAFKA_VERSION,
         auto_create_topics: bool = True,
+        jvm_options: Sequence[str] = JVM_OPTIONS,
     ) -> None:
         self.version = version
+        self.jvm_options = tuple(jvm_options)
         self.auto_create_topics = auto_create_topics
         self.port = free_port()
         self.controller_port = free_port()
@@ -214,7 +227,7 @@ class ApacheKafka:
         """The command line of one of Kafka's main classes."""
         return [
             _tool("java", "openjdk-17-jre-headless"),
-            *JVM_OPTIONS,
+            *self.jvm_options,
             f"-Dlog4j2.configurationFile={self._home / 'log4j2.properties'}",
             "-cp",
             str(fetch_jars(self.version) / "*"),
