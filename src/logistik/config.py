@@ -71,6 +71,10 @@ class KafkaConfig(_Section):
     # at once, without a rebalance; "{hostname}" is replaced by the host's name. Empty: off.
     group_instance_id: str = ""
     fetch_wait_max_ms: int = Field(default=10, ge=0)
+    # A partition whose broker holds records past the consumer's position, none of which a
+    # fetch has brought for this long, is reported (log, /readyz, UI): an open transaction,
+    # or a broker that stopped serving fetches, holds it.
+    fetch_stalled_after_s: float = Field(default=60.0, ge=1.0)
     commit_interval_ms: int = Field(default=200, ge=0)
     create_topics: bool = True
     partitions: int = Field(default=3, ge=1)

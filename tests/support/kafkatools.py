@@ -70,6 +70,26 @@ def produce(
     assert producer.flush(20) == 0, "events not acknowledged by the broker"
 
 
+def open_transaction(servers: str, topic: str, partition: int, value: bytes) -> Producer:
+    """A producer that begins a transaction, writes one record in it, and leaves it open.
+
+    read_committed consumers see nothing of the partition past that record until the returned
+    producer commits or aborts it (or two minutes pass, when the broker aborts it).
+    """
+    hung = Producer(
+        {
+            "bootstrap.servers": servers,
+            "transactional.id": unique("hung"),
+            "transaction.timeout.ms": 120_000,
+        }
+    )
+    hung.init_transactions(30)
+    hung.begin_transaction()
+    hung.produce(topic, value, partition=partition)
+    assert hung.flush(20) == 0, "the record in the transaction was not acknowledged"
+    return hung
+
+
 def event(verb: str = "detect", actor: str = "user-1", **extra: Any) -> dict[str, Any]:
     """An ActivityStreams-style event with a fresh id."""
     return {"id": uuid.uuid4().hex, "verb": verb, "actor": {"id": actor}, **extra}

@@ -68,6 +68,7 @@ EXPORTS = {
         "EmbeddedBroker",
         "EventConsumer",
         "EventProducer",
+        "FetchStall",
         "Headers",
         "LibrdkafkaLog",
         "OffsetBook",

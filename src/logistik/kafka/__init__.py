@@ -1,7 +1,7 @@
 """Kafka clients (consumer, producer, admin), their settings, and the embedded broker."""
 
 from logistik.kafka.admin import cluster_metadata, ensure_topics, list_topics, topic_partitions
-from logistik.kafka.consumer import EventConsumer, header_pairs, record_time
+from logistik.kafka.consumer import EventConsumer, FetchStall, header_pairs, record_time
 from logistik.kafka.embedded import EmbeddedBroker, free_port, loopback_servers
 from logistik.kafka.offsets import OffsetBook, PartitionTracker, TopicPartitionKey
 from logistik.kafka.producer import EventProducer, Headers, produce, try_produce, write_error
@@ -18,6 +18,7 @@ __all__ = [
     "EmbeddedBroker",
     "EventConsumer",
     "EventProducer",
+    "FetchStall",
     "Headers",
     "LibrdkafkaLog",
     "OffsetBook",

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from logistik.kafka.settings import consumer_config
 
 logger = logging.getLogger(__name__)
 
+STATS_INTERVAL_MS = 5000
 # How long a stopping consumer lets its group finish a rebalance so that its last commit lands.
 CLOSE_COMMIT_WAIT_S = 10.0
 # Commit errors that mean "the group is moving; commit again once it has settled".
@@ -42,6 +44,32 @@ REBALANCE_ERRORS = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class FetchStall:
+    """A partition whose broker holds records past the consumer's position that no fetch brings."""
+
+    topic: str
+    partition: int
+    position: int  # the next offset to fetch
+    high: int  # the broker's high watermark
+    stable: int  # the broker's last stable offset: below `high` while a transaction is open
+    since_s: float  # monotonic time since which the position has not moved
+
+    def describe(self, now_s: float) -> str:
+        """One line: which partition, how many records wait, for how long, and the likely cause."""
+        waiting = self.high - self.position
+        cause = (
+            f"a transaction left open since offset {self.stable} holds them (a producer began it "
+            "and neither committed nor aborted it; read_committed consumers wait for it)"
+            if 0 <= self.stable < self.high and self.stable <= self.position
+            else "the broker does not serve them"
+        )
+        return (
+            f"{self.topic}[{self.partition}]: {waiting:,} record(s) from offset {self.position} "
+            f"not fetched for {now_s - self.since_s:.0f} s: {cause}"
+        )
+
+
 class EventConsumer:
     """A Kafka consumer whose every call runs on one dedicated thread."""
 
@@ -52,11 +80,14 @@ class EventConsumer:
             {
                 **consumer_config(kafka),
                 "on_commit": self._on_commit,
-                "statistics.interval.ms": 5000,
+                "statistics.interval.ms": STATS_INTERVAL_MS,
                 "stats_cb": self._on_stats,
             }
         )
         self.lag: dict[TopicPartitionKey, int] = {}  # from librdkafka's statistics
+        # Fetchable partitions behind their broker's high watermark: since when each position
+        # has not moved (from librdkafka's statistics, every STATS_INTERVAL_MS).
+        self._behind: dict[TopicPartitionKey, FetchStall] = {}
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
@@ -126,12 +157,49 @@ class EventConsumer:
         except ValueError:
             return
         lag: dict[TopicPartitionKey, int] = {}
+        positions: dict[TopicPartitionKey, tuple[int, int, int]] = {}
         for topic, data in (stats.get("topics") or {}).items():
             for partition, figures in (data.get("partitions") or {}).items():
                 behind = figures.get("consumer_lag", -1)
                 if int(partition) >= 0 and behind >= 0:
                     lag[(topic, int(partition))] = behind
+                positions[(topic, int(partition))] = (
+                    int(figures.get("next_offset", -1)),
+                    int(figures.get("hi_offset", -1)),
+                    int(figures.get("ls_offset", -1)),
+                )
         self.lag = lag
+        self._watch_positions(positions, time.monotonic())
+
+    def _watch_positions(
+        self, positions: dict[TopicPartitionKey, tuple[int, int, int]], now_s: float
+    ) -> None:
+        """Note since when each fetchable partition behind its high watermark has not moved.
+
+        librdkafka's own lag is counted to the last stable offset, so records held behind an
+        open transaction show as no lag at all: the high watermark says they are there.
+        """
+        fetchable = (
+            set()
+            if self._paused
+            else {(p.topic, p.partition) for p in self._assignment if self._fetchable(p)}
+        )
+        behind: dict[TopicPartitionKey, FetchStall] = {}
+        for key in fetchable:
+            position, high, stable = positions.get(key, (-1, -1, -1))
+            if position < 0 or high <= position:
+                continue
+            known = self._behind.get(key)
+            since_s = known.since_s if known is not None and known.position == position else now_s
+            behind[key] = FetchStall(key[0], key[1], position, high, stable, since_s)
+        self._behind = behind
+
+    def fetch_stalls(self, after_s: float, now_s: float) -> list[FetchStall]:
+        """Partitions with records waiting that no fetch has brought for `after_s` (any thread)."""
+        return sorted(
+            (s for s in self._behind.values() if now_s - s.since_s >= after_s),
+            key=lambda s: (s.topic, s.partition),
+        )
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [p for p in partitions if p.error is not None]
@@ -158,6 +226,7 @@ class EventConsumer:
         if not self._paused and self._assignment:
             self._consumer.pause(self._assignment)
         self._paused = True
+        self._behind = {}  # paused on purpose: a position that does not move says nothing
 
     def resume(self) -> None:
         """Fetch again (consumer thread), except topics and partitions paused on their own."""

@@ -30,6 +30,7 @@ class Readiness:
         producer: Callable[[], tuple[str, str] | None] | None = None,
         waiting: Callable[[], str | None] | None = None,
         errors: Callable[[], Mapping[str, str | None]] | None = None,
+        not_fetched: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._kafka = kafka
         # Quiet: what an absent broker means is this check's detail, not librdkafka's lines.
@@ -40,6 +41,7 @@ class Readiness:
         self._producer = producer  # (state, detail) of the producer, None before it exists
         self._waiting = waiting  # why start-up is still waiting, None once it is not
         self._errors = errors  # tasks that run but fail and retry (task name -> why, or None)
+        self._not_fetched = not_fetched  # partitions whose records no fetch brings
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
@@ -54,6 +56,8 @@ class Readiness:
                 "store": await self._store_check(),
                 "consuming": self._consuming(),
             }
+            if self._not_fetched is not None:
+                checks["fetching"] = self._fetching(self._not_fetched())
             if self._producer is not None:
                 checks["producer"] = self._producer_check(self._producer())
             if self._tasks is not None:
@@ -86,6 +90,12 @@ class Readiness:
             return {"ok": False, "detail": "not started"}
         state, detail = found
         return {"ok": state == "ok", "detail": detail if state == "ok" else f"{state}: {detail}"}
+
+    @staticmethod
+    def _fetching(stalls: list[dict[str, Any]]) -> dict[str, Any]:
+        if not stalls:
+            return {"ok": True, "detail": "every partition's records come"}
+        return {"ok": False, "detail": "; ".join(s["detail"] for s in stalls)}
 
     def _consuming(self) -> dict[str, Any]:
         age_s = self._loop_age_s()

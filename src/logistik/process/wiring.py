@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -310,6 +311,7 @@ class Runner:
             self._producer_state,
             lambda: self.waiting,
             self.control_errors,
+            self.not_fetched if peers is None else lambda: peers.not_fetched(self.not_fetched()),
         )
         lag = self._lag if peers is None else lambda: peers.lag(self._lag())
         collectors = metrics_registry(self.shown, self.registry, lag)
@@ -356,6 +358,22 @@ class Runner:
             DISCOVERY: None if discovery is None else discovery.failure,
         }
 
+    def not_fetched(self) -> list[dict[str, Any]]:
+        """Partitions whose broker holds records that no fetch has brought for a while."""
+        if self.loop is None:
+            return []
+        now = time.monotonic()
+        return [
+            {
+                "topic": stall.topic,
+                "partition": stall.partition,
+                "waiting": stall.high - stall.position,
+                "for_s": round(now - stall.since_s),
+                "detail": stall.describe(now),
+            }
+            for stall in self.loop.fetch_stalls
+        ]
+
     def status(self) -> dict[str, Any]:
         """The process's live status, for the API."""
         discovery, consul = self.discovery, self.config.discovery.consul
@@ -373,6 +391,7 @@ class Runner:
             },
             "tasks": tasks,
             "unreachable": self.reachability.unreachable(),
+            "not_fetched": self.not_fetched(),
             "store": {"error": None if self.follower is None else self.follower.error},
             "consul": None
             if discovery is None or consul is None

@@ -209,7 +209,12 @@ class Peers:
             },
             "tasks": {**own["tasks"], **checks},
             "workers": workers,
+            "not_fetched": self.not_fetched(own["not_fetched"]),
         }
+
+    def not_fetched(self, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every worker's partitions whose records no fetch brings (each reads its own)."""
+        return [*own, *(d for s in self._live() for d in s["status"].get("not_fetched", []))]
 
     def lag(self, own: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """Every worker's consumer lag (each partition is read by one of them)."""

@@ -14,7 +14,13 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 
 from logistik.config import KafkaConfig, RoutingConfig
 from logistik.errors import InvalidEventError
-from logistik.kafka import EventConsumer, OffsetBook, PartitionTracker, TopicPartitionKey
+from logistik.kafka import (
+    EventConsumer,
+    FetchStall,
+    OffsetBook,
+    PartitionTracker,
+    TopicPartitionKey,
+)
 from logistik.protocol import HeaderList, retry_marks, retry_topic
 from logistik.routing.backpressure import Backpressure
 from logistik.routing.registry import Registry
@@ -24,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 POLL_TIMEOUT_S = 0.1
+FETCH_CHECK_S = 1.0  # how often the loop looks for partitions whose records stopped coming
 FULL_WAKE_S = 0.5  # a full loop still turns this often: commits, stop, pause
 RETRY_DRAIN_S = 5.0  # at a stop, how long calls from retry topics may take to finish
 # A retry record due later than this is left in Kafka (its partition rewound and paused until
@@ -76,6 +83,8 @@ class ConsumeLoop:
         self.retry_budget = routing.max_waiting_retries
         self.peak_in_flight = 0
         self.ready = ready or asyncio.Event()  # set once the first poll returned
+        self.fetch_stalls: list[FetchStall] = []  # partitions whose records no fetch brings
+        self._fetch_checked_s = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -101,6 +110,7 @@ class ConsumeLoop:
         full_wake_s = min(FULL_WAKE_S, self._routing.stalled_after_s / 2)
         while not stop.is_set():
             now = self._last_turn = time.monotonic()
+            self._watch_fetches(now)
             subscribed = await self._subscribe(subscribed)
             await self._pace_retries()
             await self._resume_due(now)
@@ -126,6 +136,22 @@ class ConsumeLoop:
             batch = await consumer.run(partial(consumer.poll_batch, take, POLL_TIMEOUT_S, commit))
             self.ready.set()
             await self._dispatch_all(batch)
+
+    def _watch_fetches(self, now: float) -> None:
+        """Log once when a partition's records stop coming though the broker holds them, and
+        once when they come again; `fetch_stalls` is what /readyz and the status show."""
+        if now - self._fetch_checked_s < FETCH_CHECK_S:
+            return
+        self._fetch_checked_s = now
+        stalls = self._consumer.fetch_stalls(self._kafka.fetch_stalled_after_s, now)
+        before = {(s.topic, s.partition) for s in self.fetch_stalls}
+        after = {(s.topic, s.partition) for s in stalls}
+        for stall in stalls:
+            if (stall.topic, stall.partition) not in before:
+                logger.warning("not fetching %s", stall.describe(now))
+        for topic, partition in sorted(before - after):
+            logger.info("%s[%d]: records are fetched again", topic, partition)
+        self.fetch_stalls = stalls
 
     async def _subscribe(self, subscribed: set[str]) -> set[str]:
         """Follow the registry's topics and their groups' retry topics; returns what is read."""

@@ -199,6 +199,10 @@ async function refreshStatus() {
   setBanner("consul", consul && consul.error ? h("div", { class: "banner error", role: "alert" },
     h("strong", {}, "Consul cannot be reached: "), consul.error,
     h("span", { class: "muted" }, ` (${consul.url}). Routing goes on with the last known models.`)) : null);
+  const notFetched = status.not_fetched || [];
+  setBanner("not-fetched", notFetched.length ? h("div", { class: "banner error", role: "alert" },
+    h("strong", {}, `Records not fetched on ${num(notFetched.length)} partition${notFetched.length === 1 ? "" : "s"}: `),
+    notFetched.map((s) => s.detail).join("; ")) : null);
 }
 
 function renderAccount() {

@@ -1,0 +1,93 @@
+"""Records the broker holds but no fetch brings (an open transaction) are reported, then routed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support.harness import RouterThread, handler, make_config
+from tests.support.kafkatools import (
+    TopicReader,
+    create_topics,
+    event,
+    open_transaction,
+    produce,
+    unique,
+)
+from tests.support.models import ModelServer, wait_until
+
+
+def fetch(running: RouterThread, path: str) -> tuple[int, Any]:
+    """GET a path of the router's web server: status and JSON body."""
+    url = f"http://127.0.0.1:{running.config.web.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+# Tansu is left out: what is tested is logistik's watch, and Apache Kafka's transactions are
+# the reference for read_committed consumers waiting behind an open one.
+@pytest.mark.brokers("kafka")
+def test_records_behind_an_open_transaction_are_reported_and_routed_once_it_ends(
+    servers: str,
+    model_server: Callable[..., ModelServer],
+    router: Callable[[dict[str, Any]], RouterThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic = unique("held")
+    results = f"{topic}-results"
+    create_topics(servers, topic, results, f"{topic}-failed", partitions=2)
+    model = model_server()
+    running = router(
+        make_config(servers, [handler("m", topic, model.port)], kafka={"fetch_stalled_after_s": 2})
+    )
+    wait_until(lambda: fetch(running, "/readyz")[0] == 200, what="ready")
+    # A producer that begins a transaction and hangs: read_committed consumers (logistik's,
+    # like librdkafka's default) see nothing of partition 0 past it, and its lag shows 0.
+    in_transaction = event()
+    hung = open_transaction(servers, topic, 0, orjson.dumps(in_transaction))
+    held = [event() for _ in range(20)]
+    flowing = [event() for _ in range(20)]
+    produce(servers, topic, held, partition=0)
+    produce(servers, topic, flowing, partition=1)
+    with TopicReader(servers, results) as reader:
+        reader.wait_for(results, len(flowing))
+        wait_until(lambda: fetch(running, "/readyz")[0] == 503, timeout_s=30, what="not ready")
+        code, body = fetch(running, "/readyz")
+        detail = body["checks"]["fetching"]["detail"]
+        assert detail.startswith(f"{topic}[0]: 21 record(s) from offset 0 not fetched for ")
+        assert "a transaction left open since offset 0 holds them" in detail
+        assert body["checks"]["consuming"]["ok"], "partition 1 is still consumed"
+        assert fetch(running, "/healthz")[0] == 200
+        code, status = fetch(running, "/api/status")
+        assert code == 200
+        assert [(s["topic"], s["partition"], s["waiting"]) for s in status["not_fetched"]] == [
+            (topic, 0, 21)
+        ]
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and r.getMessage().startswith("not fetching")
+        ]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith(f"not fetching {topic}[0]: 21 record(s) from offset 0 ")
+        assert "a transaction left open since offset 0 holds them" in warnings[0]
+        answered = {r.json()["id"] for r in reader.on(results)}
+        assert answered == {e["id"] for e in flowing}, "nothing behind the transaction is routed"
+
+        hung.commit_transaction(30)
+        everything = [in_transaction, *held, *flowing]
+        reader.wait_for(results, len(everything))
+        wait_until(lambda: fetch(running, "/readyz")[0] == 200, timeout_s=30, what="ready again")
+    assert {r.json()["id"] for r in reader.on(results)} == {e["id"] for e in everything}
+    assert any(r.getMessage() == f"{topic}[0]: records are fetched again" for r in caplog.records)
+    assert fetch(running, "/api/status")[1]["not_fetched"] == []
