@@ -44,6 +44,15 @@ def test_a_partition_behind_whose_position_does_not_move_is_reported(
     assert [s.high for s in consumer.fetch_stalls(60, now + 61)] == [12]
 
 
+def test_records_fetched_and_waiting_for_the_router_are_not_a_stall(
+    consumer: EventConsumer,
+) -> None:
+    # librdkafka stops fetching once its queue is full and the router is slow to take from it.
+    figures = {"next_offset": 5, "hi_offset": 11, "ls_offset": 11, "fetchq_cnt": 500}
+    consumer._on_stats(json.dumps({"topics": {"t": {"partitions": {"0": figures}}}}))
+    assert consumer.fetch_stalls(0, time.monotonic() + 3600) == []
+
+
 def test_a_moving_position_a_caught_up_one_and_a_pause_are_not_stalls(
     consumer: EventConsumer,
 ) -> None:

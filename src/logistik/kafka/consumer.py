@@ -163,6 +163,8 @@ class EventConsumer:
                 behind = figures.get("consumer_lag", -1)
                 if int(partition) >= 0 and behind >= 0:
                     lag[(topic, int(partition))] = behind
+                if figures.get("fetchq_cnt", 0) > 0:
+                    continue  # fetched and waiting here for the router: not the broker's doing
                 positions[(topic, int(partition))] = (
                     int(figures.get("next_offset", -1)),
                     int(figures.get("hi_offset", -1)),
