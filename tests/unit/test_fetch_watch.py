@@ -44,38 +44,57 @@ def test_a_partition_behind_whose_position_does_not_move_is_reported(
     assert [s.high for s in consumer.fetch_stalls(60, now + 61)] == [12]
 
 
-def test_records_fetched_and_waiting_for_the_router_are_not_a_stall(
+def test_a_partly_filled_queue_shared_with_other_partitions_hides_nothing(
     consumer: EventConsumer,
 ) -> None:
-    # librdkafka stops fetching once its queue is full and the router is slow to take from it.
-    figures = {"next_offset": 5, "hi_offset": 11, "ls_offset": 11, "fetchq_cnt": 500}
-    consumer._on_stats(json.dumps({"topics": {"t": {"partitions": {"0": figures}}}}))
+    # librdkafka's fetch queue is one for all partitions: t[1]'s records in it say nothing
+    # of t[0]; only a full queue (queued.min.messages) stops its fetches.
+    def figures(queued: int) -> str:
+        one = {"next_offset": 5, "hi_offset": 11, "ls_offset": 5, "fetchq_cnt": queued}
+        return json.dumps({"topics": {"t": {"partitions": {"0": one}}}})
+
+    consumer._on_stats(figures(500))
+    assert [s.partition for s in consumer.fetch_stalls(0, time.monotonic() + 1)] == [0]
+    consumer._on_stats(figures(100_000))
     assert consumer.fetch_stalls(0, time.monotonic() + 3600) == []
 
 
-def test_a_moving_position_a_caught_up_one_and_a_pause_are_not_stalls(
+def watch(consumer: EventConsumer, at_s: float, **partitions: tuple[int, int, int]) -> None:
+    """Statistics of topic t at a given time: partition -> (next, high, stable offsets)."""
+    consumer._watch_positions(
+        {("t", int(n.removeprefix("p"))): f for n, f in partitions.items()}, at_s
+    )
+
+
+def test_a_moving_position_a_caught_up_one_and_a_revoked_one_are_not_stalls(
     consumer: EventConsumer,
 ) -> None:
-    def watch(at_s: float, **partitions: tuple[int, int, int]) -> None:
-        consumer._watch_positions(
-            {("t", int(n.removeprefix("p"))): f for n, f in partitions.items()}, at_s
-        )
-
-    watch(0.0, p0=(5, 11, 11), p1=(0, 4, 4))
-    watch(50.0, p0=(6, 11, 11), p1=(4, 4, 4))  # p0 moved, p1 caught up
+    watch(consumer, 0.0, p0=(5, 11, 11), p1=(0, 4, 4))
+    watch(consumer, 50.0, p0=(6, 11, 11), p1=(4, 4, 4))  # p0 moved, p1 caught up
     assert consumer.fetch_stalls(60, 100.0) == []
     assert [s.position for s in consumer.fetch_stalls(60, 110.0)] == [6]  # 60 s since it moved
-    # Behind and not moving, but paused on purpose (the in-flight budget is full): forgotten.
-    consumer.pause()
-    watch(120.0, p0=(6, 11, 11))
-    assert consumer.fetch_stalls(0, 120.0) == []
-    consumer._paused = False
-    watch(130.0, p0=(6, 11, 11))
-    assert [s.since_s for s in consumer.fetch_stalls(0, 130.0)] == [130.0]  # counted anew
+    consumer._assignment = [TopicPartition("t", 1)]  # t[0] revoked
+    assert consumer.fetch_stalls(60, 110.0) == []
     # A retry topic's partition paused until its next record is due is not watched either.
+    consumer._assignment = [TopicPartition("t", 0)]
     consumer._deferred = {("t", 0)}
-    watch(140.0, p0=(6, 11, 11))
+    watch(consumer, 140.0, p0=(6, 11, 11))
     assert consumer.fetch_stalls(0, 200.0) == []
+
+
+def test_time_paused_on_purpose_does_not_count(consumer: EventConsumer) -> None:
+    base = time.monotonic() - 1000
+    watch(consumer, base, p0=(5, 11, 11), p1=(4, 4, 4))  # t[0] held since base
+    watch(consumer, base + 950, p0=(5, 11, 11), p1=(4, 9, 9))  # t[1] held since base + 950
+    consumer.pause()  # now: base + 1000
+    watch(consumer, base + 2000, p0=(5, 11, 11), p1=(4, 9, 9))  # ignored while paused
+    # Seen before the pause: still reported; not yet ripe (50 s): does not ripen meanwhile.
+    assert [s.partition for s in consumer.fetch_stalls(60, base + 5000)] == [0]
+    consumer._paused_at = base + 900.0  # as if the pause had begun 100 s ago
+    consumer.resume()
+    since = {s.partition: s.since_s for s in consumer._behind.values()}
+    assert since[1] == pytest.approx(base + 1050, abs=5)  # shifted by the 100 s paused
+    assert [s.partition for s in consumer.fetch_stalls(60, time.monotonic())] == [0]
 
 
 def test_the_line_names_an_open_transaction_only_when_the_stable_offset_says_so() -> None:

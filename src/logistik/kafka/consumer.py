@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,9 +76,15 @@ class EventConsumer:
     def __init__(self, kafka: KafkaConfig, book: OffsetBook, drain_s: float = 30.0) -> None:
         self._book = book
         self._drain_s = drain_s
+        config = consumer_config(kafka)
+        # librdkafka stops fetching while its queue holds this much for the router to take.
+        self._queue_full = (
+            int(config.get("queued.min.messages", 100_000)),
+            int(config.get("queued.max.messages.kbytes", 65_536)) * 1024,
+        )
         self._consumer = Consumer(
             {
-                **consumer_config(kafka),
+                **config,
                 "on_commit": self._on_commit,
                 "statistics.interval.ms": STATS_INTERVAL_MS,
                 "stats_cb": self._on_stats,
@@ -88,6 +94,7 @@ class EventConsumer:
         # Fetchable partitions behind their broker's high watermark: since when each position
         # has not moved (from librdkafka's statistics, every STATS_INTERVAL_MS).
         self._behind: dict[TopicPartitionKey, FetchStall] = {}
+        self._paused_at: float | None = None  # when a pause of the whole consumer began
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
@@ -163,8 +170,13 @@ class EventConsumer:
                 behind = figures.get("consumer_lag", -1)
                 if int(partition) >= 0 and behind >= 0:
                     lag[(topic, int(partition))] = behind
-                if figures.get("fetchq_cnt", 0) > 0:
-                    continue  # fetched and waiting here for the router: not the broker's doing
+                # The queue is shared by every partition: only a full one stops fetches, and
+                # then the router, not the broker, holds the records back.
+                if (
+                    figures.get("fetchq_cnt", 0) >= self._queue_full[0]
+                    or figures.get("fetchq_size", 0) >= self._queue_full[1]
+                ):
+                    continue
                 positions[(topic, int(partition))] = (
                     int(figures.get("next_offset", -1)),
                     int(figures.get("hi_offset", -1)),
@@ -181,11 +193,9 @@ class EventConsumer:
         librdkafka's own lag is counted to the last stable offset, so records held behind an
         open transaction show as no lag at all: the high watermark says they are there.
         """
-        fetchable = (
-            set()
-            if self._paused
-            else {(p.topic, p.partition) for p in self._assignment if self._fetchable(p)}
-        )
+        if self._paused:
+            return  # a position that does not move while paused on purpose says nothing
+        fetchable = {(p.topic, p.partition) for p in self._assignment if self._fetchable(p)}
         behind: dict[TopicPartitionKey, FetchStall] = {}
         for key in fetchable:
             position, high, stable = positions.get(key, (-1, -1, -1))
@@ -197,11 +207,26 @@ class EventConsumer:
         self._behind = behind
 
     def fetch_stalls(self, after_s: float, now_s: float) -> list[FetchStall]:
-        """Partitions with records waiting that no fetch has brought for `after_s` (any thread)."""
+        """Partitions with records waiting that no fetch has brought for `after_s` (any thread).
+
+        Time paused on purpose does not count: a stall seen before a pause stays reported
+        through it, and one not yet seen does not ripen during it.
+        """
+        paused_at = self._paused_at
+        until_s = now_s if paused_at is None else paused_at
+        held = {(p.topic, p.partition) for p in self._assignment}  # none revoked since
         return sorted(
-            (s for s in self._behind.values() if now_s - s.since_s >= after_s),
+            (
+                s
+                for key, s in self._behind.items()
+                if key in held and until_s - s.since_s >= after_s
+            ),
             key=lambda s: (s.topic, s.partition),
         )
+
+    def assigned(self, key: TopicPartitionKey) -> bool:
+        """Whether this consumer holds the partition now (any thread)."""
+        return any((p.topic, p.partition) == key for p in self._assignment)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [p for p in partitions if p.error is not None]
@@ -227,14 +252,22 @@ class EventConsumer:
         """Stop fetching on every assigned partition (consumer thread)."""
         if not self._paused and self._assignment:
             self._consumer.pause(self._assignment)
+        if not self._paused:
+            self._paused_at = time.monotonic()
         self._paused = True
-        self._behind = {}  # paused on purpose: a position that does not move says nothing
 
     def resume(self) -> None:
         """Fetch again (consumer thread), except topics and partitions paused on their own."""
         resumed = [p for p in self._assignment if self._fetchable(p)]
         if self._paused and resumed:
             self._consumer.resume(resumed)
+        paused_at, self._paused_at = self._paused_at, None
+        if self._paused and paused_at is not None:
+            paused_s = time.monotonic() - paused_at
+            self._behind = {
+                key: replace(stall, since_s=stall.since_s + paused_s)
+                for key, stall in self._behind.items()
+            }
         self._paused = False
 
     def pause_topics(self, topics: set[str]) -> None:

@@ -150,7 +150,8 @@ class ConsumeLoop:
             if (stall.topic, stall.partition) not in before:
                 logger.warning("not fetching %s", stall.describe(now))
         for topic, partition in sorted(before - after):
-            logger.info("%s[%d]: records are fetched again", topic, partition)
+            if self._consumer.assigned((topic, partition)):  # not when it moved elsewhere
+                logger.info("%s[%d]: records are fetched again", topic, partition)
         self.fetch_stalls = stalls
 
     async def _subscribe(self, subscribed: set[str]) -> set[str]:
