@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -11,7 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import TopicPartition
 
+from logistik.config import KafkaConfig
+from logistik.kafka import EventConsumer, OffsetBook
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import (
     TopicReader,
@@ -91,3 +95,28 @@ def test_records_behind_an_open_transaction_are_reported_and_routed_once_it_ends
     assert {r.json()["id"] for r in reader.on(results)} == {e["id"] for e in everything}
     assert any(r.getMessage() == f"{topic}[0]: records are fetched again" for r in caplog.records)
     assert fetch(running, "/api/status")[1]["not_fetched"] == []
+
+
+@pytest.mark.one_broker  # the subject is logistik's probe; either broker answers it alike
+async def test_a_probe_finds_records_that_librdkafka_statistics_do_not_show(servers: str) -> None:
+    topic = unique("probe")
+    create_topics(servers, topic)
+    produce(servers, topic, [event() for _ in range(5)])
+    consumer = EventConsumer(KafkaConfig(bootstrap_servers=servers), OffsetBook())
+    try:
+        consumer._assignment = [TopicPartition(topic, 0)]
+        # What the statistics last said of a broker that stopped answering fetches: caught up
+        # at offset 2, and nothing has moved for 100 s. The broker really holds 5 records.
+        consumer._watch_positions({(topic, 0): (2, 2, 2)}, time.monotonic() - 100)
+        assert consumer.fetch_stalls(0, time.monotonic()) == []
+        await consumer.probe_watermarks(60)
+        assert consumer.fetch_stalls(60, time.monotonic()) == []  # counted from this probe
+        [stall] = consumer.fetch_stalls(60, time.monotonic() + 61)
+        assert (stall.position, stall.high) == (2, 5)
+        assert stall.describe(stall.since_s + 61).endswith(": the broker does not serve them")
+        # Once the position moves, the probe has nothing to say of it.
+        consumer._watch_positions({(topic, 0): (5, 5, 5)}, time.monotonic())
+        await consumer.probe_watermarks(60)
+        assert consumer.fetch_stalls(0, time.monotonic() + 3600) == []
+    finally:
+        consumer.shutdown()

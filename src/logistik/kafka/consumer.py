@@ -15,20 +15,24 @@ from typing import Any
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from logistik.config import KafkaConfig
 from logistik.errors import BrokerError
 from logistik.kafka.offsets import OffsetBook, TopicPartitionKey
-from logistik.kafka.settings import consumer_config
+from logistik.kafka.settings import base_config, consumer_config
 
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_MS = 5000
+PROBE_TIMEOUT_S = 5.0  # a watermark probe the broker does not answer in time tells nothing
+LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 # How long a stopping consumer lets its group finish a rebalance so that its last commit lands.
 CLOSE_COMMIT_WAIT_S = 10.0
 # Commit errors that mean "the group is moving; commit again once it has settled".
@@ -95,6 +99,15 @@ class EventConsumer:
         # has not moved (from librdkafka's statistics, every STATS_INTERVAL_MS).
         self._behind: dict[TopicPartitionKey, FetchStall] = {}
         self._paused_at: float | None = None  # when a pause of the whole consumer began
+        # Every fetchable partition's position and since when it has not moved (stats thread).
+        self._positions: dict[TopicPartitionKey, tuple[int, float]] = {}
+        # Caught up by the statistics, but behind by a fresh high watermark: librdkafka learns
+        # the watermark from fetch answers, so a broker that stops answering fetches leaves
+        # it where it was (event loop thread).
+        self._probed: dict[TopicPartitionKey, FetchStall] = {}
+        self._admin = AdminClient(
+            {**base_config(kafka.bootstrap_servers, quiet=True), **kafka.consumer}
+        )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
@@ -197,13 +210,22 @@ class EventConsumer:
             return  # a position that does not move while paused on purpose says nothing
         fetchable = {(p.topic, p.partition) for p in self._assignment if self._fetchable(p)}
         behind: dict[TopicPartitionKey, FetchStall] = {}
+        still: dict[TopicPartitionKey, tuple[int, float]] = {}
         for key in fetchable:
             position, high, stable = positions.get(key, (-1, -1, -1))
-            if position < 0 or high <= position:
+            if position < 0:
                 continue
-            known = self._behind.get(key)
-            since_s = known.since_s if known is not None and known.position == position else now_s
-            behind[key] = FetchStall(key[0], key[1], position, high, stable, since_s)
+            seen = self._positions.get(key)
+            still[key] = (position, seen[1] if seen is not None and seen[0] == position else now_s)
+            if high > position:
+                # Counted from when it was first seen behind: a partition idle for an hour
+                # whose first new record has not come yet is not an hour late.
+                known = self._behind.get(key)
+                since_s = (
+                    known.since_s if known is not None and known.position == position else now_s
+                )
+                behind[key] = FetchStall(key[0], key[1], position, high, stable, since_s)
+        self._positions = still
         self._behind = behind
 
     def fetch_stalls(self, after_s: float, now_s: float) -> list[FetchStall]:
@@ -215,14 +237,61 @@ class EventConsumer:
         paused_at = self._paused_at
         until_s = now_s if paused_at is None else paused_at
         held = {(p.topic, p.partition) for p in self._assignment}  # none revoked since
+        found = {**self._probed, **self._behind}
         return sorted(
-            (
-                s
-                for key, s in self._behind.items()
-                if key in held and until_s - s.since_s >= after_s
-            ),
+            (s for key, s in found.items() if key in held and until_s - s.since_s >= after_s),
             key=lambda s: (s.topic, s.partition),
         )
+
+    async def probe_watermarks(self, after_s: float) -> None:
+        """Ask the broker for the high watermark of partitions that look caught up but whose
+        position has not moved for `after_s` (event loop; the request runs on a thread)."""
+        if self._paused:
+            return
+        now_s = time.monotonic()
+        quiet = {
+            key: seen
+            for key, seen in self._positions.items()
+            if now_s - seen[1] >= after_s and key not in self._behind
+        }
+        # A probed partition whose position moved since, or that the statistics show
+        # behind again, is no longer the probe's to report.
+        self._probed = {
+            k: s for k, s in self._probed.items() if quiet.get(k, (-1,))[0] == s.position
+        }
+        if not quiet:
+            return
+        highs = await asyncio.to_thread(self._high_watermarks, list(quiet))
+        probed: dict[TopicPartitionKey, FetchStall] = {}
+        for key, high in highs.items():
+            position = quiet[key][0]
+            if high <= position or self._positions.get(key, (-1, 0.0))[0] != position:
+                continue
+            # Counted from the first probe that found it behind, like the statistics do.
+            known = self._probed.get(key)
+            since_s = known.since_s if known is not None else now_s
+            probed[key] = FetchStall(key[0], key[1], position, high, -1, since_s)
+        self._probed = probed
+
+    def _high_watermarks(self, keys: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """The brokers' high watermarks of these partitions; those not answered are left out."""
+        try:
+            futures = self._admin.list_offsets(
+                {TopicPartition(t, p): LATEST for t, p in keys},
+                isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                request_timeout=PROBE_TIMEOUT_S,
+            )
+        except (KafkaException, ValueError, TypeError):
+            return {}
+        highs: dict[TopicPartitionKey, int] = {}
+        for partition, future in futures.items():
+            try:
+                highs[(partition.topic, partition.partition)] = int(
+                    future.result(PROBE_TIMEOUT_S).offset
+                )
+            except Exception:  # not answered in time, or an error: nothing is known of it
+                continue
+        return highs
 
     def assigned(self, key: TopicPartitionKey) -> bool:
         """Whether this consumer holds the partition now (any thread)."""
@@ -267,6 +336,14 @@ class EventConsumer:
             self._behind = {
                 key: replace(stall, since_s=stall.since_s + paused_s)
                 for key, stall in self._behind.items()
+            }
+            self._probed = {
+                key: replace(stall, since_s=stall.since_s + paused_s)
+                for key, stall in self._probed.items()
+            }
+            self._positions = {
+                key: (position, since_s + paused_s)
+                for key, (position, since_s) in self._positions.items()
             }
         self._paused = False
 

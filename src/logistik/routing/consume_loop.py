@@ -85,6 +85,8 @@ class ConsumeLoop:
         self.ready = ready or asyncio.Event()  # set once the first poll returned
         self.fetch_stalls: list[FetchStall] = []  # partitions whose records no fetch brings
         self._fetch_checked_s = 0.0
+        self._probe: asyncio.Task[None] | None = None  # of high watermarks, in the background
+        self._probed_s = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -143,7 +145,16 @@ class ConsumeLoop:
         if now - self._fetch_checked_s < FETCH_CHECK_S:
             return
         self._fetch_checked_s = now
-        stalls = self._consumer.fetch_stalls(self._kafka.fetch_stalled_after_s, now)
+        after_s = self._kafka.fetch_stalled_after_s
+        probe = self._probe
+        if probe is not None and probe.done():
+            self._probe = None
+            if not probe.cancelled() and (error := probe.exception()) is not None:
+                logger.warning("probing the brokers' high watermarks failed: %s", error)
+        if self._probe is None and now - self._probed_s >= after_s / 2:
+            self._probed_s = now
+            self._probe = asyncio.create_task(self._consumer.probe_watermarks(after_s))
+        stalls = self._consumer.fetch_stalls(after_s, now)
         before = {(s.topic, s.partition) for s in self.fetch_stalls}
         after = {(s.topic, s.partition) for s in stalls}
         for stall in stalls:
@@ -348,6 +359,8 @@ class ConsumeLoop:
         """Wait up to `grace_s` for events in flight, commit what is done, leave the group."""
         consumer = self._consumer
         self._stopping.set()  # retry records waiting for their due time are taken again later
+        if self._probe is not None:
+            self._probe.cancel()
         if self._retry_tasks:
             # Those still waiting for a slot after a short while are left to be taken again.
             _, waiting = await asyncio.wait(
