@@ -279,51 +279,16 @@ def tansu_pid() -> int | None:
     return None
 
 
-class Broker:
-    """A fresh broker per measurement: embedded Tansu, or Apache Kafka run as its script does."""
+def fresh_broker(kind: str, run_dir: Path) -> EmbeddedBroker | ApacheKafka:
+    """A broker for one measurement: embedded Tansu, or Apache Kafka run as its script runs it."""
+    if kind != "kafka":
+        return EmbeddedBroker(log_path=run_dir / "tansu.log")
+    # The test suite's runner of Apache Kafka, from the repository this script is in.
+    if str(BENCH_DIR.parent) not in sys.path:
+        sys.path.append(str(BENCH_DIR.parent))
+    from tests.support.apache_kafka import SERVER_JVM_OPTIONS, ApacheKafka
 
-    def __init__(self, kind: str, run_dir: Path) -> None:
-        self.kind = kind
-        self._tansu: EmbeddedBroker | None = None
-        self._kafka: ApacheKafka | None = None
-        if kind == "kafka":
-            # The test suite's runner of Apache Kafka, from the repository this script is in.
-            if str(BENCH_DIR.parent) not in sys.path:
-                sys.path.append(str(BENCH_DIR.parent))
-            from tests.support.apache_kafka import SERVER_JVM_OPTIONS, ApacheKafka
-
-            self._kafka = ApacheKafka(
-                log_path=run_dir / "kafka.log", jvm_options=SERVER_JVM_OPTIONS
-            )
-        else:
-            self._tansu = EmbeddedBroker(log_path=run_dir / "tansu.log")
-
-    def __enter__(self) -> Broker:
-        if self._kafka is not None:
-            self._kafka.start()
-        else:
-            assert self._tansu is not None
-            self._tansu.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._kafka is not None:
-            self._kafka.stop()
-        elif self._tansu is not None:
-            self._tansu.__exit__(None, None, None)
-
-    @property
-    def bootstrap_servers(self) -> str:
-        """The address clients connect to."""
-        if self._kafka is not None:
-            return self._kafka.bootstrap_servers
-        assert self._tansu is not None
-        return self._tansu.bootstrap_servers
-
-    @property
-    def pid(self) -> int | None:
-        """The broker's process, for its CPU and memory."""
-        return self._kafka.pid if self._kafka is not None else tansu_pid()
+    return ApacheKafka(log_path=run_dir / "kafka.log", jvm_options=SERVER_JVM_OPTIONS)
 
 
 def create_topics(servers: str, topics: Sequence[str], partitions: int) -> None:
@@ -632,7 +597,7 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
     warm = ctx.params.concurrency * 2
     warm_broker = ctx.params.broker == "kafka"
     async with AsyncExitStack() as stack:
-        broker = Broker(ctx.params.broker, run_dir)
+        broker = fresh_broker(ctx.params.broker, run_dir)
         # Started on this (the main) thread: the broker ends when the thread that started it does.
         stack.enter_context(broker)
         servers = broker.bootstrap_servers
@@ -665,7 +630,8 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
             roles["slow model"] = ctx.slow_model[0].pid
         if ctx.batch_model is not None and any(g.port == ctx.batch_model[1] for g in load.groups):
             roles["model"] = ctx.batch_model[0].pid
-        if (pid := broker.pid) is not None:
+        pid = tansu_pid() if isinstance(broker, EmbeddedBroker) else broker.pid
+        if pid is not None:
             roles["broker"] = pid
         before = {role: cpu_seconds(pid) for role, pid in roles.items()}
         retried_before = await retried(router)

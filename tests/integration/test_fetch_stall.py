@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +13,7 @@ from confluent_kafka import TopicPartition
 
 from logistik.config import KafkaConfig
 from logistik.kafka import EventConsumer, OffsetBook
+from tests.support.api_client import Client
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import (
     TopicReader,
@@ -26,16 +24,6 @@ from tests.support.kafkatools import (
     unique,
 )
 from tests.support.models import ModelServer, wait_until
-
-
-def fetch(running: RouterThread, path: str) -> tuple[int, Any]:
-    """GET a path of the router's web server: status and JSON body."""
-    url = f"http://127.0.0.1:{running.config.web.port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 # Tansu is left out: what is tested is logistik's watch, and Apache Kafka's transactions are
@@ -54,7 +42,8 @@ def test_records_behind_an_open_transaction_are_reported_and_routed_once_it_ends
     running = router(
         make_config(servers, [handler("m", topic, model.port)], kafka={"fetch_stalled_after_s": 2})
     )
-    wait_until(lambda: fetch(running, "/readyz")[0] == 200, what="ready")
+    api = Client.of(running)
+    wait_until(lambda: api.get("/readyz").status == 200, what="ready")
     # A producer that begins a transaction and hangs: read_committed consumers (logistik's,
     # like librdkafka's default) see nothing of partition 0 past it, and its lag shows 0.
     in_transaction = event()
@@ -65,15 +54,16 @@ def test_records_behind_an_open_transaction_are_reported_and_routed_once_it_ends
     produce(servers, topic, flowing, partition=1)
     with TopicReader(servers, results) as reader:
         reader.wait_for(results, len(flowing))
-        wait_until(lambda: fetch(running, "/readyz")[0] == 503, timeout_s=30, what="not ready")
-        code, body = fetch(running, "/readyz")
+        wait_until(lambda: api.get("/readyz").status == 503, timeout_s=30, what="not ready")
+        body = api.get("/readyz").json()
         detail = body["checks"]["fetching"]["detail"]
         assert detail.startswith(f"{topic}[0]: 21 record(s) from offset 0 not fetched for ")
         assert "a transaction left open since offset 0 holds them" in detail
         assert body["checks"]["consuming"]["ok"], "partition 1 is still consumed"
-        assert fetch(running, "/healthz")[0] == 200
-        code, status = fetch(running, "/api/status")
-        assert code == 200
+        assert api.get("/healthz").status == 200
+        reply = api.get("/api/status")
+        assert reply.status == 200
+        status = reply.json()
         assert [(s["topic"], s["partition"], s["waiting"]) for s in status["not_fetched"]] == [
             (topic, 0, 21)
         ]
@@ -91,10 +81,10 @@ def test_records_behind_an_open_transaction_are_reported_and_routed_once_it_ends
         hung.commit_transaction(30)
         everything = [in_transaction, *held, *flowing]
         reader.wait_for(results, len(everything))
-        wait_until(lambda: fetch(running, "/readyz")[0] == 200, timeout_s=30, what="ready again")
+        wait_until(lambda: api.get("/readyz").status == 200, timeout_s=30, what="ready again")
     assert {r.json()["id"] for r in reader.on(results)} == {e["id"] for e in everything}
     assert any(r.getMessage() == f"{topic}[0]: records are fetched again" for r in caplog.records)
-    assert fetch(running, "/api/status")[1]["not_fetched"] == []
+    assert api.get("/api/status").json()["not_fetched"] == []
 
 
 @pytest.mark.one_broker  # the subject is logistik's probe; either broker answers it alike

@@ -254,12 +254,8 @@ class EventConsumer:
             for key, seen in self._positions.items()
             if now_s - seen[1] >= after_s and key not in self._behind
         }
-        # A probed partition whose position moved since, or that the statistics show
-        # behind again, is no longer the probe's to report.
-        self._probed = {
-            k: s for k, s in self._probed.items() if quiet.get(k, (-1,))[0] == s.position
-        }
         if not quiet:
+            self._probed = {}  # every position moved, or the statistics show them behind
             return
         highs = await asyncio.to_thread(self._high_watermarks, list(quiet))
         probed: dict[TopicPartitionKey, FetchStall] = {}
@@ -269,7 +265,7 @@ class EventConsumer:
                 continue
             # Counted from the first probe that found it behind, like the statistics do.
             known = self._probed.get(key)
-            since_s = known.since_s if known is not None else now_s
+            since_s = known.since_s if known is not None and known.position == position else now_s
             probed[key] = FetchStall(key[0], key[1], position, high, -1, since_s)
         self._probed = probed
 
