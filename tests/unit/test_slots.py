@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from logistik.routing.slots import Slots
 from tests.support.models import wait_until_async
@@ -70,3 +71,34 @@ async def test_a_slot_handed_to_a_wait_cancelled_before_it_ran_is_passed_on() ->
     assert handed.cancelled()
     async with slots:
         pass
+
+
+async def test_a_limited_wait_told_to_wait_on_keeps_its_place_and_gets_the_slot() -> None:
+    slots = Slots(1)
+    assert await slots.acquire(0)  # this test holds the only slot
+    asked: list[float] = []
+
+    def wait_on() -> bool:
+        asked.append(time.monotonic())
+        return True
+
+    first = asyncio.create_task(slots.acquire(0.02, wait_on))
+    await wait_until_async(lambda: slots.waiting == 1)
+    later = asyncio.create_task(slots.acquire(None))
+    await wait_until_async(lambda: len(asked) >= 3, 5, "the wait extended three times")
+    assert not first.done()
+    slots.release()
+    assert await asyncio.wait_for(first, 5) is True  # still first in the queue
+    assert not later.done()
+    slots.release()
+    assert await asyncio.wait_for(later, 5) is True
+
+
+async def test_a_limited_wait_ends_unanswered_once_told_not_to_wait_on() -> None:
+    slots = Slots(1)
+    assert await slots.acquire(0)
+    answers = iter([True, False])
+    waiting = asyncio.create_task(slots.acquire(0.02, lambda: next(answers)))
+    assert await asyncio.wait_for(waiting, 5) is False
+    slots.release()  # the ended wait does not take the slot
+    assert slots.free

@@ -229,3 +229,32 @@ async def test_a_long_queue_beside_an_idle_model_sends_new_events_to_the_retry_t
         assert "is busy: 4 call(s) waiting" in deferred.headers[Header.ERROR]
         models.released.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+
+async def test_a_queue_past_half_the_deadline_waits_on_while_its_model_answers() -> None:
+    # Every model busy, this one answering steadily: the router is the limit, and the retry
+    # topic would only add work. Its queued calls wait past half their 1 s deadline.
+    router, registry, models, topics = routed([handler("busy", timeout_s=1)], {"busy"})
+    busy = live(registry, "busy")
+    started = time.monotonic()
+    with routing(router, 30) as tasks:
+        await wait_until_async(lambda: busy.slots.waiting == 28, 5, "28 calls queued")
+        while not all(task.done() for task in tasks):
+            if models.holding:
+                models.let_one()
+            await asyncio.sleep(0.05)  # the model's pace: one answer every 50 ms
+        await asyncio.gather(*tasks)
+    assert time.monotonic() - started > 0.5  # the last call waited past half its deadline
+    assert len(topics.on("busy-results")) == 30
+    assert topics.on(retry_topic("detect", "busy")) == []
+
+
+async def test_a_queue_past_half_the_deadline_leaves_when_its_model_answers_nothing() -> None:
+    router, _, models, topics = routed([handler("hang", timeout_s=0.2)], {"hang"})
+    with routing(router, 6) as tasks:
+        await wait_until_async(lambda: len(topics.on(retry_topic("detect", "hang"))) == 4, 5)
+        assert all("is busy" in r.headers[Header.ERROR] for r in topics.records)
+        assert len(models.holding) == 2
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(topics.on("hang-results")) == 2

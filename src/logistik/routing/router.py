@@ -547,8 +547,11 @@ class Router:
                     await slots.acquire(None)
                 finally:
                     instance.patient_waiting -= 1
-            elif not await slots.acquire(timeout_s / 2):
-                # Shed by `relieve`, or no slot in half the deadline: the retry topic.
+            elif not await slots.acquire(
+                timeout_s / 2, lambda: self._waits_on(instance, timeout_s / 2)
+            ):
+                # Shed by `relieve`, or no slot in half the deadline while the model stopped
+                # answering or its queue held others back: the retry topic.
                 if self._holds_others(instance, now := time.monotonic()):
                     self._shed(instance, now)
                 instance.end_probe()
@@ -558,10 +561,10 @@ class Router:
                 return _held_open(instance, timeout_s)
             try:
                 waited_s = time.monotonic() - started
-                # On the main path the deadline covers the wait (at most half of it), rounded
+                # On the main path the deadline covers the wait (up to half of it), rounded
                 # so that the client keeps few timeouts.
                 short = not patient and waited_s >= 0.001
-                left_s = round(timeout_s - waited_s, 1) if short else timeout_s
+                left_s = round(max(timeout_s - waited_s, timeout_s / 2), 1) if short else timeout_s
                 if self.tracing.enabled:
                     answer = await self._traced_call(instance, body, left_s, retry)
                 else:
@@ -620,6 +623,21 @@ class Router:
                 self._shed(instance, now, f"{why} and held the in-flight budget others need")
                 total += shed
         return total
+
+    def _waits_on(self, instance: LiveHandler, window_s: float) -> bool:
+        """Whether a call that has waited `window_s` for a slot waits on: the model answered
+        within it and holds no other model back.
+
+        When every model is busy the router itself is the limit: sending the queue round the
+        retry topic would only add a write and a read to each of its events.
+        """
+        now = time.monotonic()
+        return (
+            now - instance.slots.last_release_s < window_s
+            and instance.circuit is Circuit.CLOSED
+            and now >= instance.shed_until
+            and not self._holds_others(instance, now)
+        )
 
     def _holds_others(self, instance: LiveHandler, now: float) -> bool:
         """Whether another model that was answering sits idle: the queue of `instance` may be

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 
 class Slots:
@@ -39,8 +40,15 @@ class Slots:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
+        return await self._wait(self._join(patient))
+
+    def _join(self, patient: bool) -> asyncio.Future[bool]:
+        """A place at the end of the queue: its future says True for a slot, False if shed."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append((future, time.monotonic(), patient))
+        return future
+
+    async def _wait(self, future: asyncio.Future[bool]) -> bool:
         try:
             return await future
         except asyncio.CancelledError:
@@ -64,17 +72,28 @@ class Slots:
         """Whether a caller would get a slot at once."""
         return self._free > 0 and not self._waiters
 
-    async def acquire(self, timeout_s: float | None) -> bool:
+    async def acquire(
+        self, timeout_s: float | None, keep_waiting: Callable[[], bool] | None = None
+    ) -> bool:
         """Take a slot, waiting at most `timeout_s` (None: as long as it takes, and never shed);
-        False when none came in time or the wait was shed."""
+        False when none came in time or the wait was shed.
+
+        Each time `timeout_s` passes, `keep_waiting` (if given) may extend the wait by as much
+        again, in the same place in the queue.
+        """
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
+        if timeout_s is None:
+            return await self._enter(patient=True)
+        future = self._join(patient=False)
+        # A timer that ends the wait with False, rather than asyncio.timeout: no task is
+        # cancelled and no exception raised for each of thousands of expiring waits.
+        expiry = _Expiry(future, timeout_s, keep_waiting)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await self._enter(patient=timeout_s is None)
-        except TimeoutError:
-            return False
+            return await self._wait(future)
+        finally:
+            expiry.cancel()
 
     def release(self) -> None:
         """Give back a slot taken with `acquire`."""
@@ -106,3 +125,32 @@ class Slots:
                 future.set_result(True)
                 return
         self._free += 1
+
+
+class _Expiry:
+    """Ends a limited wait for a slot with False when its time is up, unless told to wait on."""
+
+    __slots__ = ("_future", "_handle", "_keep_waiting", "_timeout_s")
+
+    def __init__(
+        self,
+        future: asyncio.Future[bool],
+        timeout_s: float,
+        keep_waiting: Callable[[], bool] | None,
+    ) -> None:
+        self._future = future
+        self._timeout_s = timeout_s
+        self._keep_waiting = keep_waiting
+        self._handle = future.get_loop().call_later(timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        if self._future.done():
+            return
+        if self._keep_waiting is not None and self._keep_waiting():
+            self._handle = self._future.get_loop().call_later(self._timeout_s, self._expire)
+            return
+        self._future.set_result(False)  # left in the queue: releases and oldest_wait_s skip it
+
+    def cancel(self) -> None:
+        """Stop the timer: the wait has ended."""
+        self._handle.cancel()
