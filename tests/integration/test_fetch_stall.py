@@ -13,7 +13,7 @@ from confluent_kafka import TopicPartition
 
 from logistik.config import KafkaConfig
 from logistik.kafka import EventConsumer, OffsetBook
-from tests.support.api_client import Client
+from tests.support.api_client import Client, sample, sample_or_none
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import (
     TopicReader,
@@ -75,6 +75,14 @@ def test_records_behind_an_open_transaction_are_reported_and_routed_once_it_ends
         assert len(warnings) == 1, warnings
         assert warnings[0].startswith(f"not fetching {topic}[0]: 21 record(s) from offset 0 ")
         assert "a transaction left open since offset 0 holds them" in warnings[0]
+        metrics = api.get("/metrics").text
+        stalled = {"topic": topic, "partition": "0"}
+        assert sample(metrics, "logistik_consumer_not_fetched_records", **stalled) == 21
+        assert sample(metrics, "logistik_consumer_not_fetched_seconds", **stalled) >= 2
+        fetched = {"topic": topic, "partition": "1"}
+        # A partition that is fetched has its sample, at 0: alerts need not wait for a series.
+        assert sample_or_none(metrics, "logistik_consumer_not_fetched_seconds", **fetched) == 0
+        assert sample(metrics, "logistik_consumer_not_fetched_records", **fetched) == 0
         answered = {r.json()["id"] for r in reader.on(results)}
         assert answered == {e["id"] for e in flowing}, "nothing behind the transaction is routed"
 
@@ -85,6 +93,8 @@ def test_records_behind_an_open_transaction_are_reported_and_routed_once_it_ends
     assert {r.json()["id"] for r in reader.on(results)} == {e["id"] for e in everything}
     assert any(r.getMessage() == f"{topic}[0]: records are fetched again" for r in caplog.records)
     assert api.get("/api/status").json()["not_fetched"] == []
+    metrics = api.get("/metrics").text
+    assert sample(metrics, "logistik_consumer_not_fetched_records", topic=topic, partition="0") == 0
 
 
 @pytest.mark.one_broker  # the subject is logistik's probe; either broker answers it alike

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from logistik.kafka.embedded import EmbeddedBroker, free_port
+from tests.support.api_client import sample
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
 from tests.support.models import ModelServer, Reply, wait_until
@@ -25,17 +25,6 @@ def fetch(running: RouterThread, path: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def sample(metrics: str, metric: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in metrics.splitlines():
-        if not line.startswith(metric + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_metrics_match_what_the_models_saw(

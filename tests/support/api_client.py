@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -142,3 +143,20 @@ def refused(reply: Reply, status: int, *words: str) -> None:
     assert isinstance(detail, str) and "\n" not in detail and detail, detail
     for word in words:
         assert word in detail, (word, detail)
+
+
+def sample(metrics: str, metric: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    found = sample_or_none(metrics, metric, **labels)
+    return 0.0 if found is None else found
+
+
+def sample_or_none(metrics: str, metric: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text format, None when there is none."""
+    for line in metrics.splitlines():
+        if not line.startswith(metric + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None

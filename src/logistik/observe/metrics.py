@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -14,15 +15,20 @@ from logistik.routing.registry import Registry
 
 HANDLER_LABELS = ["node_id", "name", "model_type", "topic"]
 Lag = Callable[[], dict[tuple[str, int], int]]
+# Partitions whose broker holds records no fetch brings: topic, partition, waiting, for_s.
+NotFetched = Callable[[], list[dict[str, Any]]]
 
 
 class RouterCollector(Collector):
     """Per handler and per topic figures of one running router, as Prometheus metrics."""
 
-    def __init__(self, figures: Figures, registry: Registry, lag: Lag) -> None:
+    def __init__(
+        self, figures: Figures, registry: Registry, lag: Lag, not_fetched: NotFetched | None = None
+    ) -> None:
         self._figures = figures
         self._registry = registry
         self._lag = lag
+        self._not_fetched = not_fetched
 
     def _labels(self, node_id: str) -> list[str]:
         instance = self._registry.instance(node_id)
@@ -109,15 +115,44 @@ class RouterCollector(Collector):
             "Records behind the partition's end.",
             labels=["topic", "partition"],
         )
-        for (topic, partition), behind in sorted(self._lag().items()):
+        lags = self._lag()
+        for (topic, partition), behind in sorted(lags.items()):
             lag.add_metric([topic, str(partition)], behind)
         yield from (events, published, failed, deferred, lag)
+        if self._not_fetched is not None:
+            yield from self._fetch_metrics(lags, self._not_fetched())
+
+    def _fetch_metrics(
+        self, lags: dict[tuple[str, int], int], stalls: list[dict[str, Any]]
+    ) -> Iterator[GaugeMetricFamily]:
+        # Every partition consumed gets a sample, 0 while fetched, so that an alert on "> 0"
+        # does not depend on a series appearing.
+        labels = ["topic", "partition"]
+        since = GaugeMetricFamily(
+            "logistik_consumer_not_fetched_seconds",
+            "How long the broker has held records of the partition that no fetch brought "
+            "(0: fetched; see kafka.fetch_stalled_after_s).",
+            labels=labels,
+        )
+        waiting = GaugeMetricFamily(
+            "logistik_consumer_not_fetched_records",
+            "Records the broker holds past logistik's position that no fetch brought.",
+            labels=labels,
+        )
+        held = {(s["topic"], s["partition"]): s for s in stalls}
+        for topic, partition in sorted({*lags, *held}):
+            stall = held.get((topic, partition))
+            since.add_metric([topic, str(partition)], stall["for_s"] if stall else 0)
+            waiting.add_metric([topic, str(partition)], stall["waiting"] if stall else 0)
+        yield from (since, waiting)
 
 
-def metrics_registry(figures: Figures, registry: Registry, lag: Lag) -> CollectorRegistry:
+def metrics_registry(
+    figures: Figures, registry: Registry, lag: Lag, not_fetched: NotFetched | None = None
+) -> CollectorRegistry:
     """A registry with the router's metrics and the process' own figures."""
     collectors = CollectorRegistry()
-    collectors.register(RouterCollector(figures, registry, lag))
+    collectors.register(RouterCollector(figures, registry, lag, not_fetched))
     ProcessCollector(registry=collectors)
     PlatformCollector(registry=collectors)
     return collectors

@@ -303,6 +303,9 @@ class Runner:
             own = supervisor.status()
             return own if peers is None else {**own, **peers.tasks()}
 
+        not_fetched = (
+            self.not_fetched if peers is None else lambda: peers.not_fetched(self.not_fetched())
+        )
         readiness = Readiness(
             self.config.kafka,
             store,
@@ -311,10 +314,10 @@ class Runner:
             self._producer_state,
             lambda: self.waiting,
             self.control_errors,
-            self.not_fetched if peers is None else lambda: peers.not_fetched(self.not_fetched()),
+            not_fetched,
         )
         lag = self._lag if peers is None else lambda: peers.lag(self._lag())
-        collectors = metrics_registry(self.shown, self.registry, lag)
+        collectors = metrics_registry(self.shown, self.registry, lag, not_fetched)
         add_operations_routes(app, readiness, collectors)
         self._serve(stack, supervisor, app, sock)
 
