@@ -140,19 +140,22 @@ class RetryMarks:
     since_ms: int = 0
 
     def headers(self) -> list[tuple[str, HeaderValue]]:
-        """The record's headers."""
-        fields = {
-            Header.WAITING_SINCE: str(self.since_ms),
-            Header.RETRY_GROUP: self.group_id,
-            Header.ATTEMPT: str(self.attempt),
-            Header.DUE_AT: str(self.due_at_ms),
-            Header.TOPIC: self.topic,
-            Header.SOURCE: f"{self.topic}/{self.partition}/{self.offset}",
-            Header.FAILED_NODES: ",".join(self.failed_nodes),
-            Header.ERROR: self.error,
-            Header.REPLAYS: str(self.replays),
-        }
-        return [(k, bounded(v)) for k, v in fields.items() if v]
+        """The record's headers (texts left out when empty)."""
+        # Written for each event passed to a retry topic: numbers need no bound, nor a dict.
+        found: list[tuple[str, HeaderValue]] = [
+            (Header.WAITING_SINCE, b"%d" % self.since_ms),
+            (Header.RETRY_GROUP, bounded(self.group_id)),
+            (Header.ATTEMPT, b"%d" % self.attempt),
+            (Header.DUE_AT, b"%d" % self.due_at_ms),
+            (Header.TOPIC, bounded(self.topic)),
+            (Header.SOURCE, bounded(f"{self.topic}/{self.partition}/{self.offset}")),
+        ]
+        if self.failed_nodes:
+            found.append((Header.FAILED_NODES, bounded(",".join(self.failed_nodes))))
+        if self.error:
+            found.append((Header.ERROR, bounded(self.error)))
+        found.append((Header.REPLAYS, b"%d" % self.replays))
+        return found
 
 
 def retry_marks(headers: HeaderList | None) -> RetryMarks:

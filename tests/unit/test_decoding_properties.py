@@ -16,9 +16,11 @@ from logistik.errors import InvalidEventError
 from logistik.event import decode_record
 from logistik.handler import Handler
 from logistik.protocol import (
+    MAX_HEADER_VALUE_BYTES,
     Header,
     HeaderValue,
     Reason,
+    RetryMarks,
     replay_marks,
     retry_marks,
     retry_topic,
@@ -177,6 +179,33 @@ def test_any_retry_headers_are_read_or_refused_with_a_reason(
         return
     assert marks.group_id and marks.topic
     assert min(marks.attempt, marks.partition, marks.offset, marks.due_at_ms) >= 0
+
+
+NAMES = st.text(st.characters(codec="utf-8", exclude_characters=",/"), min_size=1)
+COUNTS = st.integers(min_value=0, max_value=10**15)
+
+
+@PROPERTIES
+@given(
+    st.builds(
+        RetryMarks,
+        group_id=NAMES,
+        attempt=COUNTS,
+        due_at_ms=COUNTS,
+        topic=NAMES,
+        partition=COUNTS,
+        offset=COUNTS,
+        failed_nodes=st.lists(NAMES, max_size=3).map(tuple),
+        error=st.text(st.characters(codec="utf-8")),
+        replays=COUNTS,
+        since_ms=COUNTS,
+    )
+)
+def test_the_retry_marks_logistik_writes_read_back_the_same(marks: RetryMarks) -> None:
+    headers = marks.headers()
+    assert all(len(value) <= MAX_HEADER_VALUE_BYTES for _, value in headers if value is not None)
+    if all(len(v.encode()) <= MAX_HEADER_VALUE_BYTES for v in (marks.group_id, marks.error)):
+        assert retry_marks(headers) == marks
 
 
 def scripted(kind: str) -> Any:
