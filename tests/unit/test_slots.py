@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from logistik.routing.slots import Slots
 from tests.support.models import wait_until_async
 
@@ -101,4 +103,19 @@ async def test_a_limited_wait_ends_unanswered_once_told_not_to_wait_on() -> None
     waiting = asyncio.create_task(slots.acquire(0.02, lambda: next(answers)))
     assert await asyncio.wait_for(waiting, 5) is False
     slots.release()  # the ended wait does not take the slot
+    assert slots.free
+
+
+async def test_a_failing_wait_on_check_ends_the_wait_with_its_error() -> None:
+    # Raised in a timer callback, it would be lost and the caller would wait for ever.
+    slots = Slots(1)
+    assert await slots.acquire(0)
+
+    def broken() -> bool:
+        raise RuntimeError("check failed")
+
+    waiting = asyncio.create_task(slots.acquire(0.02, broken))
+    with pytest.raises(RuntimeError, match="check failed"):
+        await asyncio.wait_for(waiting, 5)
+    slots.release()
     assert slots.free

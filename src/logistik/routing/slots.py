@@ -31,16 +31,17 @@ class Slots:
         return len(self._waiters)
 
     async def __aenter__(self) -> None:
-        await self._enter(patient=True)
+        await self._enter()
 
     async def __aexit__(self, *exc: object) -> None:
         self._release()
 
-    async def _enter(self, patient: bool) -> bool:
+    async def _enter(self) -> bool:
+        """Take a slot, waiting as long as it takes (never shed)."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
-        return await self._wait(self._join(patient))
+        return await self._wait(self._join(patient=True))
 
     def _join(self, patient: bool) -> asyncio.Future[bool]:
         """A place at the end of the queue: its future says True for a slot, False if shed."""
@@ -85,7 +86,7 @@ class Slots:
             self._free -= 1
             return True
         if timeout_s is None:
-            return await self._enter(patient=True)
+            return await self._enter()
         future = self._join(patient=False)
         # A timer that ends the wait with False, rather than asyncio.timeout: no task is
         # cancelled and no exception raised for each of thousands of expiring waits.
@@ -146,7 +147,12 @@ class _Expiry:
     def _expire(self) -> None:
         if self._future.done():
             return
-        if self._keep_waiting is not None and self._keep_waiting():
+        try:
+            wait_on = self._keep_waiting is not None and self._keep_waiting()
+        except Exception as exc:  # raised in the waiting call, not lost in a loop callback
+            self._future.set_exception(exc)
+            return
+        if wait_on:
             self._handle = self._future.get_loop().call_later(self._timeout_s, self._expire)
             return
         self._future.set_result(False)  # left in the queue: releases and oldest_wait_s skip it
