@@ -21,6 +21,7 @@ from tests.support.apache_kafka import ApacheKafka, Broker
 from tests.support.consul_fixtures import consul  # noqa: F401
 from tests.support.databases import PostgresServer, own_postgres  # noqa: F401
 from tests.support.harness import RouterProcess, RouterThread
+from tests.support.kafkatools import QUICK_JOIN_SERVERS
 from tests.support.models import Behaviour, ModelServer, echo
 from tests.support.system import install_hint, missing_packages
 
@@ -79,6 +80,8 @@ def broker(
     running: Broker = EmbeddedBroker(log_path=log) if name == "tansu" else ApacheKafka(log)
     try:
         with running:
+            if name == "tansu":
+                QUICK_JOIN_SERVERS.add(running.bootstrap_servers)
             yield running
     finally:
         if log.exists():

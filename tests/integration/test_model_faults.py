@@ -397,6 +397,9 @@ def one_in_three(ident: str) -> bool:
 RETRY_COMMIT_WINDOW_MS = 1500
 
 
+# Retries' crash accounting is the router's: kill -9 on the embedded broker is
+# test_lifecycle's test_kill_9_mid_stream_loses_nothing.
+@pytest.mark.one_broker
 def test_kill_9_in_the_middle_of_retries_duplicates_only_records_in_flight(
     servers: str, model_server: StartModel, router_process: StartProcess
 ) -> None:

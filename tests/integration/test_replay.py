@@ -132,6 +132,8 @@ def check_dry_run(
     assert [m.count for m in models] == calls
 
 
+# The replay command's own rules, the same on every broker (the first test runs on both).
+@pytest.mark.one_broker
 def test_an_event_failing_again_counts_its_replays_until_given_up(
     servers: str, topic: str, model_server: StartModel, router: StartRouter
 ) -> None:
@@ -174,6 +176,7 @@ def replayed_ids(output: str, sent: dict[str, dict[str, Any]]) -> set[str]:
     return {name for name, ev in sent.items() if ev["id"] in output}
 
 
+@pytest.mark.one_broker
 def test_filters_and_records_that_are_not_events(
     servers: str, topic: str, model_server: StartModel, router: StartRouter
 ) -> None:
@@ -235,6 +238,7 @@ def replayed_on(reader: TopicReader, topic: str) -> list[Record]:
     return [r for r in reader.on(topic) if "logistik.replays" in r.headers]
 
 
+@pytest.mark.one_broker
 def test_absent_broker_and_absent_topic_are_one_line(servers: str) -> None:
     port = free_port()
     absent = subprocess.run(

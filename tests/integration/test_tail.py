@@ -141,6 +141,7 @@ def first_line_within(process: subprocess.Popen[bytes], timeout_s: float) -> byt
     return process.stdout.readline()
 
 
+@pytest.mark.one_broker
 def test_absent_broker_and_absent_topic_are_one_line(servers: str) -> None:
     port = free_port()
     absent = run_tail(f"127.0.0.1:{port}", "events")

@@ -20,7 +20,7 @@ from logistik.config import Config
 from logistik.control.handler_service import HandlerService, with_service
 from logistik.kafka.embedded import free_port
 from logistik.process import Runner
-from tests.support.kafkatools import unique
+from tests.support.kafkatools import group_session, unique
 
 T = TypeVar("T")
 
@@ -33,12 +33,17 @@ def make_config(servers: str, handlers: list[dict[str, Any]], **sections: Any) -
         "shutdown_grace_s": 10,
         **sections.pop("routing", {}),
     }
+    session = group_session(servers)
     kafka = {
         "bootstrap_servers": servers,
         "group_id": unique("logistik"),
-        "session_timeout_ms": 6000,
+        "session_timeout_ms": session["session.timeout.ms"],
         "partitions": 1,
         **sections.pop("kafka", {}),
+    }
+    kafka["consumer"] = {
+        "heartbeat.interval.ms": session["heartbeat.interval.ms"],
+        **kafka.get("consumer", {}),
     }
     return {
         "kafka": kafka,

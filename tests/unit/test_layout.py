@@ -79,6 +79,7 @@ EXPORTS = {
         "cluster_metadata",
         "command_consumer_config",
         "consumer_config",
+        "embedded_session",
         "ensure_topics",
         "free_port",
         "header_pairs",

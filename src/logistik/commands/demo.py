@@ -25,7 +25,7 @@ import orjson
 from logistik.commands.console import EXIT_ERROR, fail, until_signal
 from logistik.config import Config
 from logistik.errors import LogistikError
-from logistik.kafka import EmbeddedBroker, EventProducer, free_port
+from logistik.kafka import EmbeddedBroker, EventProducer, embedded_session, free_port
 from logistik.observe.logs import EVENTS_LOGGER, setup_logging
 
 if TYPE_CHECKING:
@@ -131,12 +131,11 @@ def demo_config(
         }
         for m in models
     ]
-    return Config.model_validate(
+    config = Config.model_validate(
         {
             "kafka": {
                 "bootstrap_servers": broker,
                 "group_id": "logistik-demo",
-                "session_timeout_ms": 6000,
                 "partitions": 3,
             },
             "database": {"url": f"sqlite:///{workdir / 'logistik.db'}"},
@@ -144,6 +143,7 @@ def demo_config(
             "web": {"host": "127.0.0.1", "port": web_port, "auth": {"tokens": [token]}},
         }
     )
+    return config.model_copy(update={"kafka": embedded_session(config.kafka)})
 
 
 async def stream(

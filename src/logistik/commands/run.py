@@ -20,7 +20,7 @@ from logistik.commands.console import (
 )
 from logistik.config import EMBEDDED, Config
 from logistik.errors import LogistikError
-from logistik.kafka import EmbeddedBroker
+from logistik.kafka import EmbeddedBroker, embedded_session
 from logistik.observe.logs import setup_logging
 from logistik.process.workers import WorkerRole, run_pool
 
@@ -87,6 +87,8 @@ def run(
         count = workers or config.workers
         if role is None:
             logger.info("handler store: %s", store_name(config.database.url))
+        if config.kafka.bootstrap_servers == EMBEDDED:  # in each worker's config too
+            config = config.model_copy(update={"kafka": embedded_session(config.kafka)})
         if bootstrap is not None:
             config = _with_kafka(config, bootstrap_servers=bootstrap)
         elif config.kafka.bootstrap_servers == EMBEDDED:

@@ -11,6 +11,7 @@ from logistik.kafka.settings import (
     base_config,
     command_consumer_config,
     consumer_config,
+    embedded_session,
     producer_config,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "cluster_metadata",
     "command_consumer_config",
     "consumer_config",
+    "embedded_session",
     "ensure_topics",
     "free_port",
     "header_pairs",
