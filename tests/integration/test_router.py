@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from logistik.protocol import retry_topic
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import (
     TopicReader,
@@ -370,3 +372,49 @@ def test_bounded_work_under_a_slow_model(
     assert model.peak_active <= 3
     assert running.runner is not None
     assert running.runner.peak_in_flight <= 8
+
+
+def test_retry_records_survive_a_restart_with_auto_offset_reset_latest(
+    servers: str, topic: str, model_server: StartModel, router: StartRouter
+) -> None:
+    # A retry topic's partition on which the group has committed nothing yet (its records not
+    # due when the router stopped) is read from its start whatever `auto_offset_reset` says:
+    # "latest" would skip every record written before the next router took it.
+    fails_once = fail_first(1, Reply(503, {"error": "busy"}))
+
+    def behaviour(ev: dict[str, Any], count: int) -> Reply:
+        return echo(ev, count) if ev["actor"]["id"] == "probe" else fails_once(ev, count)
+
+    model = model_server(behaviour)
+    config = make_config(
+        servers,
+        [handler("m", topic, model.port)],
+        kafka={"auto_offset_reset": "latest"},
+        routing={"backoff_base_s": 4, "backoff_cap_s": 4},
+    )
+    lane = retry_topic(topic, "m")
+    sent = [event(actor=f"a{i}") for i in range(20)]
+    probed_at = [0.0]
+
+    def held() -> bool:
+        # "latest" skips what was written before the router held the topic: probes, sent
+        # until one is answered, show that it holds it.
+        if model.count == 0 and time.monotonic() - probed_at[0] > 0.5:
+            produce(servers, topic, [event(actor="probe")])
+            probed_at[0] = time.monotonic()
+        return model.count > 0
+
+    with TopicReader(servers, f"{topic}-results", lane) as reader:
+        first = router(config)
+        wait_until(held, 30, "the router to hold the topic")
+        produce(servers, topic, sent)
+        wait_until(lambda: len(reader.on(lane)) >= len(sent), 30, "every event on the retry topic")
+        first.stop()
+        ids = {e["id"] for e in sent}
+
+        def answered() -> set[str]:
+            return {str(r.json()["id"]) for r in reader.on(f"{topic}-results")} & ids
+
+        assert not answered(), "a retry was due before the stop"
+        router(config)
+        wait_until(lambda: answered() == ids, 30, "every event answered after the restart")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     IsolationLevel,
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_MS = 5000
 PROBE_TIMEOUT_S = 5.0  # a watermark probe the broker does not answer in time tells nothing
+COMMITTED_TIMEOUT_S = 10.0  # reading a group's committed offsets during a rebalance
 LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 # How long a stopping consumer lets its group finish a rebalance so that its last commit lands.
 CLOSE_COMMIT_WAIT_S = 10.0
@@ -82,6 +84,7 @@ class EventConsumer:
         self._drain_s = drain_s
         config = consumer_config(kafka)
         # librdkafka stops fetching while its queue holds this much for the router to take.
+        self._reset_latest = config.get("auto.offset.reset") == "latest"
         self._queue_full = (
             int(config.get("queued.min.messages", 100_000)),
             int(config.get("queued.max.messages.kbytes", 65_536)) * 1024,
@@ -422,11 +425,44 @@ class EventConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Cooperative rebalancing hands over only the added partitions.
+        if self._reset_latest:
+            self._read_retries_from_start(consumer, partitions)
         self._assignment.extend(partitions)
         logger.info("assigned %s", _names(partitions))
         paused = [p for p in partitions if self._paused or p.topic in self._paused_topics]
         if paused:
             consumer.pause(paused)
+
+    def _read_retries_from_start(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Start retry partitions on which the group committed nothing at their first record.
+
+        `auto.offset.reset: latest` is for event topics; on a retry topic it would skip every
+        record written before this consumer took the partition (by a router stopped or killed
+        before any was due): their events would be lost.
+        """
+        lanes = [TopicPartition(p.topic, p.partition) for p in partitions]
+        lanes = [p for p in lanes if p.topic in self.unwaited_topics]
+        if not lanes:
+            return
+        try:
+            found = consumer.committed(lanes, COMMITTED_TIMEOUT_S)
+            fresh = {(p.topic, p.partition) for p in found if p.offset < 0}
+        except KafkaException as exc:
+            fresh = {(p.topic, p.partition) for p in lanes}
+            logger.warning(
+                "could not read the committed offsets of %s (%s): reading them from their "
+                "first record, so some retries may be called again",
+                _names(lanes),
+                exc.args[0].str(),
+            )
+        if not fresh:
+            return
+        for partition in partitions:
+            if (partition.topic, partition.partition) in fresh:
+                partition.offset = OFFSET_BEGINNING
+        consumer.incremental_assign(partitions)  # with these offsets, instead of the default
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
