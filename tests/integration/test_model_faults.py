@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from logistik.kafka import retry_group
 from logistik.protocol import retry_topic
 from tests.support.accounting import Tally, group_of, tally
 from tests.support.harness import RouterProcess, RouterThread, handler, make_config
@@ -325,9 +326,8 @@ def test_poison_records_are_failed_with_their_reason_and_the_stream_flows_on(
         expected = [*poison, *retry_poison]
         reader.wait_for(f"{shared}-failed", len(expected))
         wait_all_committed(servers, config["kafka"]["group_id"], shared, len(good) + len(poison))
-        wait_all_committed(
-            servers, config["kafka"]["group_id"], retry_topic(shared, "fast"), len(retry_poison)
-        )
+        retries = retry_group(config["kafka"]["group_id"])
+        wait_all_committed(servers, retries, retry_topic(shared, "fast"), len(retry_poison))
         failed = reader.on(f"{shared}-failed")
         good_tally = account("", reader, shared, other, good, other_sent, "second")
     reasons = Counter((r.value or b"", r.headers["logistik.reason"]) for r in failed)

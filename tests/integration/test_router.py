@@ -10,7 +10,9 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
+from logistik.kafka import retry_group
 from logistik.protocol import retry_topic
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import (
@@ -418,3 +420,36 @@ def test_retry_records_survive_a_restart_with_auto_offset_reset_latest(
         assert not answered(), "a retry was due before the stop"
         router(config)
         wait_until(lambda: answered() == ids, 30, "every event answered after the restart")
+
+
+def test_retry_group_starts_where_the_events_group_committed_the_retry_topic(
+    servers: str, topic: str, model_server: StartModel, router: StartRouter
+) -> None:
+    # Routers before the retry topics had a group of their own committed them in the events'
+    # group: the retry group starts where that group left off, so an upgrade neither calls
+    # the retries it finished again nor skips those it had not.
+    model = model_server()
+    config = make_config(servers, [handler("m", topic, model.port)])
+    lane = retry_topic(topic, "m")
+    create_topics(servers, lane)
+    sent = [event(actor=f"a{i}") for i in range(10)]
+    for offset, ev in enumerate(sent):
+        marks = {
+            "logistik.retry_group": b"m",
+            "logistik.attempt": b"1",
+            "logistik.due_at": b"0",
+            "logistik.source": f"{topic}/0/{offset}".encode(),
+        }
+        produce(servers, lane, [ev], headers=list(marks.items()))
+    earlier = Consumer({"bootstrap.servers": servers, "group.id": config["kafka"]["group_id"]})
+    try:
+        earlier.commit(offsets=[TopicPartition(lane, 0, 6)], asynchronous=False)
+    finally:
+        earlier.close()
+    with TopicReader(servers, f"{topic}-results") as reader:
+        router(config)
+        retries = retry_group(config["kafka"]["group_id"])
+        wait_all_committed(servers, retries, lane, len(sent))
+        answered = reader.wait_for(f"{topic}-results", 4)
+    assert sorted(r.json()["id"] for r in answered) == sorted(e["id"] for e in sent[6:])
+    assert model.count == 4

@@ -88,6 +88,7 @@ EXPORTS = {
         "produce",
         "producer_config",
         "record_time",
+        "retry_group",
         "topic_partitions",
         "try_produce",
         "write_error",

@@ -13,6 +13,7 @@ from logistik.kafka.settings import (
     consumer_config,
     embedded_session,
     producer_config,
+    retry_group,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "produce",
     "producer_config",
     "record_time",
+    "retry_group",
     "topic_partitions",
     "try_produce",
     "write_error",

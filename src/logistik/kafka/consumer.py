@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
+    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -27,13 +27,18 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from logistik.config import KafkaConfig
 from logistik.errors import BrokerError
 from logistik.kafka.offsets import OffsetBook, TopicPartitionKey
-from logistik.kafka.settings import base_config, consumer_config
+from logistik.kafka.settings import (
+    base_config,
+    consumer_config,
+    retry_consumer_config,
+    retry_group,
+)
 
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_MS = 5000
 PROBE_TIMEOUT_S = 5.0  # a watermark probe the broker does not answer in time tells nothing
-COMMITTED_TIMEOUT_S = 10.0  # reading a group's committed offsets during a rebalance
+COMMITTED_TIMEOUT_S = 5.0  # reading a group's committed offsets during a rebalance
 LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 # How long a stopping consumer lets its group finish a rebalance so that its last commit lands.
 CLOSE_COMMIT_WAIT_S = 10.0
@@ -79,12 +84,23 @@ class FetchStall:
 class EventConsumer:
     """A Kafka consumer whose every call runs on one dedicated thread."""
 
-    def __init__(self, kafka: KafkaConfig, book: OffsetBook, drain_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        book: OffsetBook,
+        drain_s: float = 30.0,
+        retries: bool = False,
+    ) -> None:
         self._book = book
         self._drain_s = drain_s
-        config = consumer_config(kafka)
+        # The consumer of retry topics is a group of its own, so that the assignor spreads the
+        # event topics' partitions over the routers whatever the retry topics count (it evens
+        # out the count of partitions, not each topic's).
+        self.retries = retries
+        self._events_group = kafka.group_id
+        self._role = "retry topics: " if retries else ""
+        config = retry_consumer_config(kafka) if retries else consumer_config(kafka)
         # librdkafka stops fetching while its queue holds this much for the router to take.
-        self._reset_latest = config.get("auto.offset.reset") == "latest"
         self._queue_full = (
             int(config.get("queued.min.messages", 100_000)),
             int(config.get("queued.max.messages.kbytes", 65_536)) * 1024,
@@ -114,12 +130,11 @@ class EventConsumer:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
         self._assignment: list[TopicPartition] = []
         self._paused = False
-        # Topics whose records may wait long on purpose (retry topics): a revocation does
-        # not wait for them; the router checks its partition is still held before calling.
-        self.unwaited_topics: set[str] = set()
         self._paused_topics: set[str] = set()  # paused on their own, e.g. retry topics
         # Partitions paused until their next record is due (retry topics): resumed one by one.
         self._deferred: set[TopicPartitionKey] = set()
+        # Where the events group left each retry partition (-1: nowhere), read once each.
+        self._inherited: dict[TopicPartitionKey, int] = {}
 
     async def run(self, call: Callable[[], Any]) -> Any:
         """Run a consumer call on the consumer thread."""
@@ -425,44 +440,78 @@ class EventConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Cooperative rebalancing hands over only the added partitions.
-        if self._reset_latest:
-            self._read_retries_from_start(consumer, partitions)
+        if self.retries:
+            self._start_uncommitted(consumer, partitions)
         self._assignment.extend(partitions)
-        logger.info("assigned %s", _names(partitions))
+        logger.info("%sassigned %s", self._role, _names(partitions))
         paused = [p for p in partitions if self._paused or p.topic in self._paused_topics]
         if paused:
             consumer.pause(paused)
 
-    def _read_retries_from_start(
-        self, consumer: Consumer, partitions: list[TopicPartition]
-    ) -> None:
-        """Start retry partitions on which the group committed nothing at their first record.
+    def _start_uncommitted(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each retry partition on which this group committed nothing where the events'
+        group left it, if it did (routers before the retry group committed retry topics there).
 
-        `auto.offset.reset: latest` is for event topics; on a retry topic it would skip every
-        record written before this consumer took the partition (by a router stopped or killed
-        before any was due): their events would be lost.
+        Any other partition starts where this group committed it, else at its first record
+        (`auto.offset.reset: earliest`): never at its end, which would skip retries. The
+        events group's offsets are read once per partition (they no longer move), so a
+        rebalance after a broker restart does not wait on them again.
         """
-        lanes = [TopicPartition(p.topic, p.partition) for p in partitions]
-        lanes = [p for p in lanes if p.topic in self.unwaited_topics]
-        if not lanes:
-            return
+        unknown = [
+            TopicPartition(p.topic, p.partition)
+            for p in partitions
+            if (p.topic, p.partition) not in self._inherited
+        ]
         try:
-            found = consumer.committed(lanes, COMMITTED_TIMEOUT_S)
-            fresh = {(p.topic, p.partition) for p in found if p.offset < 0}
-        except KafkaException as exc:
-            fresh = {(p.topic, p.partition) for p in lanes}
-            logger.warning(
-                "could not read the committed offsets of %s (%s): reading them from their "
-                "first record, so some retries may be called again",
-                _names(lanes),
-                exc.args[0].str(),
+            if unknown:
+                found = self._committed_by(self._events_group, unknown)
+                self._inherited.update({(p.topic, p.partition): -1 for p in unknown} | found)
+            inherited = [
+                TopicPartition(p.topic, p.partition, self._inherited[(p.topic, p.partition)])
+                for p in partitions
+                if self._inherited[(p.topic, p.partition)] >= 0
+            ]
+            if not inherited:
+                return
+            own = consumer.committed(
+                [TopicPartition(p.topic, p.partition) for p in inherited], COMMITTED_TIMEOUT_S
             )
-        if not fresh:
+        except (KafkaException, TimeoutError) as exc:
+            said = exc.args[0].str() if isinstance(exc, KafkaException) else "timed out"
+            logger.warning(
+                "retry topics: could not read where group %s left %s (%s): they start where "
+                "group %s committed them, else at their first record",
+                self._events_group,
+                _names(partitions),
+                said,
+                retry_group(self._events_group),
+            )
+            return
+        starts = {
+            (p.topic, p.partition): p.offset
+            for p, mine in zip(inherited, own, strict=True)
+            if mine.offset < 0
+        }
+        if not starts:
             return
         for partition in partitions:
-            if (partition.topic, partition.partition) in fresh:
-                partition.offset = OFFSET_BEGINNING
+            partition.offset = starts.get((partition.topic, partition.partition), partition.offset)
         consumer.incremental_assign(partitions)  # with these offsets, instead of the default
+
+    def _committed_by(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartitionKey, int]:
+        """Offsets another group committed on these partitions (those it has)."""
+        request = ConsumerGroupTopicPartitions(group, partitions)
+        futures = self._admin.list_consumer_group_offsets(
+            [request], request_timeout=COMMITTED_TIMEOUT_S
+        )
+        answer = futures[group].result(COMMITTED_TIMEOUT_S)
+        return {
+            (p.topic, p.partition): p.offset
+            for p in answer.topic_partitions
+            if p.error is None and p.offset >= 0
+        }
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
@@ -472,7 +521,7 @@ class EventConsumer:
         # re-subscription) takes the partition over, so they are not routed twice. Records of
         # retry topics may wait long for their due time: they are given up at once instead
         # (the router checks its partition is still held before calling).
-        waited = [k for k in keys if k[0] not in self.unwaited_topics]
+        waited = [] if self.retries else keys
         deadline = time.monotonic() + self._drain_s
         while self._book.in_progress(waited) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -488,7 +537,7 @@ class EventConsumer:
         revoked = set(keys)
         self._deferred -= revoked
         self._assignment = [p for p in self._assignment if (p.topic, p.partition) not in revoked]
-        logger.info("revoked %s", _names(partitions))
+        logger.info("%srevoked %s", self._role, _names(partitions))
 
 
 def header_pairs(message: Message) -> list[tuple[str, bytes]]:

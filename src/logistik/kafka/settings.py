@@ -89,6 +89,20 @@ def embedded_session(kafka: KafkaConfig) -> KafkaConfig:
     )
 
 
+def retry_group(group_id: str) -> str:
+    """The consumer group that reads the retry topics of the routers of `group_id`."""
+    return f"{group_id}-retries"
+
+
+def retry_consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """The consumer of retry topics: a group of its own, and never a start at a topic's end."""
+    return {
+        **consumer_config(kafka),
+        "group.id": retry_group(kafka.group_id),
+        "auto.offset.reset": "earliest",
+    }
+
+
 def static_membership(kafka: KafkaConfig) -> dict[str, Any]:
     """`group.instance.id` when `kafka.group_instance_id` is set ("{hostname}" filled in)."""
     if not kafka.group_instance_id:

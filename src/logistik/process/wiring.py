@@ -93,7 +93,7 @@ class Runner:
         self.loop: ConsumeLoop | None = None
         self.producer: EventProducer | None = None
         self.waiting: str | None = None  # why start-up waits (for the broker), None once not
-        self._consumer: EventConsumer | None = None
+        self._consumers: tuple[EventConsumer, ...] = ()  # of event topics, of retry topics
         self._supervisor: Supervisor | None = None
 
     @property
@@ -268,14 +268,18 @@ class Runner:
         return router, session
 
     def _consume_loop(self, stack: AsyncExitStack, router: Router) -> ConsumeLoop:
-        book = OffsetBook()
+        books = OffsetBook(), OffsetBook()
         # A revoked partition waits this long for its events in flight before moving on.
         drain_s = min(30.0, self.config.routing.shutdown_grace_s)
-        consumer = self._consumer = EventConsumer(self.config.kafka, book, drain_s)
-        stack.callback(consumer.shutdown)
+        consumers = self._consumers = (
+            EventConsumer(self.config.kafka, books[0], drain_s),
+            EventConsumer(self.config.kafka, books[1], drain_s, retries=True),
+        )
+        for consumer in consumers:
+            stack.callback(consumer.shutdown)
         self.loop = ConsumeLoop(
-            consumer,
-            book,
+            consumers,
+            books,
             router,
             self.registry,
             self.config.kafka,
@@ -341,7 +345,7 @@ class Runner:
         return None if self.loop is None else self.loop.age_s()
 
     def _lag(self) -> dict[tuple[str, int], int]:
-        return {} if self._consumer is None else self._consumer.lag
+        return {key: n for consumer in self._consumers for key, n in consumer.lag.items()}
 
     def worker_snapshot(self) -> dict[str, Any]:
         """What a worker tells the front: its status, figures, calls in flight and lag."""

@@ -53,16 +53,17 @@ class ConsumeLoop:
 
     def __init__(
         self,
-        consumer: EventConsumer,
-        book: OffsetBook,
+        consumers: tuple[EventConsumer, EventConsumer],
+        books: tuple[OffsetBook, OffsetBook],
         router: Router,
         registry: Registry,
         kafka: KafkaConfig,
         routing: RoutingConfig,
         ready: asyncio.Event | None = None,
     ) -> None:
-        self._consumer = consumer
-        self._book = book
+        # One consumer reads the event topics, one (a group of its own) the retry topics.
+        self._consumer, self._retry_consumer = consumers
+        self._book, self._retry_book = books
         self._router = router
         self._registry = registry
         self._kafka = kafka
@@ -85,7 +86,7 @@ class ConsumeLoop:
         self.ready = ready or asyncio.Event()  # set once the first poll returned
         self.fetch_stalls: list[FetchStall] = []  # partitions whose records no fetch brings
         self._fetch_checked_s = 0.0
-        self._probe: asyncio.Task[None] | None = None  # of high watermarks, in the background
+        self._probe: asyncio.Future[list[None]] | None = None  # of high watermarks
         self._probed_s = 0.0
 
     @property
@@ -119,6 +120,7 @@ class ConsumeLoop:
             commit = now - last_commit >= commit_interval_s
             if commit:
                 last_commit = now
+            await self._take_retries(commit)
             room = backpressure.room(self.in_flight)
             if room == 0:
                 self._router.relieve()
@@ -147,21 +149,25 @@ class ConsumeLoop:
         self._fetch_checked_s = now
         after_s = self._kafka.fetch_stalled_after_s
         probe = self._probe
+        consumers = (self._consumer, self._retry_consumer)
         if probe is not None and probe.done():
             self._probe = None
             if not probe.cancelled() and (error := probe.exception()) is not None:
                 logger.warning("probing the brokers' high watermarks failed: %s", error)
         if self._probe is None and now - self._probed_s >= after_s / 2:
             self._probed_s = now
-            self._probe = asyncio.create_task(self._consumer.probe_watermarks(after_s))
-        stalls = self._consumer.fetch_stalls(after_s, now)
+            self._probe = asyncio.gather(*(c.probe_watermarks(after_s) for c in consumers))
+        stalls = sorted(
+            (s for c in consumers for s in c.fetch_stalls(after_s, now)),
+            key=lambda s: (s.topic, s.partition),
+        )
         before = {(s.topic, s.partition) for s in self.fetch_stalls}
         after = {(s.topic, s.partition) for s in stalls}
         for stall in stalls:
             if (stall.topic, stall.partition) not in before:
                 logger.warning("not fetching %s", stall.describe(now))
         for topic, partition in sorted(before - after):
-            if self._consumer.assigned((topic, partition)):  # not when it moved elsewhere
+            if any(c.assigned((topic, partition)) for c in consumers):  # not moved elsewhere
                 logger.info("%s[%d]: records are fetched again", topic, partition)
         self.fetch_stalls = stalls
 
@@ -177,11 +183,13 @@ class ConsumeLoop:
         wanted = topics | set(lanes)
         if wanted == subscribed or not topics:
             return subscribed
+        consumer, retries = self._consumer, self._retry_consumer
+        if topics != subscribed - set(self._lanes):
+            await consumer.run(partial(consumer.subscribe, sorted(topics)))
+            logger.info("consuming %s as group %s", ", ".join(sorted(topics)), self._kafka.group_id)
+        if set(lanes) != set(self._lanes):
+            await retries.run(partial(retries.subscribe, sorted(lanes)))
         self._lanes = lanes
-        consumer = self._consumer
-        consumer.unwaited_topics = set(lanes)
-        await consumer.run(partial(consumer.subscribe, sorted(wanted)))
-        logger.info("consuming %s as group %s", ", ".join(sorted(topics)), self._kafka.group_id)
         return wanted
 
     async def _pace_retries(self) -> None:
@@ -193,7 +201,7 @@ class ConsumeLoop:
             for lane in self._paused_lanes
             if self._lane_waiting[lane] <= self.retry_budget * 3 // 4
         }
-        consumer = self._consumer
+        consumer = self._retry_consumer
         if pause:
             self._paused_lanes |= pause
             await consumer.run(partial(consumer.pause_topics, pause))
@@ -214,8 +222,16 @@ class ConsumeLoop:
             return
         for key in due:
             self._deferrals[key].resumed = True
-        consumer = self._consumer
+        consumer = self._retry_consumer
         await consumer.run(partial(consumer.resume_deferred, due))
+
+    async def _take_retries(self, commit: bool) -> None:
+        """Take what the retry topics have now, without waiting (their consumer's thread)."""
+        consumer = self._retry_consumer
+        if not self._lanes:
+            return
+        batch = await consumer.run(partial(consumer.poll_batch, MAX_BATCH, 0.0, commit))
+        await self._dispatch_all(batch)
 
     async def _dispatch_all(self, batch: list[Message]) -> None:
         rewinds: list[TopicPartition] = []
@@ -223,8 +239,8 @@ class ConsumeLoop:
             rewind = self._dispatch(message)
             if isinstance(rewind, TopicPartition):
                 rewinds.append(rewind)
-        if rewinds:
-            consumer = self._consumer
+        if rewinds:  # only retry records wait in Kafka
+            consumer = self._retry_consumer
             await consumer.run(partial(consumer.defer, rewinds))
 
     def _dispatch(self, message: Message) -> TopicPartition | bool | None:
@@ -242,7 +258,7 @@ class ConsumeLoop:
             wait = self._retry_wait(topic, partition, offset, headers)
             if wait is not None:
                 return wait
-        tracker = self._book.tracker(topic, partition)
+        tracker = (self._book if origin is None else self._retry_book).tracker(topic, partition)
         tracker.add(offset)
         source = Source(topic, partition, offset)
         if origin is not None:
@@ -280,7 +296,7 @@ class ConsumeLoop:
         wait_s = min(due_at_s - time.time(), self._router.max_retry_wait_s)
         if wait_s <= DEFER_MIN_S or self._stopping.is_set():
             return None
-        tracker = self._book.tracker(topic, partition)
+        tracker = self._retry_book.tracker(topic, partition)
         self._deferrals[key] = Deferral(offset, time.monotonic() + wait_s, tracker)
         return TopicPartition(topic, partition, offset)
 
@@ -384,7 +400,9 @@ class ConsumeLoop:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        if await consumer.run(consumer.close):
+        retries = self._retry_consumer
+        closed = await asyncio.gather(consumer.run(consumer.close), retries.run(retries.close))
+        if all(closed):
             logger.info("stopped: offsets of finished events committed")
         else:
             logger.warning(
