@@ -96,7 +96,7 @@ class EventConsumer:
         # The consumer of retry topics is a group of its own, so that the assignor spreads the
         # event topics' partitions over the routers whatever the retry topics count (it evens
         # out the count of partitions, not each topic's).
-        self.retries = retries
+        self._retries = retries
         self._events_group = kafka.group_id
         self._role = "retry topics: " if retries else ""
         config = retry_consumer_config(kafka) if retries else consumer_config(kafka)
@@ -440,7 +440,7 @@ class EventConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Cooperative rebalancing hands over only the added partitions.
-        if self.retries:
+        if self._retries:
             self._start_uncommitted(consumer, partitions)
         self._assignment.extend(partitions)
         logger.info("%sassigned %s", self._role, _names(partitions))
@@ -449,10 +449,10 @@ class EventConsumer:
             consumer.pause(paused)
 
     def _start_uncommitted(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start each retry partition on which this group committed nothing where the events'
-        group left it, if it did (routers before the retry group committed retry topics there).
+        """Start uncommitted retry partitions where the events group left them, if it did.
 
-        Any other partition starts where this group committed it, else at its first record
+        Routers before the retry group committed retry topics in the events group. Any other
+        partition starts where this group committed it, else at its first record
         (`auto.offset.reset: earliest`): never at its end, which would skip retries. The
         events group's offsets are read once per partition (they no longer move), so a
         rebalance after a broker restart does not wait on them again.
@@ -521,7 +521,7 @@ class EventConsumer:
         # re-subscription) takes the partition over, so they are not routed twice. Records of
         # retry topics may wait long for their due time: they are given up at once instead
         # (the router checks its partition is still held before calling).
-        waited = [] if self.retries else keys
+        waited = [] if self._retries else keys
         deadline = time.monotonic() + self._drain_s
         while self._book.in_progress(waited) and time.monotonic() < deadline:
             time.sleep(0.01)
