@@ -149,7 +149,7 @@ def test_a_model_that_stops_answering_gives_its_queue_to_the_retry_topic_at_once
     with TopicReader(servers, f"{topic}-results", f"{topic}-hang") as reader, healing(healed):
         running = router(config)
         produce(servers, topic, sent)
-        reader.wait_for(f"{topic}-results", 600, timeout_s=20)
+        reader.wait_for(f"{topic}-results", 600, timeout_s=20, context=running.describe)
         # Every fast answer is out while the hanging model holds its four calls.
         assert reader.on(f"{topic}-hang") == []
         assert hanging.active == 4

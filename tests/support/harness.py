@@ -128,6 +128,25 @@ class RouterThread:
             and sum(figures.deferred.values()) == sum(figures.retried.values())
         )
 
+    def describe(self) -> str:
+        """One line on where the router's events are: counted in, published, deferred, in
+        flight, and each instance's calls and queue (read from the test's thread)."""
+        runner = self.runner
+        if runner is None or runner.loop is None:
+            return "router: not consuming yet"
+        figures, loop = runner.figures, runner.loop
+        calls = {node_id: f.requests for node_id, f in list(figures.handlers.items())}
+        instances = ", ".join(
+            f"{i.node_id} {calls.get(i.node_id, 0)} calls, {i.in_flight} in flight, "
+            f"{i.slots.waiting} queued"
+            for i in runner.registry.live()
+        )
+        return (
+            f"router: events in {dict(figures.events_in)}, published {dict(figures.published)}, "
+            f"deferred {dict(figures.deferred)}, retried {dict(figures.retried)}, "
+            f"{loop.in_flight} in flight, {loop.waiting_retries} retries waiting; {instances}"
+        )
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop routing gracefully and wait for the thread to end."""
         if self._stop is not None and self._thread.is_alive():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,16 +165,25 @@ class TopicReader:
         with self._lock:
             return [r for r in self.records if r.topic == topic]
 
-    def wait_for(self, topic: str, count: int, timeout_s: float = 30.0) -> list[Record]:
-        """Wait until a topic has at least `count` records and return them."""
+    def wait_for(
+        self,
+        topic: str,
+        count: int,
+        timeout_s: float = 30.0,
+        context: Callable[[], str] | None = None,
+    ) -> list[Record]:
+        """Wait until a topic has at least `count` records and return them; on a timeout the
+        error adds what `context` says (where the missing records are)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             found = self.on(topic)
             if len(found) >= count:
                 return found
             time.sleep(0.02)
+        said = f"; {context()}" if context is not None else ""
         raise AssertionError(
             f"{topic}: {len(self.on(topic))} record(s) after {timeout_s:g} s, expected {count}"
+            f"{said}"
         )
 
     def close(self) -> None:

@@ -125,6 +125,25 @@ async def test_a_stalled_model_beside_an_idle_one_sends_its_queue_to_the_retry_t
     assert len(topics.on("hang-results")) == 2
 
 
+async def test_a_model_held_back_since_the_budget_filled_counts_however_late_the_check() -> None:
+    # The loop may turn late (a paused process, a slow poll): the fast model's last answer is
+    # then past the idle window, yet it has had nothing to answer since the budget filled.
+    router, registry, models, topics = routed([handler("hang"), handler("fast")], {"hang"})
+    hang, fast = live(registry, "hang"), live(registry, "fast")
+    with routing(router, 6) as tasks:
+        await wait_until_async(lambda: len(topics.on("fast-results")) == 6, 5, "fast answers")
+        await stalled_for(hang, 4)
+        # Its last answer five seconds ago, and the budget full since just after it.
+        fast.slots.last_release_s -= 5
+        filled_s = fast.slots.last_release_s + 0.01
+        assert router.relieve() == 0  # no anchor: an idle model that answered long ago
+        assert router.relieve(full_since_s=filled_s) == 4
+        await wait_until_async(lambda: sum(t.done() for t in tasks) == 4, 5, "four events done")
+        assert len(topics.on(retry_topic("detect", "hang"))) == 4
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+
 async def test_a_model_alone_keeps_its_queue_however_long_it_stalls() -> None:
     router, registry, models, topics = routed([handler("hang")], {"hang"})
     hang = live(registry, "hang")

@@ -40,6 +40,11 @@ class Backpressure:
             return True
         return False
 
+    @property
+    def full_since_s(self) -> float | None:
+        """When the current full spell began (monotonic), None while there is room."""
+        return self._full_since
+
     def resumed(self) -> bool:
         """Note that there is room again; True when the consumer was paused and must resume."""
         self._full_since = None

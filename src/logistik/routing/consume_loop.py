@@ -123,8 +123,9 @@ class ConsumeLoop:
             await self._take_retries(commit)
             room = backpressure.room(self.in_flight)
             if room == 0:
-                self._router.relieve()
-                if backpressure.full(now):
+                pause = backpressure.full(now)
+                self._router.relieve(backpressure.full_since_s)
+                if pause:
                     await consumer.run(consumer.pause)
                 if backpressure.paused:
                     # Polls go on while paused so the consumer stays in its group.

@@ -587,19 +587,25 @@ class Router:
             logger.info("circuit of %s closed: it answers again", instance.node_id)
         return answer
 
-    def relieve(self) -> int:
+    def relieve(self, full_since_s: float | None = None) -> int:
         """Called while the in-flight budget is full: the queued calls of a model that stopped
         answering, or whose queue is longer than max_queue_wait_s, go to its retry topic when
         a model that was answering sits idle meanwhile.
 
-        Returns how many calls were let go. A model alone, or with every other one busy too,
-        keeps its queue: the budget is then full because there is more work than models,
-        and the retry topic would only add to it.
+        `full_since_s` (monotonic) is when the budget filled: a model that was answering then
+        and is idle now is held back however long ago its last answer was, since the full
+        budget gives it nothing to answer. Returns how many calls were let go. A model alone,
+        or with every other one busy too, keeps its queue: the budget is then full because
+        there is more work than models, and the retry topic would only add to it.
         """
         now = time.monotonic()
         stall_s, max_wait_s = self._routing.stalled_after_s, self._routing.max_queue_wait_s
         live = self._registry.live()
-        if not any(_held_back(i, now) for i in live):
+        # Without this anchor a loop that turned late (a pause of the process, a slow poll)
+        # would find the idle model's last answer past the window, and the queue would hold
+        # the budget until half its calls' deadline.
+        seen_s = now if full_since_s is None else min(now, full_since_s)
+        if not any(_held_back(i, seen_s) for i in live):
             return 0
         total = 0
         for instance in live:
@@ -877,10 +883,10 @@ def _held_open(instance: LiveHandler, timeout_s: float) -> Answer:
     )
 
 
-def _held_back(instance: LiveHandler, now: float) -> bool:
-    """Whether a model that answered lately has free slots: with the in-flight budget full,
-    its events wait on some other model's queue."""
-    return instance.slots.free and now - instance.slots.last_release_s <= IDLE_WINDOW_S
+def _held_back(instance: LiveHandler, seen_s: float) -> bool:
+    """Whether a model that answered within IDLE_WINDOW_S before `seen_s` has free slots:
+    with the in-flight budget full, its events wait on some other model's queue."""
+    return instance.slots.free and seen_s - instance.slots.last_release_s <= IDLE_WINDOW_S
 
 
 def _held_busy(instance: LiveHandler) -> Answer:
