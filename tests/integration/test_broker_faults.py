@@ -106,6 +106,7 @@ class Feeder:
         )
         self._thread = threading.Thread(target=self._feed, daemon=True)
         self._lock = threading.Lock()
+        self._hurry = threading.Event()  # set: the events left go without pauses
         self.unacknowledged = -1
 
     def start(self) -> Feeder:
@@ -117,7 +118,7 @@ class Feeder:
         started = time.monotonic()
         for index, item in enumerate(self.events):
             pause_s = started + index / self._rate_per_s - time.monotonic()
-            if pause_s > 0:
+            if pause_s > 0 and not self._hurry.is_set():
                 self._producer.poll(pause_s)
             value = orjson.dumps(item)
             while True:
@@ -138,8 +139,11 @@ class Feeder:
             item = orjson.loads(message.value() or b"{}")
             self.partitions[item["id"]] = int(message.partition() or 0)
 
-    def finish(self, timeout_s: float = 150.0) -> None:
-        """Wait until every event was sent and acknowledged."""
+    def finish(self, timeout_s: float = 150.0, rest_at_once: bool = False) -> None:
+        """Wait until every event was sent and acknowledged; with `rest_at_once` (the fault
+        over and measured) the events not yet sent go without pauses."""
+        if rest_at_once:
+            self._hurry.set()
         self._thread.join(timeout_s)
         assert self.unacknowledged == 0, f"{self.unacknowledged} event(s) not acknowledged"
 
@@ -379,7 +383,7 @@ def test_broker_killed_and_restarted_while_events_flow(
         back = time.monotonic()
         resume_s = time_to_resume(found, feeder, back)
         wait_until(lambda: readiness(config["web"]["port"])[0] == 200, 60, "ready again")
-        feeder.finish()
+        feeder.finish(rest_at_once=True)
         wait_until(lambda: found.settled(feeder.ids()), 120, "every event answered or failed")
         stop_gracefully(logistik)
     row = account("broker kill -9, restarted (log kept)", found, feeder.ids(), resume_s)
@@ -403,7 +407,7 @@ def test_broker_frozen_longer_than_the_session_timeout(
         kafka.resume()
         back = time.monotonic()
         resume_s = time_to_resume(found, feeder, back)
-        feeder.finish()
+        feeder.finish(rest_at_once=True)
         wait_until(lambda: found.settled(feeder.ids()), 120, "every event answered or failed")
         stop_gracefully(logistik)
     row = account("broker SIGSTOP 10 s (> session timeout), SIGCONT", found, feeder.ids(), resume_s)
@@ -430,7 +434,7 @@ def test_logistik_started_before_the_broker_waits_for_it(
     with Observer(servers, f"{topic}-failed", *groups.values()) as reader:
         found = Answers(reader, groups, f"{topic}-failed")
         resume_s = time_to_resume(found, feeder, back, 90)
-        feeder.finish()
+        feeder.finish(rest_at_once=True)
         wait_until(lambda: found.settled(feeder.ids()), 60, "every event answered or failed")
         assert readiness(port)[0] == 200
         stop_gracefully(logistik)
@@ -495,7 +499,7 @@ def test_three_processes_one_killed_one_added_one_stopped(
 
             wait_until(orphans_answered, 60, "the killed process's partitions answered again")
             resume_s = time.monotonic() - at_kill
-            feeder.finish()
+            feeder.finish(rest_at_once=True)
             wait_until(lambda: found.settled(feeder.ids()), 120, "every event answered or failed")
             for running in (kept, added):
                 stop_gracefully(running)
@@ -637,7 +641,7 @@ def test_a_fatal_producer_error_while_events_flow(
         inject_fatal_error(producer.client)
         at_fault = time.monotonic()
         resume_s = time_to_resume(found, feeder, at_fault)
-        feeder.finish()
+        feeder.finish(rest_at_once=True)
         wait_until(lambda: found.settled(feeder.ids()), 90, "every event answered or failed")
         assert producer.recovered == 1 and producer.state()[0] == "ok"
     row = account("fatal producer error (Unknown Producer Id)", found, feeder.ids(), resume_s)
@@ -672,7 +676,7 @@ def test_time_to_resume_after_kill_9_with_and_without_static_membership(
         again = router_process(copy.deepcopy(config))
         restarted = time.monotonic()
         resume_s = time_to_resume(found, feeder, restarted)
-        feeder.finish()
+        feeder.finish(rest_at_once=True)
         wait_until(lambda: found.settled(feeder.ids()), 120, "every event answered or failed")
         stop_gracefully(again)
     kind = "static membership" if static else "dynamic membership"
