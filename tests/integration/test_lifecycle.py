@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from logistik.kafka.embedded import EmbeddedBroker, free_port
-from tests.support.harness import RouterProcess, handler, make_config
+from tests.support.harness import RouterProcess, RouterThread, handler, make_config
 from tests.support.kafkatools import (
     TopicReader,
     committed_offsets,
@@ -220,3 +221,36 @@ def test_send_to_an_absent_broker_is_one_line(tmp_path: Path) -> None:
         f"logistik: 1 event(s) not acknowledged by 127.0.0.1:{port} within 2 s "
         "(is the broker running?)"
     )
+
+
+def kafka_client_threads() -> int:
+    """How many librdkafka clients this process holds: each has one main thread."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                count += comm.read().strip() == "rdk:main"
+        except OSError:  # the thread ended meanwhile
+            continue
+    return count
+
+
+def test_a_stopped_router_leaves_no_kafka_client_behind(
+    servers: str, model_server: Callable[..., ModelServer]
+) -> None:
+    # A process that stops and starts routing again (an embedding application, a test suite)
+    # must not keep each stopped router's clients: every one holds threads and connections.
+    topic = unique("events")
+    create_topics(servers, topic, f"{topic}-results", f"{topic}-failed")
+    model = model_server()
+    config = make_config(servers, [handler("m", topic, model.port)])
+    before = kafka_client_threads()
+    with TopicReader(servers, f"{topic}-results") as reader:
+        running = RouterThread(config).start()
+        try:
+            produce(servers, topic, [event()])
+            reader.wait_for(f"{topic}-results", 1)
+            assert kafka_client_threads() > before
+        finally:
+            running.stop()
+    wait_until(lambda: kafka_client_threads() == before, 10, "the router's Kafka clients gone")

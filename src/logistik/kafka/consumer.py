@@ -124,7 +124,9 @@ class EventConsumer:
         # the watermark from fetch answers, so a broker that stops answering fetches leaves
         # it where it was (event loop thread).
         self._probed: dict[TopicPartitionKey, FetchStall] = {}
-        self._admin = AdminClient(
+        # Released at close: its threads would outlive the consumer (they end with the object,
+        # and the consumer's callbacks hold this one in a cycle the collector cannot see).
+        self._admin: AdminClient | None = AdminClient(
             {**base_config(kafka.bootstrap_servers, quiet=True), **kafka.consumer}
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consumer")
@@ -289,8 +291,11 @@ class EventConsumer:
 
     def _high_watermarks(self, keys: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         """The brokers' high watermarks of these partitions; those not answered are left out."""
+        admin = self._admin
+        if admin is None:  # closed
+            return {}
         try:
-            futures = self._admin.list_offsets(
+            futures = admin.list_offsets(
                 {TopicPartition(t, p): LATEST for t, p in keys},
                 isolation_level=IsolationLevel.READ_UNCOMMITTED,
                 request_timeout=PROBE_TIMEOUT_S,
@@ -432,6 +437,7 @@ class EventConsumer:
         if error is not None:
             logger.warning("the commit at stop failed: %s", error.str())
         self._consumer.close()
+        self._admin = None
         return error is None
 
     def shutdown(self) -> None:
@@ -502,10 +508,11 @@ class EventConsumer:
         self, group: str, partitions: list[TopicPartition]
     ) -> dict[TopicPartitionKey, int]:
         """Offsets another group committed on these partitions (those it has)."""
+        admin = self._admin
+        if admin is None:  # closed
+            return {}
         request = ConsumerGroupTopicPartitions(group, partitions)
-        futures = self._admin.list_consumer_group_offsets(
-            [request], request_timeout=COMMITTED_TIMEOUT_S
-        )
+        futures = admin.list_consumer_group_offsets([request], request_timeout=COMMITTED_TIMEOUT_S)
         answer = futures[group].result(COMMITTED_TIMEOUT_S)
         return {
             (p.topic, p.partition): p.offset

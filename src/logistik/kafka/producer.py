@@ -397,10 +397,19 @@ class EventProducer:
         return len(self._pending)
 
     def close(self) -> None:
-        """Stop serving delivery reports."""
+        """Stop serving delivery reports and release the librdkafka producers (their threads).
+
+        Called after `flush`: a record not acknowledged by then is dropped, its event left
+        uncommitted for the next consumer. A send after this fails with PublishError.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._failure is None:
+            self._failure = "the producer is closed"
+        for producer in (self._main, self._solo):
+            if producer is not None:
+                _close_quietly(producer)
 
 
 def _fatal_cause(producer: Producer, error: KafkaError) -> str:

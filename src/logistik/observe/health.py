@@ -34,7 +34,9 @@ class Readiness:
     ) -> None:
         self._kafka = kafka
         # Quiet: what an absent broker means is this check's detail, not librdkafka's lines.
-        self._admin = AdminClient(base_config(kafka.bootstrap_servers, quiet=True))
+        self._admin: AdminClient | None = AdminClient(
+            base_config(kafka.bootstrap_servers, quiet=True)
+        )
         self._store = store
         self._loop_age_s = loop_age_s
         self._tasks = tasks
@@ -69,10 +71,17 @@ class Readiness:
             self._cached = (now, result)
             return result
 
+    def close(self) -> None:
+        """Release the broker client (its threads); the broker check fails from then on."""
+        self._admin = None
+
     async def _broker(self) -> dict[str, Any]:
+        admin = self._admin
+        if admin is None:
+            return {"ok": False, "detail": "stopped"}
         try:
             topics = await asyncio.to_thread(
-                list_topics, self._admin, self._kafka.bootstrap_servers, CHECK_TIMEOUT_S
+                list_topics, admin, self._kafka.bootstrap_servers, CHECK_TIMEOUT_S
             )
         except BrokerError as exc:
             return {"ok": False, "detail": str(exc)}

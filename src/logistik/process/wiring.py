@@ -320,6 +320,7 @@ class Runner:
             self.control_errors,
             not_fetched,
         )
+        stack.callback(readiness.close)  # once the web has stopped
         lag = self._lag if peers is None else lambda: peers.lag(self._lag())
         collectors = metrics_registry(self.shown, self.registry, lag, not_fetched)
         add_operations_routes(app, readiness, collectors)
