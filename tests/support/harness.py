@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -106,6 +107,10 @@ class RouterThread:
         except BaseException as exc:
             self.error = exc
             self._started.set()
+        finally:
+            # Its executor's threads would outlive the router, one more per test.
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
 
     async def _run(self) -> None:
         self._stop = asyncio.Event()
@@ -149,8 +154,9 @@ class RouterThread:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop routing gracefully and wait for the thread to end."""
-        if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # it closed meanwhile: the router ended
+                self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout_s)
         assert not self._thread.is_alive(), "router did not stop"
         if self.error is not None:
