@@ -180,7 +180,12 @@ class TopicReader:
             if len(found) >= count:
                 return found
             time.sleep(0.02)
-        said = f"; {context()}" if context is not None else ""
+        said = ""
+        if context is not None:
+            try:
+                said = f"; {context()}"
+            except Exception as exc:  # read from another thread: the timeout is still the news
+                said = f"; (no context: {exc!r})"
         raise AssertionError(
             f"{topic}: {len(self.on(topic))} record(s) after {timeout_s:g} s, expected {count}"
             f"{said}"
