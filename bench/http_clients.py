@@ -7,7 +7,7 @@ Each client runs in a process of its own, in turn (round after round), against o
 server (bench/model_server.py) on loopback, on uvloop as `logistik run` is. Every client is
 set up as a router needs it: a total timeout per request, a pool of at most `--concurrency`
 connections, redirects not followed, answers over ANSWER_LIMIT_BYTES refused (the
-`-unbounded` variants read the whole answer, as logistik's client does today). Before it is
+`-unbounded` variants read the whole answer, whatever its size). Before it is
 measured, each client is checked for those four: a request to /slow with a 0.3 s timeout must
 fail within a second, /redirect must come back as the 307 itself, /big (2 MB) must be refused,
 and the measured requests must open no more connections than the concurrency.
@@ -81,7 +81,7 @@ ClientFactory = Callable[[int], AbstractAsyncContextManager[Caller]]
 
 
 class AiohttpCaller:
-    """aiohttp as logistik's ModelClient uses it, plus a bounded read of the answer."""
+    """aiohttp as logistik's model client used it before pycurl, with a bounded read."""
 
     def __init__(self, session: Any) -> None:
         import aiohttp
@@ -110,7 +110,7 @@ class AiohttpCaller:
 
 
 class AiohttpUnboundedCaller(AiohttpCaller):
-    """aiohttp exactly as logistik's ModelClient calls it today: `response.read()`, no limit."""
+    """aiohttp as logistik's ModelClient once called it: `response.read()`, no limit."""
 
     async def post(self, url: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         """One call, the whole answer read whatever its size."""
@@ -139,7 +139,7 @@ async def aiohttp_session(concurrency: int) -> AsyncIterator[Any]:
 
 @asynccontextmanager
 async def aiohttp_unbounded_client(concurrency: int) -> AsyncIterator[Caller]:
-    """aiohttp as logistik uses it now."""
+    """aiohttp reading the whole answer, whatever its size."""
     async with aiohttp_session(concurrency) as session:
         yield AiohttpUnboundedCaller(session)
 
@@ -252,134 +252,36 @@ async def curl_cffi_client(concurrency: int) -> AsyncIterator[Caller]:
         yield CurlCffiCaller(session)
 
 
-class _Easy:
-    """One reusable libcurl easy handle and the answer it is receiving."""
-
-    def __init__(self, pycurl: Any, headers: list[str]) -> None:
-        self.handle = pycurl.Curl()
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.handle.setopt(pycurl.WRITEFUNCTION, self.write)
-        self.handle.setopt(pycurl.NOSIGNAL, 1)
-        self.handle.setopt(pycurl.FOLLOWLOCATION, 0)
-        self.handle.setopt(pycurl.MAXFILESIZE_LARGE, ANSWER_LIMIT_BYTES)
-        self.handle.setopt(pycurl.HTTPHEADER, headers)
-
-    def write(self, data: bytes) -> int | None:
-        """Keep a piece of the answer; 0 (libcurl aborts) once the answer passes the limit."""
-        self.size += len(data)
-        if self.size > ANSWER_LIMIT_BYTES:
-            return 0
-        self.chunks.append(data)
-        return None
-
-    def reset(self) -> None:
-        """Forget the previous answer."""
-        self.chunks.clear()
-        self.size = 0
-
-
 class PycurlCaller:
-    """pycurl's CurlMulti on the event loop: libcurl tells which sockets to watch and when."""
+    """pycurl as logistik's model client uses it: its CurlPool (libcurl's multi handle)."""
 
     def __init__(self, concurrency: int) -> None:
-        import pycurl
+        from logistik.routing.curl import CurlPool
 
-        self._pycurl = pycurl
-        self._loop = asyncio.get_running_loop()
-        self._multi = pycurl.CurlMulti()
-        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
-        self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, concurrency)
-        self._timer: asyncio.TimerHandle | None = None
-        self._idle: list[_Easy] = []
-        self._waiting: dict[Any, asyncio.Future[None]] = {}
-        self._headers = [f"{k}: {v}" for k, v in JSON_HEADERS.items()]
-
-    def _on_socket(self, what: int, fd: int, multi: object, data: object) -> None:
-        pycurl = self._pycurl
-        if what in (pycurl.POLL_IN, pycurl.POLL_INOUT):
-            self._loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
-        else:
-            self._loop.remove_reader(fd)
-        if what in (pycurl.POLL_OUT, pycurl.POLL_INOUT):
-            self._loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
-        else:
-            self._loop.remove_writer(fd)
-
-    def _on_timer(self, timeout_ms: int) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if timeout_ms >= 0:
-            self._timer = self._loop.call_later(
-                timeout_ms / 1000, self._act, self._pycurl.SOCKET_TIMEOUT, 0
-            )
-
-    def _act(self, fd: int, event: int) -> None:
-        while self._multi.socket_action(fd, event)[0] == self._pycurl.E_CALL_MULTI_PERFORM:
-            pass
-        while True:
-            queued, done, failed = self._multi.info_read()
-            for handle in done:
-                self._settle(handle, None)
-            for handle, code, message in failed:
-                self._settle(handle, (code, message))
-            if not queued:
-                return
-
-    def _settle(self, handle: Any, error: tuple[int, str] | None) -> None:
-        self._multi.remove_handle(handle)
-        future = self._waiting.get(handle)
-        if future is None or future.done():
-            return
-        pycurl = self._pycurl
-        if error is None:
-            future.set_result(None)
-        elif error[0] == pycurl.E_OPERATION_TIMEDOUT:
-            future.set_exception(TimeoutError(error[1]))
-        elif error[0] in (pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR):
-            future.set_exception(AnswerTooLargeError(error[1]))
-        else:
-            future.set_exception(BenchError(f"curl error {error[0]}: {error[1]}"))
+        self.pool = CurlPool(concurrency, JSON_HEADERS)
 
     async def post(self, url: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        """One call on an idle easy handle, which goes back to the idle list after."""
-        pycurl = self._pycurl
-        easy = self._idle.pop() if self._idle else _Easy(pycurl, self._headers)
-        easy.reset()
-        handle = easy.handle
-        handle.setopt(pycurl.URL, url)
-        handle.setopt(pycurl.POSTFIELDS, body)
-        handle.setopt(pycurl.TIMEOUT_MS, int(timeout_s * 1000))
-        future = self._waiting[handle] = self._loop.create_future()
-        self._multi.add_handle(handle)
-        try:
-            await future
-            return int(handle.getinfo(pycurl.RESPONSE_CODE)), b"".join(easy.chunks)
-        finally:
-            if not future.done():  # cancelled: take it out of the multi handle
-                self._multi.remove_handle(handle)
-            del self._waiting[handle]
-            self._idle.append(easy)
+        from logistik.errors import ModelCallError
 
-    def close(self) -> None:
-        """Release every handle."""
-        if self._timer is not None:
-            self._timer.cancel()
-        for easy in self._idle:
-            easy.handle.close()
-        self._multi.close()
+        try:
+            reply = await self.pool.request("POST", url, body, timeout_s, ANSWER_LIMIT_BYTES)
+        except ModelCallError as exc:
+            if exc.timed_out:
+                raise TimeoutError(str(exc)) from exc
+            raise BenchError(str(exc)) from exc
+        if reply.body is None:
+            raise AnswerTooLargeError(f"an answer over {ANSWER_LIMIT_BYTES} bytes")
+        return reply.status, reply.body
 
 
 @asynccontextmanager
 async def pycurl_client(concurrency: int) -> AsyncIterator[Caller]:
-    """pycurl with a multi handle of at most `concurrency` connections."""
+    """logistik's pycurl client with at most `concurrency` connections."""
     caller = PycurlCaller(concurrency)
     try:
         yield caller
     finally:
-        caller.close()
+        caller.pool.close()
 
 
 class HttpxCaller:

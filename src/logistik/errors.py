@@ -12,6 +12,7 @@ LogistikError
  ├── DiscoveryError       Consul or a model's /info could not be read
  │    └── ConsulError     Consul could not be reached or refused a request (logistik.consul)
  ├── EmbeddedBrokerError  the embedded Tansu broker could not be started
+ ├── ModelCallError       an HTTP call to a model got no whole answer (the router retries it)
  └── BackgroundTaskError  a task the process depends on ended; the process stops
 """
 
@@ -73,6 +74,14 @@ class ActionError(LogistikError):
 
 class DiscoveryError(LogistikError):
     """Consul or a model's /info could not be read."""
+
+
+class ModelCallError(LogistikError):
+    """An HTTP call to a model got no whole answer; the message says why in one line."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class BackgroundTaskError(LogistikError):

@@ -6,7 +6,9 @@ and, until `healed` is set, answers in one of the ways a broken model does:
 - `drip`: a valid answer, one byte every `drip_s`;
 - `short`: a Content-Length it never fills, the connection kept open;
 - `silent`: reads the request and sends nothing, the connection kept open;
-- `chunked`: a 200 answer of `size` bytes of JSON in chunks, without a Content-Length.
+- `chunked`: a 200 answer of `size` bytes of JSON in chunks, without a Content-Length;
+- `hangup`: reads the request and closes the connection without a word;
+- `garbage`: answers bytes that are not HTTP, then closes the connection.
 
 Once healed, or with mode `echo`, it answers at once with the event's id, as `echo` does.
 """
@@ -22,7 +24,7 @@ import orjson
 
 from logistik.kafka.embedded import free_port
 
-Mode = Literal["drip", "short", "silent", "chunked", "echo"]
+Mode = Literal["drip", "short", "silent", "chunked", "hangup", "garbage", "echo"]
 CHUNK_BYTES = 64 * 1024
 
 
@@ -128,6 +130,12 @@ class RawModel:
         if mode == "chunked":
             await _send_chunked(writer, ident, self.size)
             return True
+        if mode == "hangup":
+            return False
+        if mode == "garbage":
+            writer.write(b"this is not HTTP\r\n\r\n")
+            await writer.drain()
+            return False
         if mode == "short":
             writer.write(_head(200, len(body) + 1000) + body)
             await writer.drain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -9,8 +10,9 @@ import pytest
 
 from logistik.answer import Outcome
 from logistik.handler import Handler
+from logistik.kafka.embedded import free_port
 from logistik.routing.model_client import ModelClient
-from tests.support.models import ModelServer, Reply
+from tests.support.models import ModelServer, Reply, wait_until_async
 from tests.support.raw_models import Mode, RawModel
 
 LIMIT = 64 * 1024
@@ -78,3 +80,84 @@ async def test_a_model_that_never_finishes_its_answer_times_out(mode: Mode) -> N
     assert answer.outcome is Outcome.RETRY and answer.timed_out
     assert answer.error == "timeout after 0.5 s"
     assert healed.outcome is Outcome.OK and orjson.loads(healed.body)["id"] == "e1"
+
+
+async def test_retry_after_and_trace_headers_cross_the_client() -> None:
+    busy = Reply(503, {"error": "busy"}, headers={"Retry-After": "7"})
+    with ModelServer(lambda event, count: busy) as server:
+        async with ModelClient() as client:
+            trace = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+            answer = await client.call(handler_at(server.port), EVENT, 5, trace)
+    assert (answer.outcome, answer.status, answer.retry_after_s) == (Outcome.RETRY, 503, 7.0)
+    assert server.traceparents == [trace["traceparent"]]
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    moved = Reply(302, {"moved": True}, headers={"Location": "http://127.0.0.1:1/elsewhere"})
+    with ModelServer(lambda event, count: moved) as server:
+        async with ModelClient() as client:
+            answer = await client.call(handler_at(server.port), EVENT, 5)
+    assert (answer.outcome, answer.status) == (Outcome.REJECTED, 302)
+    assert server.count == 1
+
+
+async def test_an_unreachable_model_is_named_in_one_line() -> None:
+    nobody = free_port()
+    async with ModelClient() as client:
+        answer = await client.call(handler_at(nobody), EVENT, 5)
+    assert answer.outcome is Outcome.RETRY and not answer.timed_out
+    assert answer.error == f"cannot connect to 127.0.0.1:{nobody}: Connection refused"
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("hangup", "the model closed the connection without answering"),
+        ("garbage", "HTTP/0.9"),
+    ],
+)
+async def test_a_model_that_answers_no_http_is_retried_with_the_reason(
+    mode: Mode, error: str
+) -> None:
+    with RawModel(mode) as model:
+        async with ModelClient() as client:
+            answer = await client.call(handler_at(model.port), EVENT, 5)
+            model.healed.set()
+            healed = await client.call(handler_at(model.port), EVENT, 5)
+    assert answer.outcome is Outcome.RETRY and not answer.timed_out
+    assert error in answer.error and "\n" not in answer.error
+    assert healed.outcome is Outcome.OK
+
+
+async def test_a_cancelled_call_leaves_the_client_usable() -> None:
+    with RawModel("silent") as model:
+        async with ModelClient() as client:
+            call = asyncio.create_task(client.call(handler_at(model.port), EVENT, 30))
+            await wait_until_async(lambda: model.count == 1, what="the model got the call")
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            model.healed.set()
+            healed = await client.call(handler_at(model.port), EVENT, 5)
+    assert healed.outcome is Outcome.OK and orjson.loads(healed.body)["id"] == "e1"
+
+
+async def test_a_proxy_in_the_environment_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    nobody = free_port()
+    for name in ("http_proxy", "HTTP_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{nobody}")
+    with ModelServer() as server:
+        async with ModelClient() as client:
+            answer = await client.call(handler_at(server.port), EVENT, 5)
+    assert answer.outcome is Outcome.OK and server.count == 1
+
+
+async def test_calls_end_with_an_answer_when_the_client_closes() -> None:
+    with RawModel("silent") as model:
+        client = ModelClient()
+        await client.__aenter__()
+        call = asyncio.create_task(client.call(handler_at(model.port), EVENT, 30))
+        await wait_until_async(lambda: model.count == 1, what="the model got the call")
+        await client.__aexit__(None, None, None)
+        answer = await asyncio.wait_for(call, 5)
+    assert answer.outcome is Outcome.RETRY and answer.error == "the model client was closed"

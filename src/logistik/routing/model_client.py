@@ -8,13 +8,14 @@ from typing import Any, cast
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from logistik.answer import Answer, Outcome
+from logistik.errors import ModelCallError
 from logistik.event import elements, first_element
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
 from logistik.routing.batching import Batcher
+from logistik.routing.curl import CurlPool
 
 MAX_ERROR_TEXT = 300
 MODEL_HEADERS = {
@@ -30,31 +31,22 @@ BATCH_ENVELOPE = b'"logistik"'  # an item holding it may be a status rather than
 
 
 class ModelClient:
-    """One pooled aiohttp session for every model call."""
+    """Every model call of the process, on one pool of connections (libcurl's multi handle)."""
 
     def __init__(self, max_connections: int = 0, max_answer_bytes: int = 1024 * 1024) -> None:
         self._max_connections = max_connections
         self._max_answer_bytes = max_answer_bytes
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
-        self._urls: dict[str, URL] = {}  # parsed once per handler address, not per call
+        self._pool: CurlPool | None = None
         self._batcher = Batcher(self.call_batch)
 
     async def __aenter__(self) -> ModelClient:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # `identity` is set rather than the header skipped: aiohttp's skip list costs a
-            # header-dict copy on every request.
-            headers=MODEL_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),  # models get no cookies: skip the jar's filter
-        )
+        self._pool = CurlPool(self._max_connections, MODEL_HEADERS)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._batcher.close()
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
     async def call(
         self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
@@ -104,44 +96,21 @@ class ModelClient:
     ) -> tuple[int, bytes | None, str | None, float] | Answer:
         """One HTTP request: status, body (None if over `limit`), Retry-After and latency;
         an Answer to retry when no answer came."""
-        assert self._session is not None, "ModelClient used outside 'async with'"
-        timeout = self._timeouts.get(timeout_s)
-        if timeout is None:
-            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(total=timeout_s)
-        url = self._urls.get(handler.url)
-        if url is None:
-            url = self._urls[handler.url] = URL(handler.url)
+        assert self._pool is not None, "ModelClient used outside 'async with'"
         started = time.perf_counter()
         try:
-            async with self._session.request(
-                handler.method,
-                url,
-                data=body,
-                timeout=timeout,
-                allow_redirects=False,
-                headers=headers,
-            ) as response:
-                payload = await read_at_most(response, limit)
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                if payload is None:
-                    response.close()  # the rest of the body is not read: nor is the connection
-        except TimeoutError:
+            reply = await self._pool.request(
+                handler.method, handler.url, body, timeout_s, limit, headers
+            )
+        except ModelCallError as exc:
             return Answer(
                 Outcome.RETRY,
                 None,
-                error=f"timeout after {timeout_s:g} s",
+                error=str(exc),
                 latency_s=time.perf_counter() - started,
-                timed_out=True,
+                timed_out=exc.timed_out,
             )
-        except aiohttp.ClientError as exc:
-            return Answer(
-                Outcome.RETRY,
-                None,
-                error=describe_error(exc),
-                latency_s=time.perf_counter() - started,
-            )
-        return status, payload, retry_after, time.perf_counter() - started
+        return reply.status, reply.body, reply.retry_after, time.perf_counter() - started
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
