@@ -83,6 +83,7 @@ def run(
             log_level or config.log_level,
             config.log_format == "json",
             None if role is None else role.index,
+            config.event_log_level,
         )
         count = workers or config.workers
         if role is None:

@@ -129,9 +129,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document, ensure_ascii=False)
 
 
-def setup_logging(level: str, json_lines: bool = False, worker: int | None = None) -> None:
+def setup_logging(
+    level: str, json_lines: bool = False, worker: int | None = None, event_level: str | None = None
+) -> None:
     """Log to stderr at `level`, as text or JSON lines, rate-limiting warnings, masking secrets.
 
+    The per-event lines (EVENTS_LOGGER) follow `event_level` when given, whatever `level` is.
     A worker of `run --workers N` names itself in each line.
     """
     handler = logging.StreamHandler(sys.stderr)
@@ -147,6 +150,8 @@ def setup_logging(level: str, json_lines: bool = False, worker: int | None = Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    if event_level is not None:
+        logging.getLogger(EVENTS_LOGGER).setLevel(event_level.upper())
     # Library chatter that says nothing about events.
     for name in ("alembic", "aiohttp.access", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
