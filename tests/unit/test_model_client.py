@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pycurl
 import pytest
 
 from logistik.answer import Outcome
@@ -161,3 +162,24 @@ async def test_calls_end_with_an_answer_when_the_client_closes() -> None:
         await client.__aexit__(None, None, None)
         answer = await asyncio.wait_for(call, 5)
     assert answer.outcome is Outcome.RETRY and answer.error == "the model client was closed"
+
+
+async def test_calls_libcurl_stops_driving_end_at_once_and_later_calls_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with ModelServer() as server:
+        async with ModelClient() as client:
+            pool = client._pool
+            assert pool is not None
+            # A socket callback that fails makes libcurl abandon the call it was working on.
+            pool._multi.setopt(pycurl.M_SOCKETFUNCTION, broken_socket_callback)
+            failed = await asyncio.wait_for(client.call(handler_at(server.port), EVENT, 30), 5)
+            pool._multi.setopt(pycurl.M_SOCKETFUNCTION, pool._on_socket)
+            after = await client.call(handler_at(server.port), EVENT, 5)
+    assert failed.outcome is Outcome.RETRY and failed.error.startswith("libcurl failed: ")
+    assert "call(s) under way are retried" in caplog.text
+    assert after.outcome is Outcome.OK
+
+
+def broken_socket_callback(*_args: object) -> None:
+    raise RuntimeError("a bug in a socket callback")

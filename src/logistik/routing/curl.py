@@ -9,6 +9,8 @@ It costs about half the CPU per request of aiohttp (bench/http_clients.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -16,6 +18,8 @@ from urllib.parse import urlsplit
 import pycurl
 
 from logistik.errors import ModelCallError
+
+logger = logging.getLogger(__name__)
 
 # libcurl's codes for a request that ended without a whole answer.
 _TIMED_OUT = pycurl.E_OPERATION_TIMEDOUT
@@ -96,6 +100,8 @@ class CurlPool:
             loop.remove_writer(fd)
 
     def _on_timer(self, timeout_ms: int) -> None:
+        # Rescheduled exactly each time: libcurl names a deadline only when it changes, so a
+        # timer left to fire early would not be told the next one.
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -109,16 +115,31 @@ class CurlPool:
         if fd == pycurl.SOCKET_TIMEOUT:
             self._timer = None
         multi = self._multi
-        while multi.socket_action(fd, event)[0] == pycurl.E_CALL_MULTI_PERFORM:
-            pass
-        while True:
-            queued, done, failed = multi.info_read()
-            for handle in done:
-                self._settle(handle, pycurl.E_OK)
-            for handle, code, _ in failed:
-                self._settle(handle, code)
-            if not queued:
-                return
+        try:
+            while multi.socket_action(fd, event)[0] == pycurl.E_CALL_MULTI_PERFORM:
+                pass
+            while True:
+                queued, done, failed = multi.info_read()
+                for handle in done:
+                    self._settle(handle, pycurl.E_OK)
+                for handle, code, _ in failed:
+                    self._settle(handle, code)
+                if not queued:
+                    return
+        except pycurl.error as exc:
+            # Never expected; but a request libcurl no longer drives would wait forever.
+            self._fail_all(f"libcurl failed: {exc}")
+
+    def _fail_all(self, why: str) -> None:
+        """End every request under way with `why`; the pool goes on with new ones."""
+        logger.error("model calls: %s; the %d call(s) under way are retried", why, len(self._busy))
+        for handle, transfer in self._busy.items():
+            if transfer.added:
+                transfer.added = False
+                with contextlib.suppress(pycurl.error):
+                    self._multi.remove_handle(handle)
+            if transfer.future is not None and not transfer.future.done():
+                transfer.future.set_exception(ModelCallError(why))
 
     def _settle(self, handle: pycurl.Curl, code: int) -> None:
         self._multi.remove_handle(handle)
@@ -154,18 +175,23 @@ class CurlPool:
             )
         future = transfer.future = self._loop.create_future()
         self._busy[handle] = transfer
-        self._multi.add_handle(handle)
+        try:
+            self._multi.add_handle(handle)
+        except pycurl.error as exc:
+            del self._busy[handle]
+            self._recycle(transfer, bool(headers))
+            raise ModelCallError(f"libcurl refused the call: {exc}") from exc
         transfer.added = True
         try:
             code = await future
             status = int(handle.getinfo(pycurl.RESPONSE_CODE))
-            if code != pycurl.E_OK and not (transfer.over or code == pycurl.E_FILESIZE_EXCEEDED):
-                raise ModelCallError(
-                    self._describe(handle, url, code, timeout_s), code == _TIMED_OUT
-                )
+            # Over the limit, the status and headers came: the answer is classified by them.
+            over = transfer.over or code == pycurl.E_FILESIZE_EXCEEDED
+            if code != pycurl.E_OK and not over:
+                error = self._describe(handle, url, code, timeout_s)
+                raise ModelCallError(error, code == _TIMED_OUT)
             if status == 0:
                 raise ModelCallError("the model answered something that is not HTTP")
-            over = transfer.over or code == pycurl.E_FILESIZE_EXCEEDED
             retry_after = transfer.retry_after
             return Reply(
                 status,
