@@ -64,6 +64,7 @@ def published_by_worker(log: str) -> Counter[str]:
 def two_workers(servers: str, topic: str, model: ModelServer) -> tuple[dict[str, Any], int]:
     config = make_config(servers, [handler("m", topic, model.port)])
     config["workers"] = 2
+    config["event_log_level"] = "info"  # each answer's line names the worker that published it
     return config, config["web"]["port"]
 
 

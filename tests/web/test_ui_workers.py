@@ -28,6 +28,7 @@ def test_the_front_shows_every_worker_and_counts_the_calls_of_both(
     model = model_server()
     config = make_config(servers, [handler("alpha", topic, model.port, hostname="gpu-1")])
     config["workers"] = 2
+    config["event_log_level"] = "info"  # each answer's line names the worker that published it
     pool = router_process(config)
     base = f"http://127.0.0.1:{config['web']['port']}"
     wait_until(lambda: pool.workers_assigned(2), 60, "partitions for both workers")
