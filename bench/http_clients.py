@@ -45,6 +45,8 @@ from benchkit import (
     script,
     wait_for_port,
 )
+from logistik.errors import ModelCallError
+from logistik.routing.curl import CurlPool
 
 ANSWER_LIMIT_BYTES = 1_000_000
 CALL_TIMEOUT_S = 10.0
@@ -256,13 +258,9 @@ class PycurlCaller:
     """pycurl as logistik's model client uses it: its CurlPool (libcurl's multi handle)."""
 
     def __init__(self, concurrency: int) -> None:
-        from logistik.routing.curl import CurlPool
-
         self.pool = CurlPool(concurrency, JSON_HEADERS)
 
     async def post(self, url: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        from logistik.errors import ModelCallError
-
         try:
             reply = await self.pool.request("POST", url, body, timeout_s, ANSWER_LIMIT_BYTES)
         except ModelCallError as exc:

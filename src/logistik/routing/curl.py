@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pycurl
 
-from logistik.errors import ModelCallError
+from logistik.errors import ModelCallError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _TIMED_OUT = pycurl.E_OPERATION_TIMEDOUT
 _CONNECT_FAILED = (pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST)
 _NOTHING = pycurl.E_GOT_NOTHING
 _RETRY_AFTER = b"retry-after:"
-MAX_ERROR_TEXT = 300
+MAX_ERROR_TEXT = 300  # of a model's error, kept in answers and logs
 
 
 @dataclass(slots=True)
@@ -81,7 +81,6 @@ class CurlPool:
         self._busy: dict[pycurl.Curl, _Transfer] = {}
         # "Expect:" stops libcurl from waiting for a 100 Continue before a large body.
         self._headers = [f"{k}: {v}" for k, v in headers.items()] + ["Expect:"]
-        self._targets: dict[str, str] = {}  # url -> "host:port", for connection errors
         self._closed = False
 
     def _on_socket(self, what: int, fd: int, multi: object, data: object) -> None:
@@ -131,8 +130,12 @@ class CurlPool:
             self._fail_all(f"libcurl failed: {exc}")
 
     def _fail_all(self, why: str) -> None:
-        """End every request under way with `why`; the pool goes on with new ones."""
+        """End every request under way with `why`, in one log line; the pool goes on."""
         logger.error("model calls: %s; the %d call(s) under way are retried", why, len(self._busy))
+        self._end_all(why)
+
+    def _end_all(self, why: str) -> None:
+        """Take every request under way off the multi handle; each fails with `why`."""
         for handle, transfer in self._busy.items():
             if transfer.added:
                 transfer.added = False
@@ -235,22 +238,14 @@ class CurlPool:
         if code in _CONNECT_FAILED:
             errno = int(handle.getinfo(pycurl.OS_ERRNO))
             why = os.strerror(errno) if errno else handle.errstr()
-            return f"cannot connect to {self._target(url)}: {why}"
+            return f"cannot connect to {_target(url)}: {why}"
         if code == _NOTHING:
             return "the model closed the connection without answering"
         errno = int(handle.getinfo(pycurl.OS_ERRNO))
         text = handle.errstr() or f"libcurl error {code}"
         if errno:
             text = f"{text} ({os.strerror(errno)})"
-        return text[:MAX_ERROR_TEXT]
-
-    def _target(self, url: str) -> str:
-        target = self._targets.get(url)
-        if target is None:
-            parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            target = self._targets[url] = f"{parts.hostname}:{port}"
-        return target
+        return one_line(text, MAX_ERROR_TEXT)
 
     def close(self) -> None:
         """Release every handle and connection; requests still under way are cancelled."""
@@ -258,13 +253,14 @@ class CurlPool:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for handle, transfer in self._busy.items():
-            if transfer.added:
-                transfer.added = False
-                self._multi.remove_handle(handle)
-            if transfer.future is not None and not transfer.future.done():
-                transfer.future.set_exception(ModelCallError("the model client was closed"))
+        self._end_all("the model client was closed")
         for transfer in self._idle:
             transfer.handle.close()
         self._idle.clear()
         self._multi.close()
+
+
+def _target(url: str) -> str:
+    """A URL's host and port, for connection errors (only then: they are rare)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"

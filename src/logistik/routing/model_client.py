@@ -15,9 +15,8 @@ from logistik.event import elements, first_element
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
 from logistik.routing.batching import Batcher
-from logistik.routing.curl import CurlPool
+from logistik.routing.curl import MAX_ERROR_TEXT, CurlPool
 
-MAX_ERROR_TEXT = 300
 MODEL_HEADERS = {
     "Content-Type": "application/json",
     "User-Agent": "logistik",
