@@ -245,7 +245,10 @@ def test_a_canary_whose_answers_disagree_is_rolled_back_on_agreement(
     [rollback] = decisions_of(view, "rollback")
     assert rollback["rule"] == "agreement-sequential" and rollback["step"] == 0
     assert rollback["figures"]["canary"]["agreement"] == 0.0
-    assert 1 <= rollback["figures"]["canary"]["compared"] <= 30
+    # The sequential test can fire after 4 disagreements; counts are stored and looked at every
+    # 0.5 s while the canary answers about 40 events/s, so it fires a few ticks in, far before
+    # the 500 events the fixed-window rules wait for.
+    assert 4 <= rollback["figures"]["canary"]["compared"] <= 150
     all_answered(servers, topic, sent)  # shadows are compared, never published
 
 

@@ -83,7 +83,7 @@ def test_two_workers_share_the_partitions_and_the_front_counts_both(
         pool = router_process(config)
         wait_until(lambda: readiness(port).get("ready") is True, 60, "both workers ready")
         wait_until(lambda: pool.workers_assigned(2), 60, "partitions for both workers")
-        produce(servers, topic, sent)
+        produce(servers, topic, sent, spread=4)
         records = reader.wait_for(f"{topic}-results", 400, timeout_s=60)
         events_in = f'logistik_topic_events_total{{topic="{topic}"}}'
         # The front shows the sum of both workers' figures within a second or two.
@@ -120,7 +120,7 @@ def test_a_worker_killed_mid_stream_is_restarted_and_nothing_is_lost(
         wait_until(lambda: pool.workers_assigned(2), 60, "partitions for both workers")
         first_pid = worker_pid(port, 1)
         assert first_pid is not None
-        produce(servers, topic, sent)
+        produce(servers, topic, sent, spread=4)
         wait_until(lambda: len(reader.on(f"{topic}-results")) >= 100, 60, "first answers")
         os.kill(first_pid, signal.SIGKILL)
         held.set()

@@ -58,14 +58,21 @@ def produce(
     values: Sequence[bytes | dict[str, Any]],
     partition: int | None = None,
     headers: Sequence[tuple[str, bytes | str | None]] | None = None,
+    spread: int | None = None,
 ) -> None:
-    """Produce records (each with `headers`, when given) and wait for every acknowledgement."""
+    """Produce records (each with `headers`, when given) and wait for every acknowledgement.
+
+    `spread=N` puts value i on partition i mod N: without keys the producer's sticky
+    partitioner may put a small batch on one partition, and so on one consumer.
+    """
     producer = event_producer(servers)
     extra: dict[str, Any] = {} if partition is None else {"partition": partition}
     if headers is not None:
         extra["headers"] = list(headers)
-    for value in values:
+    for i, value in enumerate(values):
         data = value if isinstance(value, bytes) else orjson.dumps(value)
+        if spread is not None:
+            extra["partition"] = i % spread
         producer.produce(topic, data, **extra)
     assert producer.flush(20) == 0, "events not acknowledged by the broker"
 

@@ -32,7 +32,7 @@ def test_the_front_shows_every_worker_and_counts_the_calls_of_both(
     pool = router_process(config)
     base = f"http://127.0.0.1:{config['web']['port']}"
     wait_until(lambda: pool.workers_assigned(2), 60, "partitions for both workers")
-    produce(servers, topic, [event(actor=f"actor-{i}") for i in range(40)])
+    produce(servers, topic, [event(actor=f"actor-{i}") for i in range(40)], spread=4)
     page.goto(base)
     expect(page.locator("#top-status")).to_contain_text("2 workers", timeout=60_000)
     expect(page.locator("#top-status")).to_contain_text("Consuming")
