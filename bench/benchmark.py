@@ -868,13 +868,14 @@ async def measure(
     return await measure_kafka(ctx, load)
 
 
-async def measure_groups(ctx: Context, groups: int) -> Measurement:
+async def measure_groups(ctx: Context, groups: int, round_: int) -> Measurement:
     """logistik with `groups` groups on one topic, each with its own answer topic."""
     chosen = tuple(Group(f"group-{i}", ctx.model_port, f"{RESULTS}-{i}") for i in range(groups))
-    return await measure_kafka(ctx, KafkaLoad("groups", "logistik", 1, chosen, ctx.params.events))
+    load = KafkaLoad("groups", "logistik", round_, chosen, ctx.params.events)
+    return await measure_kafka(ctx, load)
 
 
-async def measure_slow(ctx: Context) -> Measurement:
+async def measure_slow(ctx: Context, round_: int) -> Measurement:
     """logistik with a fast group beside a group whose model answers in slow_delay_s."""
     _, slow_port = await slow_model(ctx)
     fast = Group("fast", ctx.model_port, f"{RESULTS}-fast")
@@ -882,7 +883,7 @@ async def measure_slow(ctx: Context) -> Measurement:
     load = KafkaLoad(
         "slow",
         "logistik",
-        1,
+        round_,
         (fast, slow),
         ctx.params.events,
         wait_for=(fast.results,),
@@ -917,6 +918,28 @@ def half_peak(results: Sequence[Measurement], params: Params) -> float:
     if not rates:
         raise BenchError("paced needs logistik's burst rate: add the burst phase or --paced-rate")
     return median(rates) / 2
+
+
+async def run_beside(ctx: Context, keep: Callable[[Measurement], None]) -> None:
+    """The groups and slow phases in rounds, each round with its own one-group burst.
+
+    Each ratio compares runs a minute apart, rather than with the burst phase's, measured
+    earlier: this machine's pace drifts by more than the effects measured here.
+    """
+    params = ctx.params
+    for round_ in range(1, params.rounds + 1):
+        progress(f"groups: logistik with 1 group (the reference), round {round_} ...")
+        keep(await measure_groups(ctx, 1, round_))
+        if "groups" in params.phases:
+            for groups in params.groups:
+                progress(f"groups: logistik with {groups} groups on one topic, round {round_} ...")
+                keep(await measure_groups(ctx, groups, round_))
+        if "slow" in params.phases:
+            progress(
+                f"slow: a fast group beside one answering in {params.slow_delay_s:g} s, "
+                f"round {round_} ..."
+            )
+            keep(await measure_slow(ctx, round_))
 
 
 async def run_batch(ctx: Context, keep: Callable[[Measurement], None]) -> None:
@@ -971,13 +994,8 @@ async def run(params: Params, record: Callable[[Measurement], None]) -> None:
                     for router in routers:
                         progress(f"{phase}, {router}, round {round_} ...")
                         keep(await measure(ctx, phase, router, round_, rate))
-            if "groups" in params.phases:
-                for groups in params.groups:
-                    progress(f"groups: logistik with {groups} groups on one topic ...")
-                    keep(await measure_groups(ctx, groups))
-            if "slow" in params.phases:
-                progress(f"slow: a fast group beside one answering in {params.slow_delay_s:g} s")
-                keep(await measure_slow(ctx))
+            if "groups" in params.phases or "slow" in params.phases:
+                await run_beside(ctx, keep)
             if "batch" in params.phases:
                 await run_batch(ctx, keep)
             if "soak" in params.phases:
@@ -1103,29 +1121,58 @@ def batching(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None) -> dict[str, Any]:
-    """Several groups, and a slow group beside a fast one, against logistik's one-group rate."""
-    found: dict[str, Any] = {
-        "groups": [
+    """Several groups, and a slow group beside a fast one, against one group's rate.
+
+    The reference is the one-group burst of the same round (reports from before it was
+    measured: logistik's median burst rate, `alone`). Medians over rounds, with the range of
+    the per-round ratios.
+    """
+    groups = [m for m in measurements if m["phase"] == "groups"]
+    reference = {m["round"]: m for m in groups if m["groups"] == 1}
+
+    def versus(ms: Sequence[dict[str, Any]], figure: str) -> dict[str, Any] | None:
+        ratios = sorted(
+            m[figure] / (reference[m["round"]][figure] if m["round"] in reference else alone)
+            for m in ms
+            if m["round"] in reference or alone
+        )
+        if not ratios:
+            return None
+        return {"median": median(ratios), "low": ratios[0], "high": ratios[-1]}
+
+    def retried(ms: Sequence[dict[str, Any]]) -> int | None:
+        known = [m["retried"] for m in ms if m.get("retried") is not None]
+        return sum(known) if known else None
+
+    rows = []
+    for count in sorted({m["groups"] for m in groups}):
+        ms = [m for m in groups if m["groups"] == count]
+        ratio = versus(ms, "calls_per_s") if count > 1 else None
+        rows.append(
             {
-                "groups": m["groups"],
-                "events_per_s": m["events_per_s"],
-                "calls_per_s": m["calls_per_s"],
-                "calls_vs_one_group": m["calls_per_s"] / alone if alone else None,
-                "retried": m.get("retried"),
+                "groups": count,
+                "rounds": len(ms),
+                "events_per_s": median(m["events_per_s"] for m in ms),
+                "calls_per_s": median(m["calls_per_s"] for m in ms),
+                "calls_vs_one_group": ratio["median"] if ratio else None,
+                "calls_vs_one_group_range": ratio,
+                "retried": retried(ms),
             }
-            for m in measurements
-            if m["phase"] == "groups"
-        ]
-    }
-    for m in measurements:
-        if m["phase"] == "slow":
-            found["slow"] = {
-                "fast_events_per_s": m["events_per_s"],
-                "alone_events_per_s": alone,
-                "change": m["events_per_s"] / alone - 1 if alone else None,
-                "complete": m["complete"],
-                "retried": m.get("retried"),
-            }
+        )
+    found: dict[str, Any] = {"groups": [r for r in rows if r["groups"] > 1 or len(rows) > 1]}
+    slow = [m for m in measurements if m["phase"] == "slow"]
+    if slow:
+        ratio = versus(slow, "events_per_s")
+        base = median(m["events_per_s"] for m in reference.values()) if reference else alone
+        found["slow"] = {
+            "fast_events_per_s": median(m["events_per_s"] for m in slow),
+            "alone_events_per_s": base,
+            "change": ratio["median"] - 1 if ratio else None,
+            "change_range": None if ratio is None else [ratio["low"] - 1, ratio["high"] - 1],
+            "rounds": len(slow),
+            "complete": all(m["complete"] for m in slow),
+            "retried": retried(slow),
+        }
     return found
 
 
@@ -1354,29 +1401,45 @@ def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "| logistik, groups on one topic | events/s | model calls/s | calls/s ÷ 1 group's "
-            "| via a retry topic |",
+            "(range) | via a retry topic |",
             "|---|---|---|---|---|",
         ]
         for row in summary["groups"]:
+            spread = row.get("calls_vs_one_group_range")
+            ratio = (
+                "- (the reference)"
+                if row["calls_vs_one_group"] is None
+                else f"{row['calls_vs_one_group']:.2f}"
+                + (
+                    f" ({spread['low']:.2f}-{spread['high']:.2f})"
+                    if spread and row["rounds"] > 1
+                    else ""
+                )
+            )
             lines.append(
                 f"| {row['groups']} | {row['events_per_s']:,.0f} | {row['calls_per_s']:,.0f} | "
-                + (f"{row['calls_vs_one_group']:.2f} |" if row["calls_vs_one_group"] else "- |")
-                + f" {_count(row.get('retried'))} |"
+                f"{ratio} | {_count(row.get('retried'))} |"
             )
     if "slow" in summary:
         slow = summary["slow"]
-        alone = (
-            f" against {slow['alone_events_per_s']:,.0f} alone ({slow['change']:+.0%})"
-            if slow["change"] is not None
-            else ""
-        )
+        alone = ""
+        if slow["change"] is not None:
+            spread = slow.get("change_range")
+            many = spread and slow.get("rounds", 1) > 1
+            within = f", {spread[0]:+.0%} to {spread[1]:+.0%}" if many else ""
+            alone = (
+                f" against {slow['alone_events_per_s']:,.0f} alone ({slow['change']:+.0%}{within})"
+            )
         capped = "" if slow["complete"] else f", measured for {params['slow_seconds']:g} s"
         retried = slow.get("retried")
         via = "" if retried is None else f"; {retried:,} (event, group) pairs via a retry topic"
+        rounds = slow.get("rounds", 1)
+        over = f" (medians of {rounds} rounds)" if rounds > 1 else ""
         lines += [
             "",
             f"A group whose model answers in {params['slow_delay_s']:g} s beside a fast group: "
-            f"the fast group moved {slow['fast_events_per_s']:,.0f} events/s{alone}{capped}{via}.",
+            f"the fast group moved {slow['fast_events_per_s']:,.0f} events/s{alone}{capped}"
+            f"{via}{over}.",
         ]
     if "batch" in summary:
         lines += batch_lines(summary["batch"], params)

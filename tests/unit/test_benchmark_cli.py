@@ -121,6 +121,40 @@ def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
     )
 
 
+def test_groups_and_the_slow_group_are_compared_with_the_one_group_burst_of_their_round(
+    tmp_path: Path,
+) -> None:
+    data = report()
+    data["measurements"] = [m for m in data["measurements"] if m["phase"] not in ("groups", "slow")]
+    data["measurements"] += [
+        measurement("groups", "logistik", 1, 4_000.0, 400.0, groups=1, retried=0),
+        measurement("groups", "logistik", 1, 1_000.0, 900.0, groups=5, retried=0),
+        measurement("slow", "logistik", 1, 3_000.0, 400.0, retried=100),
+        measurement("groups", "logistik", 2, 2_000.0, 400.0, groups=1, retried=0),
+        measurement("groups", "logistik", 2, 600.0, 900.0, groups=5, retried=7),
+        measurement("slow", "logistik", 2, 1_900.0, 400.0, retried=200),
+    ]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    done = bench("--markdown", str(path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # Round 1: 5,000 calls/s against 4,000 (1.25); round 2: 3,000 against 2,000 (1.50).
+    # Against the burst phase's median (3,500 events/s) they would have been 1.43 and 0.86.
+    assert "| 1 | 3,000 | 3,000 | - (the reference) | 0 |" in lines
+    assert "| 5 | 800 | 4,000 | 1.38 (1.25-1.50) | 7 |" in lines
+    assert "| 5 groups: model calls/s ≥ 1 group's | 1.38 x | yes |" in lines
+    # The fast group beside the slow one: -25 % in round 1, -5 % in round 2.
+    assert any(
+        line.endswith(
+            "the fast group moved 2,450 events/s against 3,000 alone (-15%, -25% to -5%); "
+            "300 (event, group) pairs via a retry topic (medians of 2 rounds)."
+        )
+        for line in lines
+    )
+    assert "| a slow group changes the fast one < 10 % | -15% | **no** |" in lines
+
+
 def test_markdown_of_a_missing_report_fails_with_its_path(tmp_path: Path) -> None:
     done = bench("--markdown", str(tmp_path / "none.json"))
     assert done.returncode != 0
