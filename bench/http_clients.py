@@ -1,10 +1,11 @@
 """Compares asyncio HTTP clients for model calls: CPU per request at 64 in flight, small JSON.
 
-    python bench/http_clients.py [--requests N] [--concurrency 64] [--rounds N]
+    python bench/http_clients.py [--requests N] [--concurrency 64] [--rounds N] [--servers 1]
                                  [--clients aiohttp,pyreqwest,...] [--report PATH]
 
 Each client runs in a process of its own, in turn (round after round), against one raw model
-server (bench/model_server.py) on loopback, on uvloop as `logistik run` is. Every client is
+server (bench/model_server.py; `--servers N` spreads the calls over N of them, as a router
+calling N models does) on loopback, on uvloop as `logistik run` is. Every client is
 set up as a router needs it: a total timeout per request, a pool of at most `--concurrency`
 connections, redirects not followed, answers over ANSWER_LIMIT_BYTES refused (the
 `-unbounded` variants read the whole answer, whatever its size). Before it is
@@ -334,12 +335,15 @@ def installed(name: str) -> str | None:
 # ---------------------------------------------------------------- one client, in its process
 
 
-async def drive(caller: Caller, url: str, bodies: Sequence[bytes], concurrency: int) -> list[float]:
-    """POST every body with `concurrency` requests in flight; each request's latency in ms."""
+async def drive(
+    caller: Caller, urls: Sequence[str], bodies: Sequence[bytes], concurrency: int
+) -> list[float]:
+    """POST every body with `concurrency` requests in flight, spread over `urls` (each in-flight
+    slot keeps to one); each request's latency in ms."""
     latencies: list[float] = []
     pending = iter(bodies)
 
-    async def worker() -> None:
+    async def worker(url: str) -> None:
         for body in pending:
             started = time.perf_counter()
             status, _ = await caller.post(url, body, CALL_TIMEOUT_S)
@@ -347,7 +351,7 @@ async def drive(caller: Caller, url: str, bodies: Sequence[bytes], concurrency: 
                 raise BenchError(f"the model answered HTTP {status}")
             latencies.append((time.perf_counter() - started) * 1000)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(urls[k % len(urls)]) for k in range(concurrency)))
     return latencies
 
 
@@ -366,10 +370,13 @@ async def check(what: str, work: Awaitable[object], expect: type[BaseException])
     return f"no: {what} came back (HTTP {status})"
 
 
-async def connections(caller: Caller, base: str) -> int:
-    """How many connections the model server has accepted so far."""
-    _, payload = await caller.post(f"{base}/stats", b"{}", CALL_TIMEOUT_S)
-    return int(orjson.loads(payload)["connections"])
+async def connections(caller: Caller, bases: Sequence[str]) -> int:
+    """How many connections the model servers have accepted so far."""
+    total = 0
+    for base in bases:
+        _, payload = await caller.post(f"{base}/stats", b"{}", CALL_TIMEOUT_S)
+        total += int(orjson.loads(payload)["connections"])
+    return total
 
 
 async def redirect_kept(caller: Caller, base: str) -> str:
@@ -378,11 +385,14 @@ async def redirect_kept(caller: Caller, base: str) -> str:
     return "yes" if status == 307 else f"no: got HTTP {status}"
 
 
-async def measure_client(name: str, base: str, requests: int, concurrency: int) -> dict[str, Any]:
+async def measure_client(
+    name: str, bases: Sequence[str], requests: int, concurrency: int
+) -> dict[str, Any]:
     """Check the client's four properties, warm it up, then time `requests` calls."""
     maker = EventMaker(seed=1)
     bodies = [maker.make(event_id("call", i), i)[1] for i in range(requests)]
-    url = f"{base}/predict"
+    base = bases[0]  # the properties are checked on the first server
+    urls = [f"{b}/predict" for b in bases]
     async with CLIENTS[name](concurrency) as caller:
         properties = {
             "timeouts": await check(
@@ -395,13 +405,13 @@ async def measure_client(name: str, base: str, requests: int, concurrency: int) 
                 AnswerTooLargeError,
             ),
         }
-        await drive(caller, url, bodies[: concurrency * 8], concurrency)
-        opened_before = await connections(caller, base)
+        await drive(caller, urls, bodies[: concurrency * 8], concurrency)
+        opened_before = await connections(caller, bases)
         cpu_before, started = time.process_time(), time.perf_counter()
-        latencies = await drive(caller, url, bodies, concurrency)
+        latencies = await drive(caller, urls, bodies, concurrency)
         seconds = time.perf_counter() - started
         cpu_s = time.process_time() - cpu_before
-        opened = await connections(caller, base) - opened_before
+        opened = await connections(caller, bases) - opened_before
     properties["pooling"] = (
         "yes" if opened <= concurrency else f"no: {opened} connections for {requests} calls"
     )
@@ -421,7 +431,7 @@ def run_one(args: argparse.Namespace) -> None:
     """Measure one client and print the result as one JSON line."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         result = runner.run(
-            measure_client(args.run_client, args.base, args.requests, args.concurrency)
+            measure_client(args.run_client, args.base.split(","), args.requests, args.concurrency)
         )
     print(orjson.dumps(result).decode(), flush=True)
 
@@ -429,7 +439,9 @@ def run_one(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the comparison
 
 
-def spawn_client(name: str, base: str, requests: int, concurrency: int) -> dict[str, Any]:
+def spawn_client(
+    name: str, bases: Sequence[str], requests: int, concurrency: int
+) -> dict[str, Any]:
     """Run one client's measurement in a process of its own and return its result."""
     argv = [
         sys.executable,
@@ -437,7 +449,7 @@ def spawn_client(name: str, base: str, requests: int, concurrency: int) -> dict[
         "--run-client",
         name,
         "--base",
-        base,
+        ",".join(bases),
         "--requests",
         str(requests),
         "--concurrency",
@@ -453,37 +465,46 @@ def spawn_client(name: str, base: str, requests: int, concurrency: int) -> dict[
 
 
 async def compare(
-    clients: Sequence[str], requests: int, concurrency: int, rounds: int
+    clients: Sequence[str], requests: int, concurrency: int, rounds: int, servers: int = 1
 ) -> dict[str, Any]:
-    """Every client in turn, `rounds` times, against one model server; the raw results."""
+    """Every client in turn, `rounds` times, against `servers` model servers (the calls in
+    flight spread evenly over them); the raw results."""
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="logistik-http-") as tmp:
         async with AsyncExitStack() as stack:
-            port = free_port()
-            model = Child(
-                "the model server",
-                [sys.executable, script("model_server.py"), "--port", str(port)],
-                Path(tmp) / "model.log",
-                Path(tmp),
-            ).start()
-            stack.callback(model.stop)
-            await wait_for_port(port, model)
-            base = f"http://127.0.0.1:{port}"
+            models, bases = [], []
+            for k in range(servers):
+                port = free_port()
+                model = Child(
+                    "the model server",
+                    [sys.executable, script("model_server.py"), "--port", str(port)],
+                    Path(tmp) / f"model-{k}.log",
+                    Path(tmp),
+                ).start()
+                stack.callback(model.stop)
+                await wait_for_port(port, model)
+                models.append(model)
+                bases.append(f"http://127.0.0.1:{port}")
             for round_ in range(1, rounds + 1):
                 for name in clients:
                     print(f"{name}, round {round_} ...", file=sys.stderr, flush=True)
-                    model_before = cpu_seconds(model.pid)
+                    model_before = sum(cpu_seconds(m.pid) for m in models)
                     result = await asyncio.to_thread(
-                        spawn_client, name, base, requests, concurrency
+                        spawn_client, name, bases, requests, concurrency
                     )
-                    # The model's CPU over the whole child run, checks and warm-up included.
-                    result["model_cpu_s"] = cpu_seconds(model.pid) - model_before
+                    # The models' CPU over the whole child run, checks and warm-up included.
+                    result["model_cpu_s"] = sum(cpu_seconds(m.pid) for m in models) - model_before
                     result["round"] = round_
                     runs.append(result)
     return {
         "machine": machine(),
         "python": sys.version.split()[0],
-        "parameters": {"requests": requests, "concurrency": concurrency, "rounds": rounds},
+        "parameters": {
+            "requests": requests,
+            "concurrency": concurrency,
+            "rounds": rounds,
+            "servers": servers,
+        },
         "runs": runs,
     }
 
@@ -515,10 +536,12 @@ def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     """The comparison as a Markdown table, cheapest client first."""
     params = report["parameters"]
+    servers = params.get("servers", 1)
+    spread = f" over {servers} model servers" if servers > 1 else ""
     rows = sorted(summary(report), key=lambda r: r["cpu_us_per_request"])
     lines = [
         f"{params['requests']:,} POSTs of 300-1000 B JSON per run, {params['concurrency']} in "
-        f"flight, {params['rounds']} round(s), medians; {report['machine']['cores']} cores "
+        f"flight{spread}, {params['rounds']} round(s), medians; {report['machine']['cores']} cores "
         f"({report['machine']['cpu'] or 'unknown CPU'}), Python {report['python']}, uvloop.",
         "",
         "| client | requests/s | CPU µs/request (range) | p50 ms | p99 ms | "
@@ -542,6 +565,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=20_000, help="measured calls per run")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     parser.add_argument("--rounds", type=int, default=3, help="runs per client, taken in turn")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="model servers (one host:port each) the calls in flight are spread over",
+    )
     parser.add_argument(
         "--clients",
         default=",".join(CLIENTS),
@@ -572,7 +601,9 @@ def main() -> None:
         print(f"not installed, skipped: {', '.join(missing)}", file=sys.stderr)
     clients = [c for c in wanted if c not in missing]
     try:
-        report = asyncio.run(compare(clients, args.requests, args.concurrency, args.rounds))
+        report = asyncio.run(
+            compare(clients, args.requests, args.concurrency, args.rounds, args.servers)
+        )
     except BenchError as exc:
         sys.exit(f"benchmark failed: {exc}")
     if args.report:
