@@ -6,11 +6,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from tests.support.databases import RedisServer
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, end_offsets, event, produce, unique
-from tests.support.models import ModelServer
+from tests.support.models import ModelServer, wait_until
 
 pytestmark = pytest.mark.one_broker  # the subject is the Redis cache, not the broker
 
@@ -54,6 +55,9 @@ def test_a_hit_publishes_the_stored_answer_without_calling_the_model(
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [first])
         [answer] = reader.wait_for(f"{topic}-results", 1)
+        # The answer is stored after it is published: the repeats go once it is there.
+        with redis.Redis.from_url(redis_server.url) as store:
+            wait_until(lambda: store.dbsize() > 0, what="the first answer stored in Redis")
         produce(servers, topic, [lookup(), lookup(), event(actor="bob")])
         records = reader.wait_for(f"{topic}-results", 4)
     assert model.count == 2  # the first lookup and bob's; both repeats came from the cache
@@ -76,10 +80,11 @@ def test_redis_stopped_mid_run_loses_nothing(
         make_config(servers, [handler("face", topic, model.port)], cache={"url": redis_server.url})
     )
     with TopicReader(servers, f"{topic}-results") as reader:
-        produce(servers, topic, [event() for _ in range(10)])
+        # Each its own request (a cache key of its own): every one of the 40 calls the model.
+        produce(servers, topic, [event(actor=f"actor-{i}") for i in range(10)])
         reader.wait_for(f"{topic}-results", 10)
         redis_server.stop()
-        later = [event() for _ in range(30)]
+        later = [event(actor=f"actor-{i}") for i in range(10, 40)]
         produce(servers, topic, later)
         records = reader.wait_for(f"{topic}-results", 40)
     assert {r.headers["logistik.event_id"] for r in records[10:]} == {e["id"] for e in later}

@@ -253,4 +253,5 @@ def test_a_stopped_router_leaves_no_kafka_client_behind(
             assert kafka_client_threads() > before
         finally:
             running.stop()
-    wait_until(lambda: kafka_client_threads() == before, 10, "the router's Kafka clients gone")
+    # At most as many as before: a client of an earlier test may have finished closing since.
+    wait_until(lambda: kafka_client_threads() <= before, 10, "the router's Kafka clients gone")

@@ -45,6 +45,15 @@ def test_metrics_match_what_the_models_saw(
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [event() for _ in range(30)])
         reader.wait_for(f"{topic}-results", 30)
+    # An answer is counted as published once the broker acknowledged it, which may be after
+    # the reader has read it.
+    wait_until(
+        lambda: (
+            sample(fetch(running, "/metrics")[1], "logistik_topic_published_total", topic=topic)
+            == 30
+        ),
+        what="30 answers counted as published",
+    )
     status, text = fetch(running, "/metrics")
     assert status == 200
     labels = {

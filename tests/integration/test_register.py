@@ -152,6 +152,8 @@ def test_registers_and_heartbeats_past_the_ttl(consul: ConsulTarget, start: Star
     command = [sys.executable, "-c", "import time; time.sleep(60)"]
     flags = ["--id", f"{name}-a", "--address", "10.1.2.3", "--port", "5052"]
     flags += ["--tags", "logistik", "--tags", "model=model"]
+    # A TTL of 2 s (heartbeats every 0.67 s): a loaded machine may delay one by a second.
+    flags += ["--ttl", "2"]
     running = start(*register_args(consul, name, *flags), "--", *command)
 
     entry = wait_passing(consul, name, f"{name}-a")
@@ -164,8 +166,8 @@ def test_registers_and_heartbeats_past_the_ttl(consul: ConsulTarget, start: Star
     # wake this blocking query early with a new index.
     index = consul.get(f"/v1/health/service/{name}?passing").index
     began = time.monotonic()
-    held = consul.get(f"/v1/health/service/{name}?passing&index={index}&wait=3s")
-    assert time.monotonic() - began >= 2.9
+    held = consul.get(f"/v1/health/service/{name}?passing&index={index}&wait=6s")
+    assert time.monotonic() - began >= 5.9
     assert held.index == index
     assert [e["Service"]["ID"] for e in held.json()] == [f"{name}-a"]
     assert running.process.poll() is None

@@ -175,7 +175,9 @@ def test_a_canary_failing_a_fifth_of_events_is_rolled_back_in_its_first_step(
     [rollback] = decisions_of(view, "rollback")
     canary = rollback["figures"]["canary"]
     assert rollback["step"] == 0 and rollback["rule"] == "errors-sequential"
-    assert canary["calls"] <= 100  # stopped after tens of events, not the step's 500
+    # Stopped after tens of events (decided on ticks of 0.5 s, which a loaded machine runs
+    # late), not the step's 500.
+    assert canary["calls"] <= 250
     assert canary["error_rate"] >= 0.1
     assert records(url)[CANARY].handler.traffic == 0.0
     assert "rolled back" in hook.requests[0]["text"] and CANARY in hook.requests[0]["text"]
@@ -215,9 +217,11 @@ def test_a_canary_three_times_slower_at_p99_is_rolled_back_or_held_as_asked(
     report(view)
     [decision] = [d for d in decisions_of(view) if d["rule"] == "latency"]
     assert decision["outcome"] == on_slow and decision["step"] == 0
-    assert decision["figures"]["checks"]["p50"]["ratio"] > 2
+    # 90 ms against 30 ms; a loaded machine adds its own delay to both, so what is asserted is
+    # the rule's limit (max_p50_increase, 1.2 by default), not the models' ratio of 3.
+    assert decision["figures"]["checks"]["p50"]["ratio"] > 1.2
     canary, production_figures = decision["figures"]["canary"], decision["figures"]["production"]
-    assert canary["p50_ms"] > 2 * production_figures["p50_ms"]
+    assert canary["p50_ms"] > 1.2 * production_figures["p50_ms"]
     assert decisions_of(view, "advance", "promote") == []
     assert records(url)[CANARY].handler.traffic == 0.0
 
@@ -269,7 +273,9 @@ def test_a_restart_in_the_middle_of_a_step_resumes_the_rollout_where_it_was(
     first = router_process(settings)
     with EventFlow(servers, topic) as flow:
         warm(production)
-        rollout_id = start_rollout(url, CANARY, **RELAXED, min_events=150)
+        # A step of at least 6 s: the first process must not finish it between the 30th call
+        # counted and its SIGTERM, however late a loaded machine sends it.
+        rollout_id = start_rollout(url, CANARY, **{**RELAXED, "step_wait": "6s"}, min_events=150)
         wait_until(
             lambda: (
                 (rollout_view(url, rollout_id)["current"] or {})

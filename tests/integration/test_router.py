@@ -392,7 +392,8 @@ def test_retry_records_survive_a_restart_with_auto_offset_reset_latest(
         servers,
         [handler("m", topic, model.port)],
         kafka={"auto_offset_reset": "latest"},
-        routing={"backoff_base_s": 4, "backoff_cap_s": 4},
+        # Retries due 5-10 s later: a stop slowed by a loaded machine still comes first.
+        routing={"backoff_base_s": 10, "backoff_cap_s": 10},
     )
     lane = retry_topic(topic, "m")
     sent = [event(actor=f"a{i}") for i in range(20)]

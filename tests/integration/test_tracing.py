@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.support.harness import RouterThread, handler, make_config
 from tests.support.kafkatools import TopicReader, create_topics, event, produce, unique
-from tests.support.models import ModelServer, Reply, echo
+from tests.support.models import ModelServer, Reply, echo, wait_until
 
 pytestmark = pytest.mark.one_broker  # the subject is tracing, not the broker
 
@@ -51,6 +51,11 @@ def test_event_and_call_spans_with_trace_context_to_model_and_kafka(
     with TopicReader(servers, f"{topic}-results") as reader:
         produce(servers, topic, [event()])
         [record] = reader.wait_for(f"{topic}-results", 1)
+    # The event's span ends once the broker acknowledged the answer, which may be read first.
+    wait_until(
+        lambda: any(s.name == f"route {topic}" for s in spans.get_finished_spans()),
+        what="the event's span to end",
+    )
     finished = spans.get_finished_spans()
     [root] = [s for s in finished if s.name == f"route {topic}"]
     calls = [s for s in finished if s.name == "call face-127.0.0.1-model-0"]

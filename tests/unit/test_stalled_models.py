@@ -23,7 +23,7 @@ from logistik.routing.slots import Slots
 from tests.support.models import wait_until_async
 from tests.unit.test_router import MemoryTopics, event, handler
 
-STALL_S = 0.05
+STALL_S = 0.5  # a window a loaded machine's pauses (tens of ms) cannot span
 
 
 @dataclass

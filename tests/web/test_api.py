@@ -40,11 +40,14 @@ def test_handlers_show_logistiks_figures_and_failures(
         produce(servers, topic, [event() for _ in range(10)])
         reader.wait_for(f"{topic}-results", 10)
         reader.wait_for(f"{topic}-failed", 10)
-    views = {h["node_id"]: h for h in get(running, "/api/handlers")}
+    # Answers and failures are counted once the broker acknowledged them, which may be after
+    # the reader has read them.
+    expected = {"events_in": 10, "published": 10, "failed": {"rejected": 10}}
     wait_until(
-        lambda: get(running, "/api/status")["topics"].get(topic, {}).get("events_in") == 10,
+        lambda: get(running, "/api/status")["topics"].get(topic) == expected,
         what="the topic figures",
     )
+    views = {h["node_id"]: h for h in get(running, "/api/handlers")}
     good_view = views["good-127.0.0.1-model-0"]
     assert good_view["state"] == "active"
     assert good_view["uwsgi"] is None  # no uWSGI stats server at its port + 100
