@@ -1131,14 +1131,10 @@ def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None
     reference = {m["round"]: m for m in groups if m["groups"] == 1}
 
     def versus(ms: Sequence[dict[str, Any]], figure: str) -> dict[str, Any] | None:
-        ratios = sorted(
-            m[figure] / (reference[m["round"]][figure] if m["round"] in reference else alone)
-            for m in ms
-            if m["round"] in reference or alone
-        )
-        if not ratios:
-            return None
-        return {"median": median(ratios), "low": ratios[0], "high": ratios[-1]}
+        theirs: list[dict[str, Any]] = list(reference.values())
+        if not theirs and alone:  # a report from before the per-round reference
+            theirs = [{"round": m["round"], figure: alone} for m in ms]
+        return ratio_of(ms, theirs, figure)
 
     def retried(ms: Sequence[dict[str, Any]]) -> int | None:
         known = [m["retried"] for m in ms if m.get("retried") is not None]

@@ -125,8 +125,9 @@ class CurlPool:
                     self._settle(handle, code)
                 if not queued:
                     return
-        except pycurl.error as exc:
-            # Never expected; but a request libcurl no longer drives would wait forever.
+        except Exception as exc:  # pycurl.error, or a bug here: nothing else would end the calls
+            # Never expected; but a request libcurl no longer drives would wait forever (and a
+            # timer callback that raised would not be rescheduled).
             self._fail_all(f"libcurl failed: {exc}")
 
     def _fail_all(self, why: str) -> None:
