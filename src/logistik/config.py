@@ -286,7 +286,8 @@ class RoutingConfig(_Section):
     # In the same case, a model whose queued calls have not moved for this long gives them to
     # its retry topic at once: a model that stalls must not hold the others.
     stalled_after_s: float = Field(default=0.25, gt=0)
-    # Records of a group's retry topic held at once (waiting for their due time or a slot).
+    # Events of a group's retry topic held at once (a bundle counts as its events), waiting for
+    # their due time or a slot.
     max_waiting_retries: int = Field(default=2_000, ge=1)
     # An event no instance could take (circuits open, or busy) waits on the retry topic
     # without using its retries, for at most this long; then it goes to the failed topic.

@@ -6,8 +6,10 @@ record's headers, is named here, so producers, the router, replay and tail agree
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -25,6 +27,12 @@ MAX_GROUPS_HEADER_BYTES = 64 * 1024  # a replay for more groups than this is not
 # Every header value logistik writes is cut to this size, so that a record is never refused for
 # its headers (a huge event id or node id would otherwise make it unwritable).
 MAX_HEADER_VALUE_BYTES = 4096
+# A bundle (one retry record holding several held events of one partition) is kept well under
+# Kafka's default record limit of 1 MB, and its events few enough to be called side by side.
+MAX_BUNDLE_EVENTS = 100
+MAX_BUNDLE_BYTES = 256 * 1024
+# Each event of a bundle: its offset (8 bytes) and its length (4 bytes), then its bytes.
+_BUNDLE_ENTRY = struct.Struct(">QI")
 
 HeaderValue = str | bytes | None
 HeaderList = Sequence[tuple[str, HeaderValue]]
@@ -62,6 +70,8 @@ class Header:
     ATTEMPT = HEADER_PREFIX + "attempt"  # calls made so far
     DUE_AT = HEADER_PREFIX + "due_at"  # when to call again, in milliseconds since the epoch
     WAITING_SINCE = HEADER_PREFIX + "waiting_since"  # first put on the retry topic, in ms
+    # On a bundle: how many events its value holds (SOURCE names the first one's offset).
+    BUNDLE = HEADER_PREFIX + "bundle"
 
 
 class Reason(StrEnum):
@@ -102,6 +112,7 @@ def failed_topic(topic: str) -> str:
     return topic + FAILED_SUFFIX
 
 
+@functools.lru_cache(maxsize=4096)  # asked for each event a busy group's retry topic takes
 def retry_topic(topic: str, group_id: str) -> str:
     """Where events of a topic wait for one group's next call: each group has its own, so that
     a group's backlog is paced apart from the others'."""
@@ -138,6 +149,7 @@ class RetryMarks:
     error: str = ""
     replays: int = 0
     since_ms: int = 0
+    bundle: int = 0  # events in the record's value as a bundle; 0: the value is the event
 
     def headers(self) -> list[tuple[str, HeaderValue]]:
         """The record's headers (texts left out when empty)."""
@@ -155,6 +167,8 @@ class RetryMarks:
         if self.error:
             found.append((Header.ERROR, bounded(self.error)))
         found.append((Header.REPLAYS, b"%d" % self.replays))
+        if self.bundle:
+            found.append((Header.BUNDLE, b"%d" % self.bundle))
         return found
 
 
@@ -193,7 +207,66 @@ def retry_marks(headers: HeaderList | None) -> RetryMarks:
         error=text(Header.ERROR),
         replays=_count(text(Header.REPLAYS)) or 0,
         since_ms=number(Header.WAITING_SINCE) if Header.WAITING_SINCE in found else 0,
+        bundle=_bundle_count(text(Header.BUNDLE)) if Header.BUNDLE in found else 0,
     )
+
+
+def _bundle_count(text: str) -> int:
+    count = _count(text)
+    if count is None or not 1 <= count <= MAX_BUNDLE_EVENTS:
+        raise InvalidEventError(
+            Reason.INVALID_HEADER,
+            f"header {Header.BUNDLE} is not a count from 1 to {MAX_BUNDLE_EVENTS}: {text[:40]!r}",
+        )
+    return count
+
+
+def retry_weight(headers: HeaderList | None) -> int:
+    """How many events a retry record holds (1 unless it is a valid bundle), to count it."""
+    for name, value in headers or ():
+        if name == Header.BUNDLE:
+            try:
+                return _bundle_count(_header_text(name, value))
+            except InvalidEventError:
+                return 1  # the router sends it to the failed topic, with the reason
+    return 1
+
+
+def bundle_value(entries: Sequence[tuple[int, bytes]]) -> bytes:
+    """A bundle's value: for each event its offset and length, then its bytes."""
+    parts: list[bytes] = []
+    for offset, body in entries:
+        parts.append(_BUNDLE_ENTRY.pack(offset, len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+def bundle_entries(value: bytes | None, count: int) -> list[tuple[int, bytes]]:
+    """The (offset, event bytes) pairs of a bundle; InvalidEventError when the value does not
+    hold exactly `count` of them."""
+    data = value or b""
+    if len(data) > MAX_BUNDLE_BYTES + count * _BUNDLE_ENTRY.size:
+        raise InvalidEventError(
+            Reason.INVALID_HEADER, f"a bundle of {len(data)} bytes, over {MAX_BUNDLE_BYTES}"
+        )
+    entries: list[tuple[int, bytes]] = []
+    at = 0
+    while at < len(data) and len(entries) < count:
+        if at + _BUNDLE_ENTRY.size > len(data):
+            break
+        offset, size = _BUNDLE_ENTRY.unpack_from(data, at)
+        at += _BUNDLE_ENTRY.size
+        if at + size > len(data):
+            break
+        entries.append((offset, data[at : at + size]))
+        at += size
+    if len(entries) != count or at != len(data):
+        raise InvalidEventError(
+            Reason.INVALID_HEADER,
+            f"a bundle whose value does not hold the {count} event(s) its header says "
+            f"({len(entries)} read, {len(data) - at} byte(s) left over)",
+        )
+    return entries
 
 
 def _count(text: str) -> int | None:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tests.support.harness import RouterThread, handler, make_config
+import pytest
+
+from logistik.protocol import retry_topic
+from tests.support.harness import RouterProcess, RouterThread, handler, make_config
 from tests.support.kafkatools import (
     Record,
     TopicReader,
     create_topics,
     end_offsets,
     event,
+    held_events,
     produce,
     unique,
 )
@@ -23,6 +28,7 @@ from tests.support.models import ModelServer, Reply, echo, wait_until
 
 StartModel = Callable[..., ModelServer]
 StartRouter = Callable[[dict[str, Any]], RouterThread]
+StartProcess = Callable[[dict[str, Any]], RouterProcess]
 
 
 def hanging_until(healed: threading.Event) -> Callable[[dict[str, Any], int], Reply]:
@@ -39,6 +45,24 @@ def healing(healed: threading.Event) -> Iterator[None]:
         yield
     finally:
         healed.set()
+
+
+def beside_a_hanging_model(
+    servers: str, prefix: str, hanging: ModelServer, fast: ModelServer
+) -> tuple[str, dict[str, Any]]:
+    """A fresh topic read by a hanging group and a fast one, and the config: a small in-flight
+    budget and queues that would wait a minute, so that only the stall rule frees the budget."""
+    topic = unique(prefix)
+    create_topics(servers, topic, f"{topic}-results", f"{topic}-failed", f"{topic}-hang")
+    config = make_config(
+        servers,
+        [
+            handler("hang", topic, hanging.port, return_to=f"{topic}-hang", timeout=60),
+            handler("fast", topic, fast.port),
+        ],
+        routing={"max_in_flight": 100, "max_concurrency_per_handler": 4, "max_queue_wait_s": 60},
+    )
+    return topic, config
 
 
 def by_group(records: list[Record]) -> Counter[str]:
@@ -129,24 +153,15 @@ def test_a_model_that_stops_answering_gives_its_queue_to_the_retry_topic_at_once
     # Queued calls would wait up to 30 s (half the timeout) before the retry topic: only the
     # stall rule can free the in-flight budget for the fast group within the test's wait.
     healed = threading.Event()
-    hanging, fast = model_server(hanging_until(healed)), model_server()
-    topic = unique("stall")
-    create_topics(servers, topic, f"{topic}-results", f"{topic}-failed", f"{topic}-hang")
-    config = make_config(
-        servers,
-        [
-            handler("hang", topic, hanging.port, return_to=f"{topic}-hang", timeout=60),
-            handler("fast", topic, fast.port),
-        ],
-        routing={
-            "max_in_flight": 100,
-            "max_concurrency_per_handler": 4,
-            "max_queue_wait_s": 60,
-        },
-    )
+    hanging = model_server(hanging_until(healed))
+    topic, config = beside_a_hanging_model(servers, "stall", hanging, model_server())
     sent = [event() for _ in range(600)]
     ids = {e["id"] for e in sent}
-    with TopicReader(servers, f"{topic}-results", f"{topic}-hang") as reader, healing(healed):
+    lane = retry_topic(topic, "hang")
+    with (
+        TopicReader(servers, f"{topic}-results", f"{topic}-hang", lane) as reader,
+        healing(healed),
+    ):
         running = router(config)
         produce(servers, topic, sent)
         reader.wait_for(f"{topic}-results", 600, timeout_s=20, context=running.describe)
@@ -161,5 +176,47 @@ def test_a_model_that_stops_answering_gives_its_queue_to_the_retry_topic_at_once
             60,
             "every event answered by the model that hung, from its retry topic",
         )
+        # Its new events waited in bundles, several to a record.
+        held = reader.on(lane)
     assert sorted(r.json()["id"] for r in reader.on(f"{topic}-results")) == sorted(ids)
+    assert end_offsets(servers, f"{topic}-failed") == [0]
+    assert max(int(r.headers.get("logistik.bundle", "1")) for r in held) > 1
+    assert {e["id"] for r in held for _, e in held_events(r)} <= ids
+
+
+@pytest.mark.one_broker
+def test_kill_9_while_a_busy_groups_events_wait_in_bundles_loses_none(
+    servers: str, model_server: StartModel, router_process: StartProcess
+) -> None:
+    healed = threading.Event()
+    hanging = model_server(hanging_until(healed))
+    topic, config = beside_a_hanging_model(servers, "bundles", hanging, model_server())
+    lane = retry_topic(topic, "hang")
+    sent = [event() for _ in range(600)]
+    ids = {e["id"] for e in sent}
+    with TopicReader(servers, f"{topic}-results", f"{topic}-hang", lane) as reader, healing(healed):
+        first = router_process(config)
+        produce(servers, topic, sent)
+        reader.wait_for(f"{topic}-results", 600, timeout_s=30)
+
+        def bundled() -> int:
+            return sum(
+                len(held_events(r)) for r in reader.on(lane) if "logistik.bundle" in r.headers
+            )
+
+        wait_until(lambda: bundled() >= 300, 10, "the hanging model's events in bundles")
+        first.kill()
+        assert first.wait(10) == -signal.SIGKILL, first.log()[-3000:]
+        healed.set()
+        second = router_process(config)
+        wait_until(
+            lambda: {r.json()["id"] for r in reader.on(f"{topic}-hang")} >= ids,
+            90,
+            "every event answered by the model that hung, after the restart",
+        )
+        second.signal(signal.SIGTERM)
+        assert second.wait(30) == 0, second.log()[-3000:]
+    # Lost: none. Every event answered by both groups (some twice: at least once).
+    assert {r.json()["id"] for r in reader.on(f"{topic}-results")} == ids
+    assert {r.json()["id"] for r in reader.on(f"{topic}-hang")} == ids
     assert end_offsets(servers, f"{topic}-failed") == [0]

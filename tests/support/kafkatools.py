@@ -13,6 +13,8 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from logistik.protocol import Header, bundle_entries
+
 
 @dataclass(frozen=True)
 class Record:
@@ -30,6 +32,16 @@ class Record:
         """The value parsed as JSON."""
         assert self.value is not None
         return orjson.loads(self.value)
+
+
+def held_events(record: Record) -> list[tuple[int, dict[str, Any]]]:
+    """The (source offset, event) pairs of a retry topic's record: one, or a bundle's."""
+    count = record.headers.get(Header.BUNDLE)
+    if count is not None:
+        entries = bundle_entries(record.value, int(count))
+        return [(offset, orjson.loads(body)) for offset, body in entries]
+    offset = int(record.headers[Header.SOURCE].rsplit("/", 1)[1])
+    return [(offset, record.json())]
 
 
 def unique(prefix: str) -> str:

@@ -17,10 +17,11 @@ from logistik.protocol import MAX_HEADER_VALUE_BYTES, FailedRecord, Header, Head
 from logistik.routing.registry import Registry
 from logistik.routing.router import FAILED_VALUE_KEEP_BYTES, Router, Source
 from tests.support.models import wait_until_async
+from tests.unit.test_router import SubmitBySend
 
 
 @dataclass
-class SizedTopics:
+class SizedTopics(SubmitBySend):
     """A broker double that refuses records over `max_bytes` and, while `away`, everything."""
 
     max_bytes: int = 1_000_000

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from logistik.answer import Answer, Outcome
 from logistik.config import RoutingConfig
 from logistik.errors import PublishError
 from logistik.handler import Handler
-from logistik.protocol import Header, HeaderValue, Reason, retry_topic
+from logistik.protocol import Header, HeaderValue, Reason, bundle_entries, retry_topic
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
 
@@ -46,8 +47,23 @@ class Written:
     headers: dict[str, str]
 
 
+class SubmitBySend:
+    """`submit` for a test's broker double: its own `send`, started as a task."""
+
+    send: Callable[..., Coroutine[Any, Any, None]]
+
+    def submit(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, HeaderValue]] | None = None,
+    ) -> Awaitable[None]:
+        return asyncio.ensure_future(self.send(topic, value, key, headers))
+
+
 @dataclass
-class MemoryTopics:
+class MemoryTopics(SubmitBySend):
     """Keeps every record written; refuses the topics in `refused` as a broker would."""
 
     refused: set[str] = field(default_factory=set)
@@ -67,6 +83,18 @@ class MemoryTopics:
 
     def on(self, topic: str) -> list[Written]:
         return [r for r in self.records if r.topic == topic]
+
+    def held(self, topic: str) -> list[tuple[int, bytes, Written]]:
+        """The events on a retry topic, a bundle's one by one: (source offset, event, record)."""
+        found: list[tuple[int, bytes, Written]] = []
+        for record in self.on(topic):
+            if Header.BUNDLE in record.headers:
+                entries = bundle_entries(record.value, int(record.headers[Header.BUNDLE]))
+                found += [(offset, body, record) for offset, body in entries]
+            else:
+                offset = int(record.headers[Header.SOURCE].rsplit("/", 1)[1])
+                found.append((offset, record.value or b"", record))
+        return found
 
 
 def ok(body: dict[str, Any]) -> Answer:

@@ -112,14 +112,14 @@ async def test_a_stalled_model_beside_an_idle_one_sends_its_queue_to_the_retry_t
         # The four queued events are done for the hanging group without a call: each waits
         # on its retry topic; the two calls under way go on.
         await wait_until_async(lambda: sum(t.done() for t in tasks) == 4, 5, "four events done")
-        retries = topics.on(retry_topic("detect", "hang"))
+        retries = topics.held(retry_topic("detect", "hang"))
         assert len(retries) == 4
-        assert all("is busy" in r.headers[Header.ERROR] for r in retries)
+        assert all("is busy" in r.headers[Header.ERROR] for _, _, r in retries)
         assert models.calls.count("hang") == 2
         # New events of the stalled model go to the retry topic too, without queueing.
         with routing(router, 1, "detect") as more:
             await asyncio.wait_for(asyncio.gather(*more), 5)
-        assert len(topics.on(retry_topic("detect", "hang"))) == 5
+        assert len(topics.held(retry_topic("detect", "hang"))) == 5
         models.released.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert len(topics.on("hang-results")) == 2
@@ -139,7 +139,7 @@ async def test_a_model_held_back_since_the_budget_filled_counts_however_late_the
         assert router.relieve() == 0  # no anchor: an idle model that answered long ago
         assert router.relieve(full_since_s=filled_s) == 4
         await wait_until_async(lambda: sum(t.done() for t in tasks) == 4, 5, "four events done")
-        assert len(topics.on(retry_topic("detect", "hang"))) == 4
+        assert len(topics.held(retry_topic("detect", "hang"))) == 4
         models.released.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
 
@@ -271,7 +271,7 @@ async def test_a_queue_past_half_the_deadline_waits_on_while_its_model_answers()
 async def test_a_queue_past_half_the_deadline_leaves_when_its_model_answers_nothing() -> None:
     router, _, models, topics = routed([handler("hang", timeout_s=0.2)], {"hang"})
     with routing(router, 6) as tasks:
-        await wait_until_async(lambda: len(topics.on(retry_topic("detect", "hang"))) == 4, 5)
+        await wait_until_async(lambda: len(topics.held(retry_topic("detect", "hang"))) == 4, 5)
         assert all("is busy" in r.headers[Header.ERROR] for r in topics.records)
         assert len(models.holding) == 2
         models.released.set()

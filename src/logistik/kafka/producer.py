@@ -258,6 +258,19 @@ class EventProducer:
         headers: Headers | None = None,
     ) -> None:
         """Write one record and wait until the broker acknowledges it."""
+        await self.submit(topic, value, key, headers)
+
+    def submit(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[None]:
+        """Hand one record on now; the future resolves when the broker acknowledges it.
+
+        PublishError (raised, or set on the future) when the record cannot be written.
+        """
         loop = self._loop
         assert loop is not None, "EventProducer.start() not called"
         if self._failure is not None:
@@ -270,7 +283,7 @@ class EventProducer:
             assert self._timer is not None
             self._timer.cancel()
             self._schedule(busy=True)
-        await record.future
+        return record.future
 
     def _hand_backlog(self) -> None:
         """Hand waiting records to librdkafka, in order, until its queue is full."""

@@ -21,7 +21,7 @@ from logistik.kafka import (
     PartitionTracker,
     TopicPartitionKey,
 )
-from logistik.protocol import HeaderList, retry_marks, retry_topic
+from logistik.protocol import HeaderList, retry_marks, retry_topic, retry_weight
 from logistik.routing.backpressure import Backpressure
 from logistik.routing.registry import Registry
 from logistik.routing.router import Router, Source
@@ -267,8 +267,10 @@ class ConsumeLoop:
                 self._retry(tracker, source, message.value(), headers, origin)
             )
             self._retry_tasks.add(retry)
-            self._lane_waiting[topic] += 1
-            retry.add_done_callback(partial(self._retry_done, topic))
+            # A bundle counts as the events it holds: the budget bounds calls waiting.
+            weight = retry_weight(headers)
+            self._lane_waiting[topic] += weight
+            retry.add_done_callback(partial(self._retry_done, topic, weight))
             return None
         task = asyncio.create_task(self._handle(tracker, source, message.value(), headers))
         self._tasks.add(task)
@@ -324,9 +326,9 @@ class ConsumeLoop:
             return
         tracker.finish(source.offset)
 
-    def _retry_done(self, lane: str, task: asyncio.Task[None]) -> None:
+    def _retry_done(self, lane: str, weight: int, task: asyncio.Task[None]) -> None:
         self._retry_tasks.discard(task)
-        self._lane_waiting[lane] -= 1
+        self._lane_waiting[lane] -= weight
 
     async def _retry(
         self,

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from logistik.answer import Answer, Outcome
@@ -28,12 +29,15 @@ from logistik.protocol import (
     Reason,
     RetryMarks,
     bounded,
+    bundle_entries,
+    bundle_value,
     failed_topic,
     replay_marks,
     retry_marks,
     retry_topic,
 )
 from logistik.routing.backoff import Backoff
+from logistik.routing.bundles import Bundle, RetryBundles
 from logistik.routing.cache import ResponseCache
 from logistik.routing.decoy import DecoyTally, agrees
 from logistik.routing.registry import Circuit, Group, LiveHandler, Registry
@@ -73,6 +77,16 @@ class RecordSender(Protocol):
         """Resolve once the broker has the record; PublishError when it refuses it."""
         ...
 
+    def submit(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> Awaitable[None]:
+        """Hand the record on now; awaiting the result is awaiting `send`."""
+        ...
+
 
 @dataclass(slots=True)
 class Source:
@@ -83,6 +97,21 @@ class Source:
     offset: int
     replays: int = 0
     only_groups: frozenset[str] | None = None
+
+
+@dataclass(slots=True)
+class Deferral:
+    """An (event, group) bound for its retry topic: the record handed on, or retries spent."""
+
+    handler_of: LiveHandler
+    nodes: tuple[str, ...]  # the instances that failed it, on this pass and earlier ones
+    answer: Answer
+    error: str  # what the failed record says if the retries are spent
+    attempt: int
+    delay_s: float
+    # The producer's acknowledgement, its refusal, or None: retries spent, the failed topic.
+    written: Awaitable[None] | PublishError | None
+    bundled: bool = False  # in a bundle: refused, the event goes again on its own
 
 
 @dataclass(slots=True)
@@ -156,6 +185,8 @@ class Router:
         self.decoys = decoys or DecoyTally()
         self.rollouts = rollouts or RolloutTally()
         self.figures = figures or Figures()
+        self._bundles = RetryBundles(self._write_bundle)
+        self._busy_said: dict[str, tuple[float, Answer]] = {}  # by node id: when, and the answer
 
     async def handle(
         self, source: Source, raw: bytes | None, headers: HeaderList | None = None
@@ -201,10 +232,116 @@ class Router:
         if not groups:
             await self._unrouted(source, event, body)
             return
-        if len(groups) == 1:
-            await self._deliver(Delivery(groups[0], source, event, body))
-        else:
-            await asyncio.gather(*(self._deliver(Delivery(g, source, event, body)) for g in groups))
+        await self._dispatch(source, event, body, groups)
+
+    async def _dispatch(
+        self, source: Source, event: Event, body: bytes, groups: list[Group]
+    ) -> None:
+        """Deliver the event to each of its groups; returns when every group is done with it.
+
+        A group whose model is in its shed window gets no call: its retry record is handed on
+        before the calls start and awaited after them, without a task of its own.
+        """
+        now = time.monotonic()
+        calls: list[Delivery] = []
+        deferred: list[tuple[Delivery, Deferral]] = []
+        for group in groups:
+            delivery = Delivery(group, source, event, body)
+            instance = self._shed_instance(group, now)
+            if instance is None:
+                calls.append(delivery)
+                continue
+            for shed in group.production:
+                self._shed(shed, now)
+            try:
+                answer = self._held_busy(instance, now)
+                deferral = self._bundled(delivery, instance, answer)
+                if deferral is None:
+                    deferral = self._defer(delivery, instance, [], answer)
+                deferred.append((delivery, deferral))
+            except Exception:  # the call path builds it again, and says why it cannot
+                calls.append(delivery)
+        try:
+            if len(calls) == 1:
+                await self._deliver(calls[0])
+            elif calls:
+                await asyncio.gather(*(self._deliver(delivery) for delivery in calls))
+            for delivery, deferral in deferred:
+                await self._deliver(delivery, deferral)
+        except asyncio.CancelledError:
+            # The event stays unfinished; a refusal that comes later is nobody's to read.
+            for _, deferral in deferred:
+                if isinstance(deferral.written, asyncio.Future):
+                    deferral.written.add_done_callback(_retrieved)
+            raise
+
+    def _held_busy(self, instance: LiveHandler, now: float) -> Answer:
+        """`_held_busy(instance)`, said again for a second: a busy model's events pass by the
+        thousand, and what held the first of them holds the next."""
+        said = self._busy_said.get(instance.node_id)
+        if said is None or now - said[0] >= 1.0:
+            if len(self._busy_said) > 1000:  # node ids of instances long gone
+                self._busy_said.clear()
+            said = (now, _held_busy(instance))
+            self._busy_said[instance.node_id] = said
+        return said[1]
+
+    def _bundled(
+        self, delivery: Delivery, instance: LiveHandler, answer: Answer
+    ) -> Deferral | None:
+        """Add a held event to its partition's bundle; None when it must go on its own (a
+        replay, a traced event, a large one: what a bundle cannot say for each event)."""
+        source, group = delivery.source, delivery.group
+        if source.replays or source.only_groups is not None or self.tracing.enabled:
+            return None
+        written = self._bundles.add(
+            retry_topic(group.topic, group.group_id),
+            group.group_id,
+            source.topic,
+            source.partition,
+            source.offset,
+            delivery.body,
+            answer.error,
+        )
+        if written is None:
+            return None
+        return Deferral(instance, (), answer, answer.error, 0, 0.0, written, bundled=True)
+
+    def _write_bundle(self, bundle: Bundle) -> None:
+        """Hand a bundle's record to the producer; its future settles the bundle's."""
+        now = time.time()
+        delay_s = self._backoff.delay_s(1, 0.0)
+        marks = RetryMarks(
+            bundle.group_id,
+            0,
+            int((now + delay_s) * 1000),
+            bundle.topic,
+            bundle.partition,
+            bundle.entries[0][0],
+            (),
+            one_line(bundle.error, 500),
+            0,
+            bundle.since_ms,
+            len(bundle.entries),
+        )
+        value = bundle_value(bundle.entries)
+        written = self._producer.submit(bundle.retry_topic, value, None, marks.headers())
+        asyncio.ensure_future(written).add_done_callback(partial(_settle, bundle.written))
+
+    def _shed_instance(self, group: Group, now: float) -> LiveHandler | None:
+        """An instance of a group whose every production instance is in its shed window: its
+        events go to the retry topic with no call and no wait. None if any could be called, or
+        the group has canaries, decoys, a shadowing rollout or a cache (they take other paths).
+        """
+        production = group.production
+        if not production or group.canaries or group.decoys or self._cache is not None:
+            return None
+        for instance in production:
+            if now >= instance.shed_until or instance.circuit is not Circuit.CLOSED:
+                return None
+        if self.rollouts.shadowing(group):
+            return None
+        return production[0]
 
     async def _unrouted(self, source: Source, event: Event, body: bytes) -> None:
         """An event whose channel list or replay names no group of its topic: failed, said so."""
@@ -255,7 +392,11 @@ class Router:
                     f"a retry record for group {marks.group_id} of topic {marks.topic} "
                     f"on {position.topic}",
                 )
-            event, body = decode_record(raw)
+            if marks.bundle:
+                entries = bundle_entries(raw, marks.bundle)
+                events = None
+            else:
+                events = [(marks.offset, *decode_record(raw))]
         except InvalidEventError as exc:
             await self._invalid_retry(position, raw, exc, origin)
             return True
@@ -269,23 +410,66 @@ class Router:
                     await asyncio.wait_for(stopping.wait(), wait_s)
         if (stopping is not None and stopping.is_set()) or (held is not None and not held()):
             return False
-        source = Source(marks.topic, marks.partition, marks.offset, marks.replays)
+        if events is None:
+            events = await self._unbundled(marks, entries)
         group = self._registry.group(marks.topic, marks.group_id)
-        if group is None or not (group.answerable or group.down):
-            gone = Group(marks.group_id, marks.topic)
-            delivery = Delivery(
-                gone, source, event, body, marks.attempt, marks.failed_nodes, marks.since_ms
+        gone = group is None or not (group.answerable or group.down)
+        deliveries = [
+            Delivery(
+                group if group is not None and not gone else Group(marks.group_id, marks.topic),
+                Source(marks.topic, marks.partition, offset, marks.replays),
+                event,
+                body,
+                marks.attempt,
+                marks.failed_nodes,
+                marks.since_ms,
+                not gone,
             )
+            for offset, event, body in events
+        ]
+        if gone:
             error = f"group {marks.group_id} no longer handles topic {marks.topic}"
-            await self._give_up(delivery, [], Reason.NO_HANDLER, error, marks.attempt)
+            for delivery in deliveries:
+                await self._give_up(delivery, [], Reason.NO_HANDLER, error, marks.attempt)
         else:
-            delivery = Delivery(
-                group, source, event, body, marks.attempt, marks.failed_nodes, marks.since_ms, True
-            )
             with self.tracing.resume(headers):
-                await self._deliver(delivery)
-        self.figures.retried[marks.topic] += 1
+                if len(deliveries) == 1:
+                    await self._deliver(deliveries[0])
+                else:
+                    await asyncio.gather(*(self._deliver(d) for d in deliveries))
+        self.figures.retried[marks.topic] += len(deliveries)
         return True
+
+    async def _unbundled(
+        self, marks: RetryMarks, entries: list[tuple[int, bytes]]
+    ) -> list[tuple[int, Event, bytes]]:
+        """The events of a bundle; one that is not an event goes to the failed topic."""
+        events: list[tuple[int, Event, bytes]] = []
+        for offset, raw in entries:
+            try:
+                events.append((offset, *decode_record(raw)))
+            except InvalidEventError as exc:
+                topic = failed_topic(marks.topic)
+                logger.warning(
+                    "%s/%d/%d in a retry bundle is not a valid event (%s): sent to %s",
+                    marks.topic,
+                    marks.partition,
+                    offset,
+                    exc,
+                    topic,
+                )
+                record = FailedRecord(
+                    marks.topic,
+                    marks.partition,
+                    offset,
+                    raw,
+                    exc.reason,
+                    str(exc),
+                    group_id=marks.group_id,
+                    replays=marks.replays,
+                )
+                await self.write_failed(topic, record)
+        return events
 
     async def _invalid_retry(
         self, position: Source, raw: bytes | None, exc: InvalidEventError, origin: str | None
@@ -304,12 +488,15 @@ class Router:
         )
         await self.write_failed(topic, record)
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        """Get one answer from the group (decoys alongside); never raises."""
+    async def _deliver(self, delivery: Delivery, deferral: Deferral | None = None) -> None:
+        """Get one answer from the group (decoys alongside), or finish its `deferral` to the
+        retry topic; never raises."""
         try:
             # Shadows compare first answers: a replay or a retry is for recovery only.
             shadow = delivery.attempt == 0 and delivery.source.only_groups is None
-            if shadow and (delivery.group.decoys or self.rollouts.shadowing(delivery.group)):
+            if deferral is not None:
+                await self._deferred(delivery, deferral)
+            elif shadow and (delivery.group.decoys or self.rollouts.shadowing(delivery.group)):
                 await self._shadowed(delivery)
             else:
                 await self._answer(delivery)
@@ -435,6 +622,17 @@ class Router:
         self, delivery: Delivery, handler_of: LiveHandler, failed: list[LiveHandler], answer: Answer
     ) -> None:
         """Put the (event, group) on its topic's retry topic, or fail it once retries are spent."""
+        deferral = None
+        if answer.held and not (delivery.retrying or delivery.attempt or delivery.since_ms):
+            deferral = self._bundled(delivery, handler_of, answer)  # its first wait: no marks
+        if deferral is None:
+            deferral = self._defer(delivery, handler_of, failed, answer)
+        await self._deferred(delivery, deferral)
+
+    def _defer(
+        self, delivery: Delivery, handler_of: LiveHandler, failed: list[LiveHandler], answer: Answer
+    ) -> Deferral:
+        """Hand the (event, group)'s retry record to the producer, unless its retries are spent."""
         nodes = tuple(dict.fromkeys([*delivery.failed_nodes, *(i.node_id for i in failed)]))
         now = time.time()
         since_ms = delivery.since_ms or int(now * 1000)
@@ -451,10 +649,7 @@ class Router:
             attempt = delivery.attempt + 1
             delay_s = self._backoff.delay_s(attempt, answer.retry_after_s)
         if spent:
-            await self._give_up(
-                delivery, [handler_of], Reason.RETRIES_EXHAUSTED, error, delivery.attempt, nodes
-            )
-            return
+            return Deferral(handler_of, nodes, answer, error, attempt, delay_s, None)
         source, group = delivery.source, delivery.group
         marks = RetryMarks(
             group.group_id,
@@ -473,13 +668,47 @@ class Router:
         if self.tracing.enabled:  # the retry's calls belong to the event's trace
             headers.extend(self.tracing.kafka_headers())
         try:
-            await self._producer.send(topic, delivery.body, actor_key(delivery.event), headers)
+            written: Awaitable[None] = self._producer.submit(
+                topic, delivery.body, actor_key(delivery.event), headers
+            )
         except PublishError as exc:
-            error = f"{answer.error}; the retry topic refused it: {exc}"
+            return Deferral(handler_of, nodes, answer, error, attempt, delay_s, exc)
+        return Deferral(handler_of, nodes, answer, error, attempt, delay_s, written)
+
+    async def _deferred(self, delivery: Delivery, deferral: Deferral) -> None:
+        """Wait for the retry record to be taken; the failed topic if it is not, or if the
+        retries were spent."""
+        if deferral.written is None:
             await self._give_up(
-                delivery, [handler_of], Reason.RETRIES_EXHAUSTED, error, delivery.attempt, nodes
+                delivery,
+                [deferral.handler_of],
+                Reason.RETRIES_EXHAUSTED,
+                deferral.error,
+                delivery.attempt,
+                deferral.nodes,
             )
             return
+        answer, written = deferral.answer, deferral.written
+        try:
+            if isinstance(written, PublishError):
+                raise written
+            await written
+        except PublishError as exc:
+            if deferral.bundled:
+                deferral = self._defer(delivery, deferral.handler_of, [], answer)
+                await self._deferred(delivery, deferral)
+                return
+            error = f"{answer.error}; the retry topic refused it: {exc}"
+            await self._give_up(
+                delivery,
+                [deferral.handler_of],
+                Reason.RETRIES_EXHAUSTED,
+                error,
+                delivery.attempt,
+                deferral.nodes,
+            )
+            return
+        source, group = delivery.source, delivery.group
         self.figures.deferred[source.topic] += 1
         # An event no call was made for (its model busy or its circuit open) is logged at
         # debug: thousands a second may pass to the retry topic while one warning says why,
@@ -487,14 +716,15 @@ class Router:
         level = logging.DEBUG if answer.held else logging.INFO
         if events_log.isEnabledFor(level):
             ident = event_id(delivery.event)
+            when = "in a bundle" if deferral.bundled else f"in {deferral.delay_s:.1f} s"
             events_log.log(
                 level,
-                "event %s group %s: %s; retry %d in %.1f s",
+                "event %s group %s: %s; retry %d %s",
                 ident,
                 group.group_id,
                 answer.error,
-                attempt,
-                delay_s,
+                deferral.attempt,
+                when,
                 extra={
                     "event_id": ident,
                     "topic": source.topic,
@@ -859,6 +1089,24 @@ class Router:
         self._on_unwritable(reason)
         # The process is stopping: the event stays unfinished, so its offset is not committed.
         await asyncio.Event().wait()
+
+
+def _settle(target: asyncio.Future[None], source: asyncio.Future[None]) -> None:
+    """Give `target` the outcome of `source` (a cancelled write counts as refused)."""
+    if target.done():
+        return
+    if source.cancelled():
+        target.set_exception(PublishError("the write was cancelled"))
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(None)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark a future's outcome as read, so that an error nobody awaits is not logged."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _all_open(pool: list[LiveHandler]) -> str:
