@@ -251,29 +251,45 @@ class Router:
             if instance is None:
                 calls.append(delivery)
                 continue
-            for shed in group.production:
-                self._shed(shed, now)
-            try:
-                answer = self._held_busy(instance, now)
-                deferral = self._bundled(delivery, instance, answer)
-                if deferral is None:
-                    deferral = self._defer(delivery, instance, [], answer)
-                deferred.append((delivery, deferral))
-            except Exception:  # the call path builds it again, and says why it cannot
+            deferral = self._pass_on(delivery, instance, now)
+            if deferral is None:
                 calls.append(delivery)
+            else:
+                deferred.append((delivery, deferral))
         try:
             if len(calls) == 1:
                 await self._deliver(calls[0])
             elif calls:
                 await asyncio.gather(*(self._deliver(delivery) for delivery in calls))
             for delivery, deferral in deferred:
-                await self._deliver(delivery, deferral)
+                written = deferral.written
+                # Most bundles are acknowledged by now: no coroutine to wait on them.
+                if (
+                    isinstance(written, asyncio.Future)
+                    and written.done()
+                    and not (written.cancelled() or written.exception())
+                ):
+                    self._passed_on(delivery, deferral)
+                else:
+                    await self._deliver(delivery, deferral)
         except asyncio.CancelledError:
             # The event stays unfinished; a refusal that comes later is nobody's to read.
             for _, deferral in deferred:
                 if isinstance(deferral.written, asyncio.Future):
                     deferral.written.add_done_callback(_retrieved)
             raise
+
+    def _pass_on(self, delivery: Delivery, instance: LiveHandler, now: float) -> Deferral | None:
+        """Start an (event, group) of a shed group on its way to the retry topic, in a bundle
+        when it can be; None if that failed (the call path then tries, and says why)."""
+        for shed in delivery.group.production:
+            self._shed(shed, now)
+        try:
+            answer = self._held_busy(instance, now)
+            deferral = self._bundled(delivery, instance, answer)
+            return deferral or self._defer(delivery, instance, [], answer)
+        except Exception:
+            return None
 
     def _held_busy(self, instance: LiveHandler, now: float) -> Answer:
         """`_held_busy(instance)`, said again for a second: a busy model's events pass by the
@@ -708,7 +724,11 @@ class Router:
                 deferral.nodes,
             )
             return
-        source, group = delivery.source, delivery.group
+        self._passed_on(delivery, deferral)
+
+    def _passed_on(self, delivery: Delivery, deferral: Deferral) -> None:
+        """Count and log an (event, group) the retry topic has taken."""
+        source, group, answer = delivery.source, delivery.group, deferral.answer
         self.figures.deferred[source.topic] += 1
         # An event no call was made for (its model busy or its circuit open) is logged at
         # debug: thousands a second may pass to the retry topic while one warning says why,
