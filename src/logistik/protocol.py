@@ -223,13 +223,16 @@ def _bundle_count(text: str) -> int:
 
 def retry_weight(headers: HeaderList | None) -> int:
     """How many events a retry record holds (1 unless it is a valid bundle), to count it."""
+    found = None
     for name, value in headers or ():
         if name == Header.BUNDLE:
-            try:
-                return _bundle_count(_header_text(name, value))
-            except InvalidEventError:
-                return 1  # the router sends it to the failed topic, with the reason
-    return 1
+            found = value  # the last one, as retry_marks reads it
+    if found is None:
+        return 1
+    try:
+        return _bundle_count(_header_text(Header.BUNDLE, found))
+    except InvalidEventError:
+        return 1  # the router sends it to the failed topic, with the reason
 
 
 def bundle_value(entries: Sequence[tuple[int, bytes]]) -> bytes:

@@ -204,7 +204,7 @@ def test_kill_9_while_a_busy_groups_events_wait_in_bundles_loses_none(
                 len(held_events(r)) for r in reader.on(lane) if "logistik.bundle" in r.headers
             )
 
-        wait_until(lambda: bundled() >= 300, 10, "the hanging model's events in bundles")
+        wait_until(lambda: bundled() >= 300, 20, "the hanging model's events in bundles")
         first.kill()
         assert first.wait(10) == -signal.SIGKILL, first.log()[-3000:]
         healed.set()

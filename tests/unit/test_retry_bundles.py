@@ -22,7 +22,9 @@ from logistik.protocol import (
     retry_topic,
     retry_weight,
 )
+from logistik.routing.registry import Circuit
 from logistik.routing.router import Router, Source
+from tests.support.models import wait_until_async
 from tests.unit.test_router import MemoryTopics, Written, event, handler
 from tests.unit.test_stalled_models import live, routed, routing
 
@@ -186,3 +188,65 @@ def test_a_retry_record_counts_as_the_events_it_holds() -> None:
     # Not a valid count: one record, which the router sends to the failed topic.
     for bad in (b"0", b"101", b"-3", b"\xff", None):
         assert retry_weight([(Header.BUNDLE, bad)]) == 1
+
+
+async def test_cancelling_one_event_leaves_the_others_of_its_bundle_to_finish() -> None:
+    router, _, _, topics = routed([handler("hang"), handler("fast")], {"hang"})
+    shed(router)
+    with routing(router, 5) as tasks:
+        await asyncio.sleep(0)  # each event handed its bundle, none acknowledged yet
+        tasks[0].cancel()
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert done[1:] == [None] * 4
+    assert [offset for offset, _, _ in topics.held(LANE)] == list(range(5))
+    assert router.figures.deferred["detect"] == 4
+
+
+async def test_an_event_whose_bundle_is_acknowledged_first_is_counted_as_passed_on() -> None:
+    # The fast model answers only once the bundle is written: the bundle's acknowledgement is
+    # in before the event's other group is done.
+    router, _, models, topics = routed([handler("hang"), handler("fast")], {"hang", "fast"})
+    shed(router)
+    with routing(router, 6) as tasks:
+        await wait_until_async(lambda: len(topics.on(LANE)) == 1, 5, "the bundle written")
+        models.released.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert router.figures.deferred["detect"] == 6
+    assert len(topics.on("fast-results")) == 6
+
+
+async def test_two_groups_whose_retry_topics_share_a_name_never_share_a_bundle() -> None:
+    # Past Kafka's 249 characters a retry topic's name is cut, and two groups can share it.
+    topic = "t" * 240
+    named = [handler(n, event=topic, return_to=f"{n}-results") for n in ("hang-1", "hang-2")]
+    router, registry, _, topics = routed(named, {"hang-1", "hang-2"})
+    assert retry_topic(topic, "hang-1") == retry_topic(topic, "hang-2")
+    for name in ("hang-1", "hang-2"):
+        live(registry, name).shed_until = time.monotonic() + 60
+    with routing(router, 3, topic) as tasks:
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    records = topics.on(retry_topic(topic, "hang-1"))
+    assert sorted(r.headers[Header.RETRY_GROUP] for r in records) == ["hang-1", "hang-2"]
+    assert [r.headers[Header.BUNDLE] for r in records] == ["3", "3"]
+
+
+async def test_an_event_waiting_for_a_circuits_probe_goes_on_its_own_when_the_probe_is_due() -> (
+    None
+):
+    router, registry, _, topics = routed([handler("hang"), handler("fast")], {"hang"})
+    hang = live(registry, "hang")
+    hang.circuit, hang.open_until = Circuit.OPEN, time.monotonic() + 30
+    with routing(router, 3) as tasks:
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    records = topics.on(LANE)
+    assert len(records) == 3
+    assert all(Header.BUNDLE not in r.headers for r in records)
+    assert all(int(r.headers[Header.DUE_AT]) > time.time() * 1000 + 20_000 for r in records)
+
+
+def test_the_last_bundle_header_is_the_one_counted_as_the_one_read() -> None:
+    headers: list[tuple[str, HeaderValue]] = [(Header.BUNDLE, b"1"), (Header.BUNDLE, b"100")]
+    assert retry_weight(headers) == 100
+    marks = RetryMarks("hang", 0, 0, "detect", 0, 0)
+    assert retry_weight([*marks.headers(), *headers]) == 100

@@ -25,6 +25,7 @@ class Bundle:
     group_id: str
     topic: str
     partition: int
+    nodes: tuple[str, ...]  # the instances found busy: the retry prefers others
     error: str  # why the first event was held: every event of the bundle waits for the same
     since_ms: int
     written: asyncio.Future[None]  # the record's acknowledgement, or why it was refused
@@ -42,7 +43,9 @@ class RetryBundles:
 
     def __init__(self, write: Callable[[Bundle], None]) -> None:
         self._write = write
-        self._open: dict[tuple[str, int], Bundle] = {}
+        # By retry topic, group and partition (two groups' retry topics can share a name once
+        # cut to Kafka's limit), and the instances found busy.
+        self._open: dict[tuple[str, str, int, tuple[str, ...]], Bundle] = {}
         self._flush_due = False
 
     def add(
@@ -54,11 +57,12 @@ class RetryBundles:
         offset: int,
         body: bytes,
         error: str,
+        nodes: tuple[str, ...] = (),
     ) -> asyncio.Future[None] | None:
         """Add a held event; the future of its bundle's record, or None if it goes alone."""
         if len(body) > MAX_BUNDLED_EVENT_BYTES:
             return None
-        key = (retry_topic, partition)
+        key = (retry_topic, group_id, partition, nodes)
         bundle = self._open.get(key)
         if bundle is not None and (
             bundle.topic != topic or bundle.size + len(body) > MAX_BUNDLE_BYTES
@@ -69,7 +73,7 @@ class RetryBundles:
             loop = asyncio.get_running_loop()
             written: asyncio.Future[None] = loop.create_future()
             now_ms = int(time.time() * 1000)
-            bundle = Bundle(retry_topic, group_id, topic, partition, error, now_ms, written)
+            bundle = Bundle(retry_topic, group_id, topic, partition, nodes, error, now_ms, written)
             self._open[key] = bundle
             if not self._flush_due:
                 self._flush_due = True
@@ -86,12 +90,18 @@ class RetryBundles:
         for key in list(self._open):
             self._flush(key)
 
-    def _flush(self, key: tuple[str, int]) -> None:
+    def _flush(self, key: tuple[str, str, int, tuple[str, ...]]) -> None:
+        """Write one bundle; never raises, so that the bundles after it are written too."""
         bundle = self._open.pop(key)
         try:
             self._write(bundle)
         except PublishError as exc:  # each event then goes alone, which says what failed
-            bundle.written.set_exception(exc)
+            _refuse(bundle.written, exc)
         except Exception as exc:
             logger.exception("writing a retry bundle failed: its events go one by one")
-            bundle.written.set_exception(PublishError(f"a bundle was not written: {exc!r}"))
+            _refuse(bundle.written, PublishError(f"a bundle was not written: {exc!r}"))
+
+
+def _refuse(written: asyncio.Future[None], error: PublishError) -> None:
+    if not written.done():
+        written.set_exception(error)

@@ -259,6 +259,12 @@ class ConsumeLoop:
             wait = self._retry_wait(topic, partition, offset, headers)
             if wait is not None:
                 return wait
+            if self._lane_waiting[topic] >= self.retry_budget:
+                # The group's budget filled within this poll (a bundle weighs up to 100): the
+                # record is read again once the paused retry topic has room.
+                tracker = self._retry_book.tracker(topic, partition)
+                self._deferrals[(topic, partition)] = Deferral(offset, time.monotonic(), tracker)
+                return TopicPartition(topic, partition, offset)
         tracker = (self._book if origin is None else self._retry_book).tracker(topic, partition)
         tracker.add(offset)
         source = Source(topic, partition, offset)

@@ -289,6 +289,7 @@ class Router:
             deferral = self._bundled(delivery, instance, answer)
             return deferral or self._defer(delivery, instance, [], answer)
         except Exception:
+            logger.exception("passing an event of %s on failed", delivery.group.group_id)
             return None
 
     def _held_busy(self, instance: LiveHandler, now: float) -> Answer:
@@ -303,12 +304,22 @@ class Router:
         return said[1]
 
     def _bundled(
-        self, delivery: Delivery, instance: LiveHandler, answer: Answer
+        self,
+        delivery: Delivery,
+        instance: LiveHandler,
+        answer: Answer,
+        nodes: tuple[str, ...] = (),
     ) -> Deferral | None:
         """Add a held event to its partition's bundle; None when it must go on its own (a
-        replay, a traced event, a large one: what a bundle cannot say for each event)."""
+        replay, a traced event, a large one: what a bundle cannot say for each event; or one
+        waiting for a circuit's probe, which is due when the probe is, not at once)."""
         source, group = delivery.source, delivery.group
-        if source.replays or source.only_groups is not None or self.tracing.enabled:
+        if (
+            source.replays
+            or source.only_groups is not None
+            or self.tracing.enabled
+            or answer.retry_after_s
+        ):
             return None
         written = self._bundles.add(
             retry_topic(group.topic, group.group_id),
@@ -318,10 +329,11 @@ class Router:
             source.offset,
             delivery.body,
             answer.error,
+            nodes,
         )
         if written is None:
             return None
-        return Deferral(instance, (), answer, answer.error, 0, 0.0, written, bundled=True)
+        return Deferral(instance, nodes, answer, answer.error, 0, 0.0, written, bundled=True)
 
     def _write_bundle(self, bundle: Bundle) -> None:
         """Hand a bundle's record to the producer; its future settles the bundle's."""
@@ -334,7 +346,7 @@ class Router:
             bundle.topic,
             bundle.partition,
             bundle.entries[0][0],
-            (),
+            bundle.nodes,
             one_line(bundle.error, 500),
             0,
             bundle.since_ms,
@@ -640,7 +652,9 @@ class Router:
         """Put the (event, group) on its topic's retry topic, or fail it once retries are spent."""
         deferral = None
         if answer.held and not (delivery.retrying or delivery.attempt or delivery.since_ms):
-            deferral = self._bundled(delivery, handler_of, answer)  # its first wait: no marks
+            # Its first wait: nothing to carry on but the instances found busy.
+            nodes = tuple(i.node_id for i in failed)
+            deferral = self._bundled(delivery, handler_of, answer, nodes)
         if deferral is None:
             deferral = self._defer(delivery, handler_of, failed, answer)
         await self._deferred(delivery, deferral)
@@ -708,7 +722,8 @@ class Router:
         try:
             if isinstance(written, PublishError):
                 raise written
-            await written
+            # A bundle's future is every member's: cancelling one member must not cancel it.
+            await (asyncio.shield(written) if deferral.bundled else written)
         except PublishError as exc:
             if deferral.bundled:
                 deferral = self._defer(delivery, deferral.handler_of, [], answer)
@@ -1114,6 +1129,7 @@ class Router:
 def _settle(target: asyncio.Future[None], source: asyncio.Future[None]) -> None:
     """Give `target` the outcome of `source` (a cancelled write counts as refused)."""
     if target.done():
+        _retrieved(source)
         return
     if source.cancelled():
         target.set_exception(PublishError("the write was cancelled"))
