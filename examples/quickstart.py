@@ -8,6 +8,7 @@ Starts examples/echo_model.py on the port examples/quickstart.yaml gives its han
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -45,9 +46,12 @@ def main() -> int:
     model = start(str(HERE / "echo_model.py"), "--port", str(port))
     router = start("-m", "logistik", "run", "--config", str(CONFIG))
 
+    stopping: list[int] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
         # A terminal's Ctrl-C reaches every process of the group at once; a SIGTERM sent to
         # this script alone is passed on.
+        stopping.append(signum)
         if signum == signal.SIGTERM:
             router.send_signal(signum)
 
@@ -56,8 +60,13 @@ def main() -> int:
     try:
         while router.poll() is None and model.poll() is None:
             time.sleep(0.2)
-        model_failed = router.poll() is None and model.returncode != 0
+        model_failed = not stopping and router.poll() is None and model.returncode != 0
     finally:
+        if stopping:
+            # Asked to stop, logistik is stopping already (the model may end first): a
+            # second signal would cut its stop short.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                router.wait(STOP_TIMEOUT_S)
         stop(router)
         stop(model)
     if model_failed:
