@@ -10,9 +10,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 
-from logistik.protocol import retry_topic
+from logistik.protocol import MAX_BUNDLE_EVENTS, RetryMarks, bundle_value, retry_topic
 from tests.support.harness import RouterProcess, RouterThread, handler, make_config
 from tests.support.kafkatools import (
     Record,
@@ -220,3 +221,38 @@ def test_kill_9_while_a_busy_groups_events_wait_in_bundles_loses_none(
     assert {r.json()["id"] for r in reader.on(f"{topic}-results")} == ids
     assert {r.json()["id"] for r in reader.on(f"{topic}-hang")} == ids
     assert end_offsets(servers, f"{topic}-failed") == [0]
+
+
+def test_a_groups_retry_budget_holds_when_bundles_come_a_hundred_at_a_time(
+    servers: str, model_server: StartModel, router: StartRouter
+) -> None:
+    # A poll takes up to 500 retry records and a bundle holds up to 100 events: records past
+    # the budget must wait in Kafka (read again once there is room), not in memory.
+    healed = threading.Event()
+    hanging = model_server(hanging_until(healed))
+    topic, config = beside_a_hanging_model(servers, "budget", hanging, model_server())
+    config["routing"]["max_waiting_retries"] = 150
+    lane = retry_topic(topic, "hang")
+    create_topics(servers, lane)
+    sent = [event() for _ in range(600)]
+    ids = {e["id"] for e in sent}
+    # Six bundles of 100, all due, on the retry topic before the router starts: its first poll
+    # can take them all at once.
+    for first in range(0, 600, 100):
+        entries = [(n, orjson.dumps(sent[n])) for n in range(first, first + 100)]
+        marks = RetryMarks("hang", 0, 0, topic, 0, first, bundle=100)
+        produce(servers, lane, [bundle_value(entries)], headers=marks.headers())
+    with TopicReader(servers, f"{topic}-hang") as reader, healing(healed):
+        running = router(config)
+        assert running.runner is not None
+        loop = running.runner.loop
+        assert loop is not None
+        wait_until(lambda: lane in loop._paused_lanes, 30, "the full group's retry topic paused")
+        assert 150 <= loop._lane_waiting[lane] < 150 + MAX_BUNDLE_EVENTS
+        healed.set()
+        # The records left in Kafka are read again once there is room: every event answered.
+        wait_until(
+            lambda: {r.json()["id"] for r in reader.on(f"{topic}-hang")} >= ids,
+            90,
+            "every event answered by the model that hung, from its retry topic",
+        )

@@ -100,7 +100,7 @@ class Source:
 
 
 @dataclass(slots=True)
-class Deferral:
+class Handover:
     """An (event, group) bound for its retry topic: the record handed on, or retries spent."""
 
     handler_of: LiveHandler
@@ -206,25 +206,7 @@ class Router:
                 source.replays, source.only_groups = marks.replays, marks.only_groups
             event, body = decode_record(raw)
         except InvalidEventError as exc:
-            topic = failed_topic(source.topic)
-            logger.warning(
-                "%s/%d/%d is not a valid event (%s): sent to %s",
-                source.topic,
-                source.partition,
-                source.offset,
-                exc,
-                topic,
-            )
-            record = FailedRecord(
-                source.topic,
-                source.partition,
-                source.offset,
-                raw,
-                exc.reason,
-                str(exc),
-                replays=source.replays,
-            )
-            await self.write_failed(topic, record)
+            await self._not_an_event(source, raw, exc)
             return
         groups = self._registry.groups_for(source.topic, event)
         if source.only_groups is not None:
@@ -244,7 +226,7 @@ class Router:
         """
         now = time.monotonic()
         calls: list[Delivery] = []
-        deferred: list[tuple[Delivery, Deferral]] = []
+        deferred: list[tuple[Delivery, Handover]] = []
         for group in groups:
             delivery = Delivery(group, source, event, body)
             instance = self._shed_instance(group, now)
@@ -279,7 +261,7 @@ class Router:
                     deferral.written.add_done_callback(_retrieved)
             raise
 
-    def _pass_on(self, delivery: Delivery, instance: LiveHandler, now: float) -> Deferral | None:
+    def _pass_on(self, delivery: Delivery, instance: LiveHandler, now: float) -> Handover | None:
         """Start an (event, group) of a shed group on its way to the retry topic, in a bundle
         when it can be; None if that failed (the call path then tries, and says why)."""
         for shed in delivery.group.production:
@@ -309,7 +291,7 @@ class Router:
         instance: LiveHandler,
         answer: Answer,
         nodes: tuple[str, ...] = (),
-    ) -> Deferral | None:
+    ) -> Handover | None:
         """Add a held event to its partition's bundle; None when it must go on its own (a
         replay, a traced event, a large one: what a bundle cannot say for each event; or one
         waiting for a circuit's probe, which is due when the probe is, not at once)."""
@@ -333,7 +315,7 @@ class Router:
         )
         if written is None:
             return None
-        return Deferral(instance, nodes, answer, answer.error, 0, 0.0, written, bundled=True)
+        return Handover(instance, nodes, answer, answer.error, 0, 0.0, written, bundled=True)
 
     def _write_bundle(self, bundle: Bundle) -> None:
         """Hand a bundle's record to the producer; its future settles the bundle's."""
@@ -477,27 +459,34 @@ class Router:
             try:
                 events.append((offset, *decode_record(raw)))
             except InvalidEventError as exc:
-                topic = failed_topic(marks.topic)
-                logger.warning(
-                    "%s/%d/%d in a retry bundle is not a valid event (%s): sent to %s",
-                    marks.topic,
-                    marks.partition,
-                    offset,
-                    exc,
-                    topic,
-                )
-                record = FailedRecord(
-                    marks.topic,
-                    marks.partition,
-                    offset,
-                    raw,
-                    exc.reason,
-                    str(exc),
-                    group_id=marks.group_id,
-                    replays=marks.replays,
-                )
-                await self.write_failed(topic, record)
+                source = Source(marks.topic, marks.partition, offset, marks.replays)
+                await self._not_an_event(source, raw, exc, marks.group_id)
         return events
+
+    async def _not_an_event(
+        self, source: Source, raw: bytes | None, exc: InvalidEventError, group_id: str = ""
+    ) -> None:
+        """A record of `source` that is not an event: to its failed topic, said in one line."""
+        topic = failed_topic(source.topic)
+        logger.warning(
+            "%s/%d/%d is not a valid event (%s): sent to %s",
+            source.topic,
+            source.partition,
+            source.offset,
+            exc,
+            topic,
+        )
+        record = FailedRecord(
+            source.topic,
+            source.partition,
+            source.offset,
+            raw,
+            exc.reason,
+            str(exc),
+            group_id=group_id,
+            replays=source.replays,
+        )
+        await self.write_failed(topic, record)
 
     async def _invalid_retry(
         self, position: Source, raw: bytes | None, exc: InvalidEventError, origin: str | None
@@ -516,7 +505,7 @@ class Router:
         )
         await self.write_failed(topic, record)
 
-    async def _deliver(self, delivery: Delivery, deferral: Deferral | None = None) -> None:
+    async def _deliver(self, delivery: Delivery, deferral: Handover | None = None) -> None:
         """Get one answer from the group (decoys alongside), or finish its `deferral` to the
         retry topic; never raises."""
         try:
@@ -661,7 +650,7 @@ class Router:
 
     def _defer(
         self, delivery: Delivery, handler_of: LiveHandler, failed: list[LiveHandler], answer: Answer
-    ) -> Deferral:
+    ) -> Handover:
         """Hand the (event, group)'s retry record to the producer, unless its retries are spent."""
         nodes = tuple(dict.fromkeys([*delivery.failed_nodes, *(i.node_id for i in failed)]))
         now = time.time()
@@ -679,7 +668,7 @@ class Router:
             attempt = delivery.attempt + 1
             delay_s = self._backoff.delay_s(attempt, answer.retry_after_s)
         if spent:
-            return Deferral(handler_of, nodes, answer, error, attempt, delay_s, None)
+            return Handover(handler_of, nodes, answer, error, attempt, delay_s, None)
         source, group = delivery.source, delivery.group
         marks = RetryMarks(
             group.group_id,
@@ -702,10 +691,10 @@ class Router:
                 topic, delivery.body, actor_key(delivery.event), headers
             )
         except PublishError as exc:
-            return Deferral(handler_of, nodes, answer, error, attempt, delay_s, exc)
-        return Deferral(handler_of, nodes, answer, error, attempt, delay_s, written)
+            return Handover(handler_of, nodes, answer, error, attempt, delay_s, exc)
+        return Handover(handler_of, nodes, answer, error, attempt, delay_s, written)
 
-    async def _deferred(self, delivery: Delivery, deferral: Deferral) -> None:
+    async def _deferred(self, delivery: Delivery, deferral: Handover) -> None:
         """Wait for the retry record to be taken; the failed topic if it is not, or if the
         retries were spent."""
         if deferral.written is None:
@@ -725,8 +714,9 @@ class Router:
             # A bundle's future is every member's: cancelling one member must not cancel it.
             await (asyncio.shield(written) if deferral.bundled else written)
         except PublishError as exc:
-            if deferral.bundled:
-                deferral = self._defer(delivery, deferral.handler_of, [], answer)
+            if deferral.bundled:  # alone now, still preferring another instance
+                failed = [deferral.handler_of] if deferral.nodes else []
+                deferral = self._defer(delivery, deferral.handler_of, failed, answer)
                 await self._deferred(delivery, deferral)
                 return
             error = f"{answer.error}; the retry topic refused it: {exc}"
@@ -741,7 +731,7 @@ class Router:
             return
         self._passed_on(delivery, deferral)
 
-    def _passed_on(self, delivery: Delivery, deferral: Deferral) -> None:
+    def _passed_on(self, delivery: Delivery, deferral: Handover) -> None:
         """Count and log an (event, group) the retry topic has taken."""
         source, group, answer = delivery.source, delivery.group, deferral.answer
         self.figures.deferred[source.topic] += 1
