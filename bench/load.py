@@ -99,12 +99,12 @@ async def http_load(args: argparse.Namespace) -> dict[str, Any]:
     maker = EventMaker(args.seed)
     bodies = [maker.make(event_id("direct", i), i)[1] for i in range(args.count)]
     async with CLIENTS[args.client](args.concurrency) as caller:
-        await drive(caller, args.url, bodies[: args.concurrency * 4], args.concurrency)
+        await drive(caller, [args.url], bodies[: args.concurrency * 4], args.concurrency)
         cpu_started, started = time.process_time(), time.perf_counter()
         if args.rate:
             latencies = await paced(caller, args.url, bodies, args.concurrency, args.rate)
         else:
-            latencies = await drive(caller, args.url, bodies, args.concurrency)
+            latencies = await drive(caller, [args.url], bodies, args.concurrency)
         seconds = time.perf_counter() - started
         cpu_s = time.process_time() - cpu_started
     return {

@@ -1,14 +1,21 @@
-"""The benchmark's command line: its help, and the README tables it prints from a JSON report."""
+"""The benchmark's command line: its help, the README tables it prints from a JSON report, and
+the direct load it measures the model's own limit with."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "bench" / "benchmark.py"
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+BENCHMARK = BENCH / "benchmark.py"
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -159,3 +166,48 @@ def test_markdown_of_a_missing_report_fails_with_its_path(tmp_path: Path) -> Non
     done = bench("--markdown", str(tmp_path / "none.json"))
     assert done.returncode != 0
     assert "none.json" in done.stderr
+
+
+@pytest.fixture
+def model_url(tmp_path: Path) -> Iterator[str]:
+    """The benchmark's model server in a process of its own; its /predict URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "model.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, str(BENCH / "model_server.py"), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None, (tmp_path / "model.log").read_text()
+            assert time.monotonic() < deadline, "the model server did not listen within 30 s"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/predict"
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()
+
+
+@pytest.mark.parametrize("rate", [None, 500.0], ids=["at-once", "paced"])
+def test_the_direct_load_calls_the_model_with_every_event(
+    model_url: str, rate: float | None
+) -> None:
+    argv = [sys.executable, str(BENCH / "load.py"), "http", "--url", model_url]
+    argv += ["--client", "pycurl", "--count", "300", "--concurrency", "8"]
+    if rate is not None:
+        argv += ["--rate", str(rate)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["count"] == 300
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    if rate is not None:  # 300 events at 500/s take at least 0.6 s
+        assert result["seconds"] >= 0.55
