@@ -85,6 +85,7 @@ def report() -> dict[str, Any]:
             "client": "pycurl",
             "slow_delay_s": 2.0,
             "slow_seconds": 30.0,
+            "paced_warm_up_s": 10.0,
             "logistik_settings": [],
         },
         "measurements": measurements,
@@ -117,6 +118,9 @@ def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
     )
     assert "| ≥ 1.5 x the faster plain loop, with --workers | 1.06 x | **no** |" in lines
     assert "| added p50 ≤ 2 ms at half peak | +1.0 ms | yes |" in lines
+    assert any(
+        line.startswith("| paced, ~1,750 events/s, after 10 s of it | p50 ms |") for line in lines
+    )
     assert "| 3 | 1,500 | 4,500 | 1.29 | 0 |" in lines
     assert any(
         line.endswith("(-14%); 29,000 (event, group) pairs via a retry topic.") for line in lines
