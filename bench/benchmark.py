@@ -6,7 +6,8 @@ under measurement, the load generator (bench/load.py) and the answer reader (ben
 The routers are `logistik run --config FILE` with its shipped defaults, and two plain loops as
 most people would write them (bench/plain_aiokafka.py, bench/plain_confluent.py). The direct
 load calls the model without Kafka at the same concurrency, with a Python client and with wrk:
-that is the limit.
+that is the limit. Kafka alone (`kafka-only`) is the confluent-kafka loop calling no model: what
+the broker and a Python Kafka client allow before any call.
 
     python bench/benchmark.py [--events N] [--rounds N] [--phases burst,paced,...]
                               [--report PATH] [--soak-events N]
@@ -70,6 +71,7 @@ ROUTERS = (
     "direct",
     "plain-aiokafka",
     "plain-confluent",
+    "kafka-only",
     "logistik",
     "logistik-workers",
 )
@@ -80,6 +82,7 @@ TITLES = {
     "direct": "direct load, {client}",
     "plain-aiokafka": "plain loop, aiokafka + aiohttp",
     "plain-confluent": "plain loop, confluent-kafka + aiohttp",
+    "kafka-only": "Kafka alone: the confluent-kafka loop, no model call",
     "logistik": "logistik run",
     "logistik-workers": "logistik run --workers {workers}",
 }
@@ -494,17 +497,23 @@ def start_router(
         child.web_port = port
         return child.start()
     (group,) = groups
+    # Kafka alone is the confluent-kafka loop making the model's answers itself.
+    loop = "plain-confluent" if router == "kafka-only" else router
+    model = (
+        ["--no-call"]
+        if router == "kafka-only"
+        else ["--url", f"http://127.0.0.1:{group.port}/predict"]
+    )
     argv = [
         sys.executable,
-        script(f"{router.replace('-', '_')}.py"),
+        script(f"{loop.replace('-', '_')}.py"),
         "--bootstrap",
         servers,
         "--topic",
         TOPIC,
         "--group",
         "bench-plain",
-        "--url",
-        f"http://127.0.0.1:{group.port}/predict",
+        *model,
         "--results",
         group.results,
         "--concurrency",
@@ -1058,6 +1067,31 @@ def latency_added(
     return added
 
 
+def burst_ratios(bursts: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """logistik's events/s against each reference, round by round; Kafka alone's and the
+    workers' against the faster plain loop."""
+    logistik = bursts.get("logistik", [])
+    found: dict[str, Any] = {"throughput": {}}
+    references = {r: bursts.get(r, []) for r in ROUTERS if r != "logistik"}
+    references["plain-faster"] = faster_plain(bursts)
+    for name, theirs in references.items():
+        ratio = ratio_of(logistik, theirs, "events_per_s")
+        if ratio is not None:
+            found["throughput"][name] = ratio
+    # How far above the plain loops Kafka alone (no model call) reaches on this machine.
+    ceiling = ratio_of(bursts.get("kafka-only", []), references["plain-faster"], "events_per_s")
+    if ceiling is not None:
+        found["kafka_only_vs_plain"] = ceiling
+    workers = bursts.get("logistik-workers", [])
+    vs_plain = ratio_of(workers, references["plain-faster"], "events_per_s")
+    if vs_plain is not None:
+        found["workers"] = {
+            "vs_one": ratio_of(workers, logistik, "events_per_s"),
+            "vs_plain": vs_plain,
+        }
+    return found
+
+
 def summarise(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Ratios, added latency, groups, slow group and memory, from the measurements."""
 
@@ -1070,21 +1104,8 @@ def summarise(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     bursts, paced = of("burst"), of("paced")
     logistik = bursts.get("logistik", [])
-    summary: dict[str, Any] = {"throughput": {}, "latency_added": {}}
-    references = {r: bursts.get(r, []) for r in ROUTERS if r != "logistik"}
-    references["plain-faster"] = faster_plain(bursts)
-    for name, theirs in references.items():
-        ratio = ratio_of(logistik, theirs, "events_per_s")
-        if ratio is not None:
-            summary["throughput"][name] = ratio
-    workers = bursts.get("logistik-workers", [])
-    vs_plain = ratio_of(workers, references["plain-faster"], "events_per_s")
-    if vs_plain is not None:
-        summary["workers"] = {
-            "vs_one": ratio_of(workers, logistik, "events_per_s"),
-            "vs_plain": vs_plain,
-        }
-    for router in ("logistik", *PLAIN):
+    summary: dict[str, Any] = {**burst_ratios(bursts), "latency_added": {}}
+    for router in ("logistik", *PLAIN, "kafka-only"):
         added = latency_added(paced.get(router, []), paced.get("direct", []))
         if added is not None:
             summary["latency_added"][router] = added
@@ -1325,6 +1346,12 @@ def burst_table(
     plain = summary["throughput"].get("plain-faster")
     if plain:
         lines += ["", f"logistik ÷ the faster plain loop, round by round: {_range(plain)}."]
+    ceiling = summary.get("kafka_only_vs_plain")
+    if ceiling:
+        lines += [
+            f"Kafka alone (the confluent-kafka loop, no model call) ÷ the faster plain loop: "
+            f"{_range(ceiling)}."
+        ]
     scaled = summary.get("workers")
     if scaled:
         workers = report["parameters"].get("workers", 2)

@@ -1,7 +1,8 @@
 """A plain consume → call → produce → commit loop on confluent-kafka (librdkafka) + aiohttp.
 
-    python bench/plain_confluent.py --bootstrap HOST:PORT --topic T --group G --url URL
-                                    --results R [--concurrency 64] [--loop uvloop|asyncio]
+    python bench/plain_confluent.py --bootstrap HOST:PORT --topic T --group G
+                                    (--url URL | --no-call) --results R
+                                    [--concurrency 64] [--loop uvloop|asyncio]
 
 The benchmark's second reference for logistik: the consumer's blocking calls on one thread,
 one batch of records at a time, each POSTed to the model with at most `--concurrency` calls in
@@ -9,6 +10,9 @@ flight, each answer produced to `--results` keyed by the actor id, then a flush 
 every answer of the batch) and one commit. The producer asks for the same delivery guarantees
 as logistik's (acks from all replicas, idempotence, 2 ms linger). Anything but an HTTP 200 stops
 it with an error. Runs until SIGTERM or SIGINT.
+
+With `--no-call` the loop makes each answer itself, the one the benchmark's model would give,
+and calls nothing: Kafka alone, the most any router on this path can move on the machine.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from model_server import labelled
 
 MAX_RECORDS = 500
 HEADERS = {"Content-Type": "application/json"}
@@ -76,11 +82,15 @@ async def route(args: argparse.Namespace) -> None:
 
             async def handle(message: Message) -> None:
                 value = message.value() or b""
-                async with http.post(args.url, data=value, headers=HEADERS) as response:
-                    answer = await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"the model answered HTTP {response.status}")
-                actor = orjson.loads(value).get("actor") or {}
+                event = orjson.loads(value)
+                if args.url is None:
+                    answer = orjson.dumps(labelled(event))
+                else:
+                    async with http.post(args.url, data=value, headers=HEADERS) as response:
+                        answer = await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"the model answered HTTP {response.status}")
+                actor = event.get("actor") or {}
                 key = str(actor["id"]).encode() if actor.get("id") else None
                 produce(producer, args.results, answer, key)
 
@@ -120,7 +130,13 @@ def cli() -> None:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--url", required=True)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--url", help="the model's URL")
+    model.add_argument(
+        "--no-call",
+        action="store_true",
+        help="make each answer in the loop and call no model (Kafka alone)",
+    )
     parser.add_argument("--results", required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")

@@ -1,5 +1,5 @@
-"""The benchmark's command line: its help, the README tables it prints from a JSON report, and
-the direct load it measures the model's own limit with."""
+"""The benchmark's command line: its help, the README tables it prints from a JSON report, the
+direct load it measures the model's own limit with, and the loops it compares logistik with."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 BENCHMARK = BENCH / "benchmark.py"
 sys.path.insert(0, str(BENCH))  # the benchmark's own process helpers, as its scripts import them
 import benchkit  # noqa: E402
+from tests.support.kafkatools import TopicReader, create_topics, produce, unique  # noqa: E402
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,9 +66,11 @@ def report() -> dict[str, Any]:
     measurements = [
         measurement("burst", "direct", 1, 20_000.0, 3.0),
         measurement("burst", "plain-confluent", 1, 4_000.0, 300.0, cpu_us=router_cpu),
+        measurement("burst", "kafka-only", 1, 6_000.0, 200.0, cpu_us=router_cpu),
         measurement("burst", "logistik", 1, 3_000.0, 400.0, cpu_us=router_cpu, rss_mb=rss),
         measurement("burst", "direct", 2, 22_000.0, 3.0),
         measurement("burst", "plain-confluent", 2, 5_000.0, 300.0, cpu_us=router_cpu),
+        measurement("burst", "kafka-only", 2, 6_500.0, 200.0, cpu_us=router_cpu),
         measurement("burst", "logistik", 2, 4_000.0, 400.0, cpu_us=router_cpu, rss_mb=rss),
         measurement("burst", "logistik-workers", 1, 4_500.0, 400.0, cpu_us=router_cpu),
         measurement("burst", "logistik-workers", 2, 5_000.0, 400.0, cpu_us=router_cpu),
@@ -113,6 +117,14 @@ def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
     )
     assert "| logistik run | 3,500 (3,000-4,000) | - | 400.0 | 1600.0 | 150 | 198 | 121 |" in lines
     assert "| ≥ 1.5 x the faster plain loop | 0.78 x | **no** |" in lines
+    # Kafka alone: 6,000 and 6,500 events/s, against the plain loop's 4,000 and 5,000.
+    assert "| Kafka alone: the confluent-kafka loop, no model call | 6,250 (6,000-6,500) |" in (
+        done.stdout
+    )
+    assert (
+        "Kafka alone (the confluent-kafka loop, no model call) ÷ the faster plain loop: "
+        "1.40 (1.30-1.50)." in lines
+    )
     # Two workers: 4,500 and 5,000 events/s, against the plain loop's 4,000 and 5,000.
     assert (
         "`logistik run --workers 2` ÷ the faster plain loop: 1.06 (1.00-1.12); "
@@ -211,3 +223,40 @@ def test_the_direct_load_calls_the_model_with_every_event(
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
     if rate is not None:  # 300 events at 500/s take at least 0.6 s
         assert result["seconds"] >= 0.55
+
+
+LOOP_EVENTS = 200
+
+
+@pytest.mark.one_broker
+@pytest.mark.parametrize(
+    ("script", "model"),
+    [
+        ("plain_aiokafka.py", "--url"),
+        ("plain_confluent.py", "--url"),
+        ("plain_confluent.py", "--no-call"),
+    ],
+    ids=["aiokafka", "confluent", "kafka-alone"],
+)
+def test_a_loop_answers_every_event(
+    servers: str, model_url: str, tmp_path: Path, script: str, model: str
+) -> None:
+    topic, results = unique("bench-events"), unique("bench-results")
+    create_topics(servers, topic, results, partitions=2)
+    maker = benchkit.EventMaker(seed=1)
+    ids = [benchkit.event_id("loop", i) for i in range(LOOP_EVENTS)]
+    produce(servers, topic, [maker.make(ident, i)[1] for i, ident in enumerate(ids)], spread=2)
+    argv = [sys.executable, str(BENCH / script), "--bootstrap", servers, "--topic", topic]
+    argv += ["--group", unique("bench-loop"), "--results", results, "--concurrency", "8"]
+    argv += [model, model_url] if model == "--url" else [model]
+    loop = benchkit.Child(script, argv, tmp_path / "loop.log", tmp_path).start()
+    try:
+        with TopicReader(servers, results) as reader:
+            answers = reader.wait_for(results, LOOP_EVENTS, timeout_s=60)
+    finally:
+        loop.stop()
+    # One answer per event, each the model's (its id, label and score), whoever made it.
+    assert sorted(orjson.loads(a.value or b"")["id"] for a in answers) == sorted(ids)
+    assert {orjson.loads(a.value or b"")["label"] for a in answers} == {"cat"}
+    # Kafka alone calls nothing; the loops call the model once per event (and GET /stats).
+    assert requests_seen(model_url) == (LOOP_EVENTS + 1 if model == "--url" else 1)
