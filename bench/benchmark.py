@@ -87,7 +87,7 @@ TITLES = {
     "logistik-workers": "logistik run --workers {workers}",
 }
 BROKER_TITLES = {"tansu": "embedded Tansu", "kafka": "Apache Kafka"}
-FASTEST_CLIENTS = ("pycurl", "pyreqwest-unbounded", "aiohttp-unbounded")
+FASTEST_CLIENTS = ("httptools", "pycurl", "pyreqwest-unbounded", "aiohttp-unbounded")
 TOPIC = "bench-events"
 RESULTS = "bench-results"
 FAILED = failed_topic(TOPIC)

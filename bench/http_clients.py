@@ -47,7 +47,7 @@ from benchkit import (
     wait_for_port,
 )
 from logistik.errors import ModelCallError
-from logistik.routing.curl import CurlPool
+from logistik.routing.http_pool import HttpPool
 
 ANSWER_LIMIT_BYTES = 1_000_000
 CALL_TIMEOUT_S = 10.0
@@ -60,6 +60,7 @@ CLIENT_PACKAGES = {
     "pyreqwest-unbounded": "pyreqwest",
     "curl-cffi": "curl-cffi",
     "pycurl": "pycurl",
+    "httptools": "httptools",
     "httpx": "httpx",
 }
 PROPERTIES = ("timeouts", "pooling", "no redirects", "answer limit")
@@ -256,10 +257,12 @@ async def curl_cffi_client(concurrency: int) -> AsyncIterator[Caller]:
 
 
 class PycurlCaller:
-    """pycurl as logistik's model client uses it: its CurlPool (libcurl's multi handle)."""
+    """pycurl as logistik's model client used it: CurlPool (libcurl's multi handle)."""
 
     def __init__(self, concurrency: int) -> None:
-        self.pool = CurlPool(concurrency, JSON_HEADERS)
+        from curl_pool import CurlPool
+
+        self.pool: Any = CurlPool(concurrency, JSON_HEADERS)
 
     async def post(self, url: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         try:
@@ -275,8 +278,25 @@ class PycurlCaller:
 
 @asynccontextmanager
 async def pycurl_client(concurrency: int) -> AsyncIterator[Caller]:
-    """logistik's pycurl client with at most `concurrency` connections."""
+    """logistik's former pycurl client with at most `concurrency` connections."""
     caller = PycurlCaller(concurrency)
+    try:
+        yield caller
+    finally:
+        caller.pool.close()
+
+
+class HttptoolsCaller(PycurlCaller):
+    """logistik's model client: HttpPool (the loop's own connections, httptools parsing)."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.pool = HttpPool(concurrency, JSON_HEADERS)
+
+
+@asynccontextmanager
+async def httptools_client(concurrency: int) -> AsyncIterator[Caller]:
+    """logistik's model client with at most `concurrency` connections."""
+    caller = HttptoolsCaller(concurrency)
     try:
         yield caller
     finally:
@@ -320,6 +340,7 @@ CLIENTS: dict[str, ClientFactory] = {
     "pyreqwest-unbounded": pyreqwest_unbounded_client,
     "curl-cffi": curl_cffi_client,
     "pycurl": pycurl_client,
+    "httptools": httptools_client,
     "httpx": httpx_client,
 }
 

@@ -8,7 +8,10 @@ and, until `healed` is set, answers in one of the ways a broken model does:
 - `silent`: reads the request and sends nothing, the connection kept open;
 - `chunked`: a 200 answer of `size` bytes of JSON in chunks, without a Content-Length;
 - `hangup`: reads the request and closes the connection without a word;
-- `garbage`: answers bytes that are not HTTP, then closes the connection.
+- `garbage`: answers bytes that are not HTTP, then closes the connection;
+- `headers`: a status line and a header that never ends (200 KB and counting);
+- `once`: a valid answer (the connection not said to close), then closes the connection, as a
+  model whose keep-alive timeout is shorter than the caller's does.
 
 Once healed, or with mode `echo`, it answers at once with the event's id, as `echo` does.
 """
@@ -24,7 +27,7 @@ import orjson
 
 from logistik.kafka.embedded import free_port
 
-Mode = Literal["drip", "short", "silent", "chunked", "hangup", "garbage", "echo"]
+Mode = Literal["drip", "short", "silent", "chunked", "hangup", "garbage", "headers", "once", "echo"]
 CHUNK_BYTES = 64 * 1024
 
 
@@ -116,10 +119,10 @@ class RawModel:
         ident = event.get("id") if isinstance(event, dict) else None
         body = orjson.dumps({"id": ident, "answer": "ok"})
         mode = "echo" if self.healed.is_set() else self.mode
-        if mode == "echo":
+        if mode in ("echo", "once"):
             writer.write(_head(200, len(body)) + body)
             await writer.drain()
-            return True
+            return mode == "echo"
         if mode == "drip":
             for byte in _head(200, len(body)) + body:
                 writer.write(bytes([byte]))
@@ -136,6 +139,9 @@ class RawModel:
             writer.write(b"this is not HTTP\r\n\r\n")
             await writer.drain()
             return False
+        if mode == "headers":
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 200_000)
+            await writer.drain()
         if mode == "short":
             writer.write(_head(200, len(body) + 1000) + body)
             await writer.drain()

@@ -211,7 +211,7 @@ def test_the_direct_load_calls_the_model_with_every_event(
     model_url: str, rate: float | None
 ) -> None:
     argv = [sys.executable, str(BENCH / "load.py"), "http", "--url", model_url]
-    argv += ["--client", "pycurl", "--count", "300", "--concurrency", "8"]
+    argv += ["--client", "httptools", "--count", "300", "--concurrency", "8"]
     if rate is not None:
         argv += ["--rate", str(rate)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)

@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 import orjson
-import pycurl
 import pytest
 
 from logistik.answer import Outcome
 from logistik.handler import Handler
 from logistik.kafka.embedded import free_port
+from logistik.routing.http_pool import _Connection
 from logistik.routing.model_client import ModelClient
 from tests.support.models import ModelServer, Reply, wait_until_async
 from tests.support.raw_models import Mode, RawModel
@@ -114,7 +114,7 @@ async def test_an_unreachable_model_is_named_in_one_line() -> None:
     ("mode", "error"),
     [
         ("hangup", "the model closed the connection without answering"),
-        ("garbage", "HTTP/0.9"),
+        ("garbage", "not HTTP"),
     ],
 )
 async def test_a_model_that_answers_no_http_is_retried_with_the_reason(
@@ -128,6 +128,27 @@ async def test_a_model_that_answers_no_http_is_retried_with_the_reason(
     assert answer.outcome is Outcome.RETRY and not answer.timed_out
     assert error in answer.error and "\n" not in answer.error
     assert healed.outcome is Outcome.OK
+
+
+async def test_a_model_that_closes_each_connection_after_answering_answers_every_call() -> None:
+    # A connection the model closed may be taken for the next call before its close is seen:
+    # that call goes again on a new connection, and the model still sees each call once.
+    with RawModel("once") as model:
+        async with ModelClient() as client:
+            answers = [await client.call(handler_at(model.port), EVENT, 5) for _ in range(30)]
+            together = await asyncio.gather(
+                *(client.call(handler_at(model.port), EVENT, 5) for _ in range(30))
+            )
+    assert [a.outcome for a in [*answers, *together]] == [Outcome.OK] * 60
+    assert model.count == 60
+
+
+async def test_an_answer_whose_headers_never_end_is_cut_off_and_retried() -> None:
+    with RawModel("headers") as model:
+        async with ModelClient() as client:
+            answer = await client.call(handler_at(model.port), EVENT, 5)
+    assert answer.outcome is Outcome.RETRY and not answer.timed_out
+    assert answer.error == "the model's answer headers are over 65536 B"
 
 
 async def test_a_cancelled_call_leaves_the_client_usable() -> None:
@@ -164,22 +185,21 @@ async def test_calls_end_with_an_answer_when_the_client_closes() -> None:
     assert answer.outcome is Outcome.RETRY and answer.error == "the model client was closed"
 
 
-async def test_calls_libcurl_stops_driving_end_at_once_and_later_calls_go_on(
-    caplog: pytest.LogCaptureFixture,
+async def test_a_call_whose_answer_cannot_be_read_ends_and_later_calls_go_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with ModelServer() as server:
         async with ModelClient() as client:
-            pool = client._pool
-            assert pool is not None
-            # A socket callback that fails makes libcurl abandon the call it was working on.
-            pool._multi.setopt(pycurl.M_SOCKETFUNCTION, broken_socket_callback)
+            # A bug while an answer is read must end the call, not leave it waiting.
+            monkeypatch.setattr(_Connection, "on_body", broken_callback)
             failed = await asyncio.wait_for(client.call(handler_at(server.port), EVENT, 30), 5)
-            pool._multi.setopt(pycurl.M_SOCKETFUNCTION, pool._on_socket)
+            monkeypatch.undo()
             after = await client.call(handler_at(server.port), EVENT, 5)
-    assert failed.outcome is Outcome.RETRY and failed.error.startswith("libcurl failed: ")
-    assert "call(s) under way are retried" in caplog.text
+    assert failed.outcome is Outcome.RETRY
+    assert failed.error.startswith("the answer could not be read: RuntimeError(")
+    assert "reading an answer failed" in caplog.text
     assert after.outcome is Outcome.OK
 
 
-def broken_socket_callback(*_args: object) -> None:
-    raise RuntimeError("a bug in a socket callback")
+def broken_callback(*_args: object) -> None:
+    raise RuntimeError("a bug in a parser callback")

@@ -15,7 +15,7 @@ from logistik.event import elements, first_element
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
 from logistik.routing.batching import Batcher
-from logistik.routing.curl import MAX_ERROR_TEXT, CurlPool
+from logistik.routing.http_pool import MAX_ERROR_TEXT, HttpPool
 
 MODEL_HEADERS = {
     "Content-Type": "application/json",
@@ -30,16 +30,16 @@ BATCH_ENVELOPE = b'"logistik"'  # an item holding it may be a status rather than
 
 
 class ModelClient:
-    """Every model call of the process, on one pool of connections (libcurl's multi handle)."""
+    """Every model call of the process, on one pool of keep-alive connections."""
 
     def __init__(self, max_connections: int = 0, max_answer_bytes: int = 1024 * 1024) -> None:
         self._max_connections = max_connections
         self._max_answer_bytes = max_answer_bytes
-        self._pool: CurlPool | None = None
+        self._pool: HttpPool | None = None
         self._batcher = Batcher(self.call_batch)
 
     async def __aenter__(self) -> ModelClient:
-        self._pool = CurlPool(self._max_connections, MODEL_HEADERS)
+        self._pool = HttpPool(self._max_connections, MODEL_HEADERS)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

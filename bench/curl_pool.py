@@ -1,9 +1,10 @@
-"""HTTP requests to models on libcurl's multi interface, driven by the asyncio event loop.
+"""HTTP requests on libcurl's multi interface, driven by the asyncio event loop (pycurl).
 
-libcurl says which sockets to watch and when its next timeout is due; the loop tells it when
-a socket is ready. Connections are pooled and reused by libcurl, every request has a total
-deadline, redirects are not followed and an answer stops being read once it passes a limit.
-It costs about half the CPU per request of aiohttp (bench/http_clients.py).
+logistik's model client before routing/http_pool.py, kept as a reference for
+bench/http_clients.py: libcurl says which sockets to watch and when its next timeout is due;
+the loop tells it when a socket is ready. Connections are pooled and reused by libcurl, every
+request has a total deadline, redirects are not followed and an answer stops being read once it
+passes a limit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import pycurl
 
 from logistik.errors import ModelCallError, one_line
+from logistik.routing.http_pool import MAX_ERROR_TEXT, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +28,6 @@ _TIMED_OUT = pycurl.E_OPERATION_TIMEDOUT
 _CONNECT_FAILED = (pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST)
 _NOTHING = pycurl.E_GOT_NOTHING
 _RETRY_AFTER = b"retry-after:"
-MAX_ERROR_TEXT = 300  # of a model's error, kept in answers and logs
-
-
-@dataclass(slots=True)
-class Reply:
-    """What a model answered: status, body (None once it passed the limit), Retry-After."""
-
-    status: int
-    body: bytes | None
-    retry_after: str | None
 
 
 @dataclass(eq=False, slots=True)
