@@ -151,6 +151,17 @@ async def test_an_answer_whose_headers_never_end_is_cut_off_and_retried() -> Non
     assert answer.error == "the model's answer headers are over 65536 B"
 
 
+async def test_a_header_with_a_line_break_is_not_sent() -> None:
+    with ModelServer() as server:
+        async with ModelClient() as client:
+            headers = {"traceparent": "00-1\r\nX-Injected: 1"}
+            answer = await client.call(handler_at(server.port), EVENT, 5, headers)
+            plain = await client.call(handler_at(server.port), EVENT, 5, {"traceparent": "00-1"})
+    assert answer.outcome is Outcome.RETRY
+    assert answer.error == "a request header holds a line break: not sent"
+    assert plain.outcome is Outcome.OK and server.count == 1
+
+
 async def test_a_cancelled_call_leaves_the_client_usable() -> None:
     with RawModel("silent") as model:
         async with ModelClient() as client:

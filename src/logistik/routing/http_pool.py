@@ -249,8 +249,15 @@ class HttpPool:
         deadline = loop.time() + timeout_s
         head = target.head
         if headers:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
-            head = head.replace(b"Content-Length: ", extra + b"Content-Length: ", 1)
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            if extra.count("\n") != len(headers) or extra.count("\r") != len(headers):
+                # A line break inside a name or value would start a header of its own.
+                raise ModelCallError("a request header holds a line break: not sent")
+            try:
+                encoded = extra.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ModelCallError("a request header is not Latin-1 text: not sent") from None
+            head = head.replace(b"Content-Length: ", encoded + b"Content-Length: ", 1)
         data = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         for _ in range(2):  # a reused connection the model had closed: once more, on a new one
             connection = self._take(target.key)
