@@ -195,9 +195,15 @@ class RouterProcess:
         self.process.send_signal(signum)
 
     def wait(self, timeout_s: float = 30.0) -> int:
-        """Wait for exit and return the exit code."""
+        """Wait for exit and return the exit code; a process still running fails the test with
+        the end of its log, which says where it is."""
         assert self.process is not None
-        return self.process.wait(timeout_s)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running after {timeout_s:g} s; its log ends:\n{self.log()[-4000:]}"
+            ) from None
 
     def workers_assigned(self, count: int) -> bool:
         """Whether each of `count` workers (`run --workers`) has been given partitions: the
