@@ -277,9 +277,11 @@ class PycurlCaller:
 
 
 @asynccontextmanager
-async def pycurl_client(concurrency: int) -> AsyncIterator[Caller]:
-    """logistik's former pycurl client with at most `concurrency` connections."""
-    caller = PycurlCaller(concurrency)
+async def pycurl_client(
+    concurrency: int, kind: type[PycurlCaller] = PycurlCaller
+) -> AsyncIterator[Caller]:
+    """logistik's former pycurl client (or `kind`) with at most `concurrency` connections."""
+    caller = kind(concurrency)
     try:
         yield caller
     finally:
@@ -296,11 +298,8 @@ class HttptoolsCaller(PycurlCaller):
 @asynccontextmanager
 async def httptools_client(concurrency: int) -> AsyncIterator[Caller]:
     """logistik's model client with at most `concurrency` connections."""
-    caller = HttptoolsCaller(concurrency)
-    try:
+    async with pycurl_client(concurrency, HttptoolsCaller) as caller:
         yield caller
-    finally:
-        caller.pool.close()
 
 
 class HttpxCaller:

@@ -134,6 +134,8 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._answered():
+            return
         if len(name) == 11 and name.lower() == _RETRY_AFTER:
             self.retry_after = value.strip()
         elif len(name) == 14 and name.lower() == _CONTENT_LENGTH:
@@ -145,6 +147,9 @@ class _Connection(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
+        if self._answered():  # a second answer to one request: the connection is not kept
+            self.keep = False
+            return
         self.status = self.parser.get_status_code()
         if self.status < 200:  # an informational answer: the real one follows
             self.retry_after, self.framed, self.over = None, False, False
@@ -156,7 +161,7 @@ class _Connection(asyncio.Protocol):
             self._abort()
 
     def on_body(self, body: bytes) -> None:
-        if self.over or self.future is None:
+        if self.over or self._answered():
             return
         self.size += len(body)
         if self.size > self.limit:
@@ -174,6 +179,10 @@ class _Connection(asyncio.Protocol):
         if self.future is not None and not self.future.done():
             self.keep = self.parser.should_keep_alive()
             self._end(None)
+
+    def _answered(self) -> bool:
+        """Whether the request under way has its answer (or there is none under way)."""
+        return self.future is None or self.future.done()
 
     # ---- the pool's side
 
