@@ -83,6 +83,30 @@ async def test_a_model_that_never_finishes_its_answer_times_out(mode: Mode) -> N
     assert healed.outcome is Outcome.OK and orjson.loads(healed.body)["id"] == "e1"
 
 
+async def test_calls_with_different_deadlines_each_end_at_their_own() -> None:
+    # One sweep serves every deadline: a sooner one set after a later one must not wait for it,
+    # and the sweep must go on to the deadlines left after it.
+    loop = asyncio.get_running_loop()
+    with RawModel("silent") as model:
+        async with ModelClient() as client:
+
+            async def timed(timeout_s: float, after_s: float) -> tuple[float, str | None]:
+                await asyncio.sleep(after_s)
+                started = loop.time()
+                answer = await client.call(handler_at(model.port), EVENT, timeout_s)
+                assert answer.timed_out
+                return loop.time() - started, answer.error
+
+            ended = await asyncio.gather(timed(3, 0), timed(0.3, 0.05), timed(0.6, 0.1))
+    (long_s, long_error), (short_s, short_error), (middle_s, middle_error) = ended
+    assert (long_error, short_error, middle_error) == (
+        "timeout after 3 s",
+        "timeout after 0.3 s",
+        "timeout after 0.6 s",
+    )
+    assert 0.3 <= short_s < 1.5 and 0.6 <= middle_s < 1.5 and long_s >= 3
+
+
 async def test_retry_after_and_trace_headers_cross_the_client() -> None:
     busy = Reply(503, {"error": "busy"}, headers={"Retry-After": "7"})
     with ModelServer(lambda event, count: busy) as server:

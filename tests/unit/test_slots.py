@@ -119,3 +119,30 @@ async def test_a_failing_wait_on_check_ends_the_wait_with_its_error() -> None:
         await asyncio.wait_for(waiting, 5)
     slots.release()
     assert slots.free
+
+
+async def test_limited_waits_end_each_at_its_own_time_behind_longer_and_endless_ones() -> None:
+    # One timer serves every wait of a gate: a shorter limit queued behind a longer one and
+    # behind an endless one must not wait for either.
+    slots = Slots(1)
+    assert await slots.acquire(0)
+    started = time.monotonic()
+
+    async def timed(timeout_s: float | None) -> tuple[bool, float]:
+        got = await slots.acquire(timeout_s)
+        return got, time.monotonic() - started
+
+    long = asyncio.create_task(timed(3))
+    endless = asyncio.create_task(timed(None))
+    await wait_until_async(lambda: slots.waiting == 2)
+    short = asyncio.create_task(timed(0.2))
+    middle = asyncio.create_task(timed(0.4))
+    got_short, short_s = await asyncio.wait_for(short, 5)
+    got_middle, middle_s = await asyncio.wait_for(middle, 5)
+    assert (got_short, got_middle) == (False, False)
+    assert 0.2 <= short_s < 1.5 and 0.4 <= middle_s < 1.5
+    assert not long.done() and not endless.done()
+    slots.release()  # the slot goes to the longest waiter, the ended ones skipped
+    assert (await asyncio.wait_for(long, 5))[0] is True
+    slots.release()
+    assert (await asyncio.wait_for(endless, 5))[0] is True

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 MAX_ERROR_TEXT = 300  # of a model's error, kept in answers and logs
 MAX_TARGETS = 1024  # parsed URLs kept; models come and go, so the cache is bounded
 MAX_HEAD_BYTES = 64 * 1024  # of an answer's status line and headers (libcurl allowed 100 KB)
+# Deadlines are swept by one loop timer set for the nearest (a loop timer per request costs
+# about 2 µs to set and cancel); deadlines this close together end in one sweep.
+SWEEP_GRAIN_S = 0.02
 _RETRY_AFTER = b"retry-after"
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -79,6 +82,8 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.retry_after: bytes | None = None
         self.keep = False
+        self.deadline = 0.0  # of the request under way (loop time)
+        self.timeout_s = 0.0
 
     # ---- asyncio.Protocol
 
@@ -206,9 +211,9 @@ class _Connection(asyncio.Protocol):
             None if retry_after is None else retry_after.decode("latin-1"),
         )
 
-    def time_out(self, timeout_s: float) -> None:
+    def time_out(self) -> None:
         """The deadline passed: the request fails and its connection is closed."""
-        self._end(ModelCallError(f"timeout after {timeout_s:g} s", True))
+        self._end(ModelCallError(f"timeout after {self.timeout_s:g} s", True))
         self._abort()
 
     def _end(self, error: BaseException | None) -> None:
@@ -240,6 +245,8 @@ class HttpPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tls: ssl.SSLContext | None = None
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = float("inf")  # when the sweep timer fires (loop time)
 
     async def request(
         self,
@@ -274,9 +281,11 @@ class HttpPool:
                 connection = await self._connect(target, deadline, timeout_s)
             reused = connection.used
             future = connection.start(limit)
+            connection.deadline, connection.timeout_s = deadline, timeout_s
+            if deadline < self._sweep_at:
+                self._sweep_for(deadline)
             assert connection.transport is not None
             connection.transport.write(data)
-            timer = loop.call_at(deadline, connection.time_out, timeout_s)
             try:
                 await future
             except _StaleError:
@@ -287,12 +296,35 @@ class HttpPool:
                 connection._abort()  # cancelled, or failed: its answer may still come
                 raise
             finally:
-                timer.cancel()
                 connection.future = None
             reply = connection.reply()
             self._release(connection)
             return reply
         raise ModelCallError("the model closed the connection without answering")
+
+    def _sweep_for(self, deadline: float) -> None:
+        """Set the sweep timer for `deadline` (sooner than the one set, if any)."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = deadline
+        self._sweep = self.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Time out every request past its deadline; set the timer for the nearest left."""
+        self._sweep, self._sweep_at = None, float("inf")
+        now = self.loop.time()
+        due = now + 0.001  # the loop's timers are of milliseconds: one may fire a little early
+        nearest = float("inf")
+        for connection in list(self._open):
+            future = connection.future
+            if future is None or future.done():
+                continue
+            if connection.deadline <= due:
+                connection.time_out()
+            elif connection.deadline < nearest:
+                nearest = connection.deadline
+        if nearest != float("inf"):
+            self._sweep_for(max(nearest, now + SWEEP_GRAIN_S))
 
     def _target(self, method: str, url: str) -> _Target:
         parts = urlsplit(url)
@@ -407,6 +439,8 @@ class HttpPool:
     def close(self) -> None:
         """Close every connection; requests still under way fail at once."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
         for connection in list(self._open):
             connection._end(ModelCallError("the model client was closed"))
             connection._abort()

@@ -7,6 +7,30 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+# Limited waits end from one loop timer per gate, set for the nearest end (a loop timer per
+# wait costs about 2 µs to set and cancel); ends this close together are swept together.
+SWEEP_GRAIN_S = 0.02
+_NEVER = float("inf")
+
+
+class _Waiter:
+    """One caller waiting for a slot."""
+
+    __slots__ = ("ends_s", "future", "joined_s", "keep_waiting", "timeout_s")
+
+    def __init__(
+        self,
+        future: asyncio.Future[bool],
+        joined_s: float,
+        timeout_s: float | None,
+        keep_waiting: Callable[[], bool] | None,
+    ) -> None:
+        self.future = future  # True: a slot; False: the wait ended without one
+        self.joined_s = joined_s
+        self.timeout_s = timeout_s  # None: waits as long as it takes, and is never shed
+        self.ends_s = _NEVER if timeout_s is None else joined_s + timeout_s
+        self.keep_waiting = keep_waiting
+
 
 class Slots:
     """At most `size` holders at a time; a freed slot goes straight to the longest waiter.
@@ -16,14 +40,14 @@ class Slots:
     Times are `time.monotonic()` seconds.
     """
 
-    __slots__ = ("_free", "_waiters", "last_release_s")
+    __slots__ = ("_free", "_sweep", "_sweep_s", "_waiters", "last_release_s")
 
     def __init__(self, size: int) -> None:
         self._free = size
-        # Each waiter: its future (True: a slot; False: shed), when it began to wait, and
-        # whether it waits as long as it takes (then it is never shed).
-        self._waiters: deque[tuple[asyncio.Future[bool], float, bool]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self.last_release_s = 0.0  # when a holder last left (the model last answered); 0: never
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_s = _NEVER  # when the sweep timer fires (monotonic)
 
     @property
     def waiting(self) -> int:
@@ -41,12 +65,18 @@ class Slots:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
-        return await self._wait(self._join(patient=True))
+        return await self._wait(self._join(None, None))
 
-    def _join(self, patient: bool) -> asyncio.Future[bool]:
-        """A place at the end of the queue: its future says True for a slot, False if shed."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append((future, time.monotonic(), patient))
+    def _join(
+        self, timeout_s: float | None, keep_waiting: Callable[[], bool] | None
+    ) -> asyncio.Future[bool]:
+        """A place at the end of the queue: its future says True for a slot, False if not."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        waiter = _Waiter(future, time.monotonic(), timeout_s, keep_waiting)
+        self._waiters.append(waiter)
+        if waiter.ends_s < self._sweep_s:
+            self._sweep_at(loop, waiter.ends_s)
         return future
 
     async def _wait(self, future: asyncio.Future[bool]) -> bool:
@@ -64,9 +94,9 @@ class Slots:
         left while callers waited.
         """
         waiters = self._waiters
-        while waiters and waiters[0][0].done():  # cancelled waits, skipped by releases anyway
+        while waiters and waiters[0].future.done():  # ended waits, skipped by releases anyway
             waiters.popleft()
-        return now - waiters[0][1] if waiters else 0.0
+        return now - waiters[0].joined_s if waiters else 0.0
 
     @property
     def free(self) -> bool:
@@ -85,16 +115,9 @@ class Slots:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
-        if timeout_s is None:
-            return await self._enter()
-        future = self._join(patient=False)
-        # A timer that ends the wait with False, rather than asyncio.timeout: no task is
-        # cancelled and no exception raised for each of thousands of expiring waits.
-        expiry = _Expiry(future, timeout_s, keep_waiting)
-        try:
-            return await self._wait(future)
-        finally:
-            expiry.cancel()
+        # Ended by the sweep with False, rather than asyncio.timeout: no task is cancelled and
+        # no exception raised for each of thousands of expiring waits.
+        return await self._wait(self._join(timeout_s, keep_waiting))
 
     def release(self) -> None:
         """Give back a slot taken with `acquire`."""
@@ -103,16 +126,15 @@ class Slots:
     def shed(self) -> int:
         """End every wait that has a time limit, unanswered (`acquire` returns False); returns
         how many. Waits without a limit keep their place."""
-        kept: deque[tuple[asyncio.Future[bool], float, bool]] = deque()
+        kept: deque[_Waiter] = deque()
         shed = 0
         for waiter in self._waiters:
-            future, _, patient = waiter
-            if future.done():
+            if waiter.future.done():
                 continue
-            if patient:
+            if waiter.timeout_s is None:
                 kept.append(waiter)
             else:
-                future.set_result(False)
+                waiter.future.set_result(False)
                 shed += 1
         self._waiters = kept
         return shed
@@ -121,42 +143,41 @@ class Slots:
         self.last_release_s = time.monotonic()
         waiters = self._waiters
         while waiters:
-            future = waiters.popleft()[0]
-            if not future.done():  # a cancelled wait is skipped
+            future = waiters.popleft().future
+            if not future.done():  # an ended wait is skipped
                 future.set_result(True)
                 return
         self._free += 1
 
-
-class _Expiry:
-    """Ends a limited wait for a slot with False when its time is up, unless told to wait on."""
-
-    __slots__ = ("_future", "_handle", "_keep_waiting", "_timeout_s")
-
-    def __init__(
-        self,
-        future: asyncio.Future[bool],
-        timeout_s: float,
-        keep_waiting: Callable[[], bool] | None,
-    ) -> None:
-        self._future = future
-        self._timeout_s = timeout_s
-        self._keep_waiting = keep_waiting
-        self._handle = future.get_loop().call_later(timeout_s, self._expire)
+    def _sweep_at(self, loop: asyncio.AbstractEventLoop, ends_s: float) -> None:
+        """Set the sweep timer for `ends_s` (monotonic), sooner than the one set, if any."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_s = ends_s
+        self._sweep = loop.call_later(max(0.0, ends_s - time.monotonic()), self._expire)
 
     def _expire(self) -> None:
-        if self._future.done():
-            return
-        try:
-            wait_on = self._keep_waiting is not None and self._keep_waiting()
-        except Exception as exc:  # raised in the waiting call, not lost in a loop callback
-            self._future.set_exception(exc)
-            return
-        if wait_on:
-            self._handle = self._future.get_loop().call_later(self._timeout_s, self._expire)
-            return
-        self._future.set_result(False)  # left in the queue: releases and oldest_wait_s skip it
-
-    def cancel(self) -> None:
-        """Stop the timer: the wait has ended."""
-        self._handle.cancel()
+        """End the limited waits whose time is up, unless told to wait on; set the timer for
+        the nearest end left."""
+        self._sweep, self._sweep_s = None, _NEVER
+        now = time.monotonic()
+        due = now + 0.001  # the loop's timers are of milliseconds: one may fire a little early
+        nearest = _NEVER
+        for waiter in list(self._waiters):
+            future = waiter.future
+            if future.done() or waiter.ends_s == _NEVER:
+                continue
+            if waiter.ends_s <= due:
+                try:
+                    wait_on = waiter.keep_waiting is not None and waiter.keep_waiting()
+                except Exception as exc:  # raised in the waiting call, not lost in a callback
+                    future.set_exception(exc)
+                    continue
+                if not wait_on:
+                    future.set_result(False)  # left in the queue: releases skip it
+                    continue
+                assert waiter.timeout_s is not None
+                waiter.ends_s = now + waiter.timeout_s
+            nearest = min(nearest, waiter.ends_s)
+        if nearest != _NEVER:
+            self._sweep_at(asyncio.get_running_loop(), max(nearest, now + SWEEP_GRAIN_S))
