@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 
-from logistik.event import actor_key, decode_record, encode_event, event_id, first_element
+from logistik.event import (
+    actor_key,
+    decode_record,
+    encode_event,
+    event_id,
+    first_element,
+    now_text,
+)
 from logistik.routing.model_client import classify
 
 BIG = 123456789012345678901234567890
+
+
+def test_the_published_stamp_is_the_millisecond_it_was_taken_in() -> None:
+    # The text of a millisecond is reused within it: it must still be that millisecond's.
+    stamps = []
+    for _ in range(2000):
+        before = datetime.now(UTC).isoformat(timespec="milliseconds")
+        stamp = now_text()
+        after = datetime.now(UTC).isoformat(timespec="milliseconds")
+        assert before <= stamp <= after
+        stamps.append(stamp)
+        time.sleep(0.0001)
+    assert len(set(stamps)) > 10  # milliseconds passed, and each was written anew
+    assert datetime.fromisoformat(stamps[-1]).tzinfo == UTC
 
 
 def test_an_event_without_id_keeps_its_bytes_and_gets_id_and_published_first() -> None:
