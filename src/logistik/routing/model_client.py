@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, cast
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import orjson
@@ -15,7 +17,9 @@ from logistik.event import elements, first_element
 from logistik.handler import Handler
 from logistik.routing.backoff import parse_retry_after
 from logistik.routing.batching import Batcher
-from logistik.routing.http_pool import MAX_ERROR_TEXT, HttpPool
+from logistik.routing.http_pool import MAX_ERROR_TEXT, HttpPool, Reply
+
+T = TypeVar("T")
 
 MODEL_HEADERS = {
     "Content-Type": "application/json",
@@ -37,6 +41,7 @@ class ModelClient:
         self._max_answer_bytes = max_answer_bytes
         self._pool: HttpPool | None = None
         self._batcher = Batcher(self.call_batch)
+        self._read_one = partial(_one, max_answer_bytes)
 
     async def __aenter__(self) -> ModelClient:
         self._pool = HttpPool(self._max_connections, MODEL_HEADERS)
@@ -47,30 +52,19 @@ class ModelClient:
         if self._pool is not None:
             self._pool.close()
 
-    async def call(
+    def call(
         self, handler: Handler, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
-    ) -> Answer:
+    ) -> Coroutine[Any, Any, Answer]:
         """Send one event to one handler and classify the answer; never raises for model faults.
 
         A handler that takes batches gets the event in a list with others (see Batcher).
         """
         if handler.batch_size > 1:
-            return await self._batcher.call(handler, body, timeout_s, headers)
-        # The request is made here rather than through _request: one coroutine fewer to pass
-        # through on the way to each answer.
-        assert self._pool is not None, "ModelClient used outside 'async with'"
+            return self._batcher.call(handler, body, timeout_s, headers)
+        # The coroutine of the exchange itself is handed back: one fewer to pass through on
+        # the way to each answer.
         limit = self._max_answer_bytes
-        started = time.perf_counter()
-        try:
-            reply = await self._pool.request(
-                handler.method, handler.url, body, timeout_s, limit, headers
-            )
-        except ModelCallError as exc:
-            return no_answer(exc, time.perf_counter() - started)
-        latency_s = time.perf_counter() - started
-        if reply.body is None:
-            return too_large(reply.status, reply.retry_after, latency_s, limit)
-        return classify(reply.status, reply.body, reply.retry_after, latency_s)
+        return self._exchange(handler, body, timeout_s, headers, limit, self._read_one)
 
     async def call_batch(
         self,
@@ -83,26 +77,21 @@ class ModelClient:
         body = b"[" + b",".join(bodies) + b"]"
         # Each event's answer may be as large as one alone, up to a bound on the whole list.
         limit = min(self._max_answer_bytes * len(bodies), BATCH_ANSWER_MAX_BYTES)
-        reply = await self._request(handler, body, timeout_s, headers, limit)
-        if isinstance(reply, Answer):
-            return reply.shared_by(len(bodies))
-        status, payload, retry_after, latency_s = reply
-        if payload is None:
-            return too_large(status, retry_after, latency_s, limit).shared_by(len(bodies))
-        return classify_batch(
-            status, payload, retry_after, latency_s, len(bodies), self._max_answer_bytes
-        )
+        read = partial(_batch, limit, len(bodies), self._max_answer_bytes)
+        answers = await self._exchange(handler, body, timeout_s, headers, limit, read)
+        return answers.shared_by(len(bodies)) if isinstance(answers, Answer) else answers
 
-    async def _request(
+    async def _exchange(
         self,
         handler: Handler,
         body: bytes,
         timeout_s: float,
         headers: dict[str, str] | None,
         limit: int,
-    ) -> tuple[int, bytes | None, str | None, float] | Answer:
-        """One HTTP request: status, body (None if over `limit`), Retry-After and latency;
-        an Answer to retry when no answer came."""
+        read: Callable[[Reply, float], T],
+    ) -> T | Answer:
+        """One HTTP request, its reply read by `read` (with its latency); an Answer to retry
+        when no answer came."""
         assert self._pool is not None, "ModelClient used outside 'async with'"
         started = time.perf_counter()
         try:
@@ -110,15 +99,25 @@ class ModelClient:
                 handler.method, handler.url, body, timeout_s, limit, headers
             )
         except ModelCallError as exc:
-            return no_answer(exc, time.perf_counter() - started)
-        return reply.status, reply.body, reply.retry_after, time.perf_counter() - started
+            latency_s = time.perf_counter() - started
+            return Answer(
+                Outcome.RETRY, None, error=str(exc), latency_s=latency_s, timed_out=exc.timed_out
+            )
+        return read(reply, time.perf_counter() - started)
 
 
-def no_answer(error: ModelCallError, latency_s: float) -> Answer:
-    """A call that got no answer (unreachable, timed out, cut off): to be retried."""
-    return Answer(
-        Outcome.RETRY, None, error=str(error), latency_s=latency_s, timed_out=error.timed_out
-    )
+def _one(limit: int, reply: Reply, latency_s: float) -> Answer:
+    """The answer to one event, from the model's reply."""
+    if reply.body is None:
+        return too_large(reply.status, reply.retry_after, latency_s, limit)
+    return classify(reply.status, reply.body, reply.retry_after, latency_s)
+
+
+def _batch(limit: int, size: int, item_limit: int, reply: Reply, latency_s: float) -> list[Answer]:
+    """The answers to a batch of `size` events, from the model's reply."""
+    if reply.body is None:
+        return too_large(reply.status, reply.retry_after, latency_s, limit).shared_by(size)
+    return classify_batch(reply.status, reply.body, reply.retry_after, latency_s, size, item_limit)
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
