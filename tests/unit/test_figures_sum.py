@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from logistik.answer import Answer, Outcome
-from logistik.observe.figures import Figures
+from logistik.observe.figures import Figures, HandlerFigures
 
 
 def worker(calls: int, latency_s: float, failures: int = 0) -> Figures:
@@ -55,3 +56,26 @@ def test_a_refill_forgets_what_was_summed_before() -> None:
     assert view is not None and view["requests"] == 3
     assert shown.topics()["detect"]["events_in"] == 3
     assert len(shown.recent_failures) == 1
+
+
+def test_a_handlers_series_show_every_call_once_whenever_read() -> None:
+    # Calls are gathered per ten-second bucket before they reach the series: a read in the
+    # middle of a bucket shows them, and the bucket's end does not count them again.
+    figures = HandlerFigures("m")
+    ok = Answer(Outcome.OK, 200, body=b"{}", latency_s=0.01)
+    failed = Answer(Outcome.RETRY, 503, error="HTTP 503", latency_s=0.02)
+    start_s = 1_800_000_000.0  # the start of a ten-second bucket
+    for n in range(5):
+        figures.record(ok, False, start_s + n)
+    middle = figures.snapshot(start_s + 5)["series"]
+    assert [(p["at"], p["calls"]) for p in middle["5m"]["points"]] == [(start_s, 5)]
+    for n in range(3):
+        figures.record(failed, True, start_s + 6 + n)
+    figures.record(ok, False, start_s + 12)  # the next bucket
+    series = figures.snapshot(start_s + 13)["series"]
+    points = [(p["at"], p["calls"], p["errors"]) for p in series["5m"]["points"]]
+    assert points == [(start_s, 8, 3), (start_s + 10, 1, 0)]
+    assert series["5m"]["points"][0]["latency_ms"] == pytest.approx((5 * 10 + 3 * 20) / 8)
+    assert [p["calls"] for p in series["1h"]["points"]] == [9]  # one minute holds them all
+    assert figures.recent_calls(start_s + 13) == 9
+    assert sum(b[1] for b in figures.raw()["series"]["24h"]) == 9

@@ -16,6 +16,9 @@ LATENCY_SAMPLES = 2048  # recent calls kept per handler for percentiles
 # The history kept per handler, for charts over three spans: (span name, bucket width in
 # seconds, buckets kept). The width of the one-hour series is also the rate's unit.
 SERIES = (("5m", 10, 30), ("1h", 60, 60), ("24h", 3600, 24))
+FINEST_WIDTH_S = min(width for _, width, _ in SERIES)
+# Calls are gathered per finest bucket before they are added to every series.
+assert all(width % FINEST_WIDTH_S == 0 for _, width, _ in SERIES)
 RATE_WINDOW_S = 300  # events per minute are averaged over this long (or since first seen)
 # Latency histogram buckets (seconds), as Prometheus' defaults plus finer low ones.
 LATENCY_BUCKETS_S = (
@@ -70,15 +73,15 @@ class Series:
     def __post_init__(self) -> None:
         self.buckets = deque(maxlen=self.count)
 
-    def add(self, now_s: float, latency_s: float, failed: bool) -> None:
-        """Count one call in the bucket of `now_s`."""
-        start = int(now_s // self.width_s)
+    def add(self, at_s: float, calls: int, errors: int, latency_sum_s: float) -> None:
+        """Count calls in the bucket of `at_s`."""
+        start = int(at_s // self.width_s)
         if not self.buckets or self.buckets[-1].start != start:
             self.buckets.append(Bucket(start))
         bucket = self.buckets[-1]
-        bucket.calls += 1
-        bucket.latency_sum_s += latency_s
-        bucket.errors += int(failed)
+        bucket.calls += calls
+        bucket.latency_sum_s += latency_sum_s
+        bucket.errors += errors
 
     def absorb(self, buckets: list[list[float]]) -> None:
         """Add another process's buckets (`[start, calls, errors, latency_sum_s]`) to these."""
@@ -129,6 +132,9 @@ class HandlerFigures:
     last_error_at: datetime | None = None
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
     latency_sum_s: float = 0.0
+    # The calls of the finest bucket under way, added to every series at once when it ends
+    # or is read: one addition per call rather than one per series.
+    _pending: Bucket = field(default_factory=lambda: Bucket(-1), repr=False)
 
     def record(self, answer: Answer, retry: bool, now_s: float) -> None:
         """Count one call and its answer."""
@@ -142,14 +148,31 @@ class HandlerFigures:
         self.answers[kind] += 1
         self.latencies_s.append(answer.latency_s)
         failed = kind in ("error", "timeout", "refused")
-        for series in self.series.values():
-            series.add(now_s, answer.latency_s, failed)
+        pending = self._pending
+        start = int(now_s // FINEST_WIDTH_S)
+        if pending.start != start:
+            self._flush()
+            pending.start = start
+        pending.calls += 1
+        pending.latency_sum_s += answer.latency_s
         if failed:
+            pending.errors += 1
             self.last_error = answer.error
             self.last_error_at = datetime.now(UTC)
 
+    def _flush(self) -> None:
+        """Add the calls of the bucket under way to every series."""
+        pending = self._pending
+        if pending.calls:
+            at_s = pending.start * FINEST_WIDTH_S
+            for series in self.series.values():
+                series.add(at_s, pending.calls, pending.errors, pending.latency_sum_s)
+            pending.calls = pending.errors = 0
+            pending.latency_sum_s = 0.0
+
     def raw(self) -> dict[str, Any]:
         """Everything counted, as plain data another process can add to its own (`absorb`)."""
+        self._flush()
         return {
             "since": self.since.isoformat(),
             "requests": self.requests,
@@ -168,6 +191,7 @@ class HandlerFigures:
 
     def absorb(self, raw: dict[str, Any]) -> None:
         """Add another process's figures of the same handler (from `raw`)."""
+        self._flush()
         self.since = min(self.since, datetime.fromisoformat(raw["since"]))
         self.requests += raw["requests"]
         self.retries += raw["retries"]
@@ -189,6 +213,7 @@ class HandlerFigures:
 
     def recent_calls(self, now_s: float, window_s: float = RATE_WINDOW_S) -> int:
         """Calls in about the last `window_s` seconds (whole buckets of ten seconds)."""
+        self._flush()
         return self.series["5m"].calls_since(now_s - window_s)
 
     def per_minute(self, now_s: float) -> float:
@@ -200,6 +225,7 @@ class HandlerFigures:
 
     def snapshot(self, now_s: float) -> dict[str, Any]:
         """The figures as plain data."""
+        self._flush()
         ordered = sorted(self.latencies_s)
         return {
             "node_id": self.node_id,
