@@ -7,6 +7,7 @@ key order and spacing stay as the producer wrote them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -31,9 +32,6 @@ _malformed_channels_seen: set[str] = set()
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGITS = b"0" * 19
 _EXACT = json.JSONDecoder()
-# The text of the current millisecond, reused by the events stamped within it: formatting a
-# datetime costs more than the rest of decoding a small event.
-_stamp: list[Any] = [-1, ""]
 
 
 def decode_event(raw: bytes | None) -> Event:
@@ -84,13 +82,16 @@ def decode_record(raw: bytes | None) -> tuple[Event, bytes]:
 
 def now_text() -> str:
     """The time now in ISO 8601 to the millisecond, UTC (`2026-01-02T03:04:05.678+00:00`)."""
-    ms = time.time_ns() // 1_000_000
-    if ms != _stamp[0]:
-        seconds, rest_ms = divmod(ms, 1000)
-        moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest_ms * 1000)
-        _stamp[:] = [ms, moment.isoformat(timespec="milliseconds")]
-    text: str = _stamp[1]
-    return text
+    return _millisecond_text(time.time_ns() // 1_000_000)
+
+
+# The text of the current millisecond is reused by the events stamped within it: formatting a
+# datetime costs more than the rest of decoding a small event.
+@functools.lru_cache(maxsize=1)
+def _millisecond_text(ms: int) -> str:
+    seconds, rest_ms = divmod(ms, 1000)
+    moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest_ms * 1000)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _with_members(raw: bytes, members: bytes) -> bytes:

@@ -90,14 +90,15 @@ async def test_calls_with_different_deadlines_each_end_at_their_own() -> None:
     with RawModel("silent") as model:
         async with ModelClient() as client:
 
-            async def timed(timeout_s: float, after_s: float) -> tuple[float, str | None]:
-                await asyncio.sleep(after_s)
+            async def timed(timeout_s: float, after: int) -> tuple[float, str | None]:
+                # Sent once the model has the calls before it: the long deadline is set first.
+                await wait_until_async(lambda: model.requests >= after)
                 started = loop.time()
                 answer = await client.call(handler_at(model.port), EVENT, timeout_s)
                 assert answer.timed_out
                 return loop.time() - started, answer.error
 
-            ended = await asyncio.gather(timed(3, 0), timed(0.3, 0.05), timed(0.6, 0.1))
+            ended = await asyncio.gather(timed(3, 0), timed(0.3, 1), timed(0.6, 2))
     (long_s, long_error), (short_s, short_error), (middle_s, middle_error) = ended
     assert (long_error, short_error, middle_error) == (
         "timeout after 3 s",

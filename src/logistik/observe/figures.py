@@ -134,7 +134,9 @@ class HandlerFigures:
     latency_sum_s: float = 0.0
     # The calls of the finest bucket under way, added to every series at once when it ends
     # or is read: one addition per call rather than one per series.
-    _pending: Bucket = field(default_factory=lambda: Bucket(-1), repr=False)
+    _pending: Bucket = field(
+        default_factory=lambda: Bucket(-1), init=False, repr=False, compare=False
+    )
 
     def record(self, answer: Answer, retry: bool, now_s: float) -> None:
         """Count one call and its answer."""

@@ -21,15 +21,13 @@ from urllib.parse import urlsplit
 import httptools
 
 from logistik.errors import ModelCallError, one_line
+from logistik.routing.sweep import NEVER, Sweep
 
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_TEXT = 300  # of a model's error, kept in answers and logs
 MAX_TARGETS = 1024  # parsed URLs kept; models come and go, so the cache is bounded
 MAX_HEAD_BYTES = 64 * 1024  # of an answer's status line and headers (libcurl allowed 100 KB)
-# Deadlines are swept by one loop timer set for the nearest (a loop timer per request costs
-# about 2 µs to set and cancel); deadlines this close together end in one sweep.
-SWEEP_GRAIN_S = 0.02
 _RETRY_AFTER = b"retry-after"
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -245,8 +243,7 @@ class HttpPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tls: ssl.SSLContext | None = None
         self._closed = False
-        self._sweep: asyncio.TimerHandle | None = None
-        self._sweep_at = float("inf")  # when the sweep timer fires (loop time)
+        self._sweep = Sweep(self.loop, self.loop.time, self._expire)  # the requests' deadlines
 
     async def request(
         self,
@@ -282,8 +279,7 @@ class HttpPool:
             reused = connection.used
             future = connection.start(limit)
             connection.deadline, connection.timeout_s = deadline, timeout_s
-            if deadline < self._sweep_at:
-                self._sweep_for(deadline)
+            self._sweep.due_by(deadline)
             assert connection.transport is not None
             connection.transport.write(data)
             try:
@@ -302,19 +298,9 @@ class HttpPool:
             return reply
         raise ModelCallError("the model closed the connection without answering")
 
-    def _sweep_for(self, deadline: float) -> None:
-        """Set the sweep timer for `deadline` (sooner than the one set, if any)."""
-        if self._sweep is not None:
-            self._sweep.cancel()
-        self._sweep_at = deadline
-        self._sweep = self.loop.call_at(deadline, self._expire)
-
-    def _expire(self) -> None:
-        """Time out every request past its deadline; set the timer for the nearest left."""
-        self._sweep, self._sweep_at = None, float("inf")
-        now = self.loop.time()
-        due = now + 0.001  # the loop's timers are of milliseconds: one may fire a little early
-        nearest = float("inf")
+    def _expire(self, due: float) -> float:
+        """Time out every request due by `due` (loop time); the nearest deadline left."""
+        nearest = NEVER
         for connection in list(self._open):
             future = connection.future
             if future is None or future.done():
@@ -323,8 +309,7 @@ class HttpPool:
                 connection.time_out()
             elif connection.deadline < nearest:
                 nearest = connection.deadline
-        if nearest != float("inf"):
-            self._sweep_for(max(nearest, now + SWEEP_GRAIN_S))
+        return nearest
 
     def _target(self, method: str, url: str) -> _Target:
         parts = urlsplit(url)
@@ -439,8 +424,7 @@ class HttpPool:
     def close(self) -> None:
         """Close every connection; requests still under way fail at once."""
         self._closed = True
-        if self._sweep is not None:
-            self._sweep.cancel()
+        self._sweep.cancel()
         for connection in list(self._open):
             connection._end(ModelCallError("the model client was closed"))
             connection._abort()

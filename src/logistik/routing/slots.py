@@ -7,10 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-# Limited waits end from one loop timer per gate, set for the nearest end (a loop timer per
-# wait costs about 2 µs to set and cancel); ends this close together are swept together.
-SWEEP_GRAIN_S = 0.02
-_NEVER = float("inf")
+from logistik.routing.sweep import NEVER, Sweep
 
 
 class _Waiter:
@@ -28,7 +25,7 @@ class _Waiter:
         self.future = future  # True: a slot; False: the wait ended without one
         self.joined_s = joined_s
         self.timeout_s = timeout_s  # None: waits as long as it takes, and is never shed
-        self.ends_s = _NEVER if timeout_s is None else joined_s + timeout_s
+        self.ends_s = NEVER if timeout_s is None else joined_s + timeout_s
         self.keep_waiting = keep_waiting
 
 
@@ -40,14 +37,13 @@ class Slots:
     Times are `time.monotonic()` seconds.
     """
 
-    __slots__ = ("_free", "_sweep", "_sweep_s", "_waiters", "last_release_s")
+    __slots__ = ("_free", "_sweep", "_waiters", "last_release_s")
 
     def __init__(self, size: int) -> None:
         self._free = size
         self._waiters: deque[_Waiter] = deque()
         self.last_release_s = 0.0  # when a holder last left (the model last answered); 0: never
-        self._sweep: asyncio.TimerHandle | None = None
-        self._sweep_s = _NEVER  # when the sweep timer fires (monotonic)
+        self._sweep: Sweep | None = None  # ends limited waits; made with the first one
 
     @property
     def waiting(self) -> int:
@@ -75,8 +71,10 @@ class Slots:
         future: asyncio.Future[bool] = loop.create_future()
         waiter = _Waiter(future, time.monotonic(), timeout_s, keep_waiting)
         self._waiters.append(waiter)
-        if waiter.ends_s < self._sweep_s:
-            self._sweep_at(loop, waiter.ends_s)
+        if timeout_s is not None:
+            if self._sweep is None:
+                self._sweep = Sweep(loop, time.monotonic, self._expire)
+            self._sweep.due_by(waiter.ends_s)
         return future
 
     async def _wait(self, future: asyncio.Future[bool]) -> bool:
@@ -149,25 +147,14 @@ class Slots:
                 return
         self._free += 1
 
-    def _sweep_at(self, loop: asyncio.AbstractEventLoop, ends_s: float) -> None:
-        """Set the sweep timer for `ends_s` (monotonic), sooner than the one set, if any."""
-        if self._sweep is not None:
-            self._sweep.cancel()
-        self._sweep_s = ends_s
-        self._sweep = loop.call_later(max(0.0, ends_s - time.monotonic()), self._expire)
-
-    def _expire(self) -> None:
-        """End the limited waits whose time is up, unless told to wait on; set the timer for
-        the nearest end left."""
-        self._sweep, self._sweep_s = None, _NEVER
-        now = time.monotonic()
-        due = now + 0.001  # the loop's timers are of milliseconds: one may fire a little early
-        nearest = _NEVER
+    def _expire(self, due_s: float) -> float:
+        """End the limited waits due by `due_s`, unless told to wait on; the nearest end left."""
+        nearest = NEVER
         for waiter in list(self._waiters):
             future = waiter.future
-            if future.done() or waiter.ends_s == _NEVER:
+            if future.done() or waiter.timeout_s is None:
                 continue
-            if waiter.ends_s <= due:
+            if waiter.ends_s <= due_s:
                 try:
                     wait_on = waiter.keep_waiting is not None and waiter.keep_waiting()
                 except Exception as exc:  # raised in the waiting call, not lost in a callback
@@ -176,8 +163,6 @@ class Slots:
                 if not wait_on:
                     future.set_result(False)  # left in the queue: releases skip it
                     continue
-                assert waiter.timeout_s is not None
-                waiter.ends_s = now + waiter.timeout_s
+                waiter.ends_s = due_s + waiter.timeout_s
             nearest = min(nearest, waiter.ends_s)
-        if nearest != _NEVER:
-            self._sweep_at(asyncio.get_running_loop(), max(nearest, now + SWEEP_GRAIN_S))
+        return nearest
