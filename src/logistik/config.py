@@ -287,7 +287,7 @@ class RoutingConfig(_Section):
     # its retry topic at once: a model that stalls must not hold the others.
     stalled_after_s: float = Field(default=0.25, gt=0)
     # Events of a group's retry topic held at once (a bundle counts as its events), waiting for
-    # their due time or a slot.
+    # their due time or a slot; while the group is shed, two per slot of its instances.
     max_waiting_retries: int = Field(default=2_000, ge=1)
     # An event no instance could take (circuits open, or busy) waits on the retry topic
     # without using its retries, for at most this long; then it goes to the failed topic.

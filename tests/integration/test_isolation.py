@@ -66,6 +66,11 @@ def beside_a_hanging_model(
     return topic, config
 
 
+def bundled(reader: TopicReader, lane: str) -> int:
+    """How many events the retry topic `lane` holds in bundles."""
+    return sum(len(held_events(r)) for r in reader.on(lane) if "logistik.bundle" in r.headers)
+
+
 def by_group(records: list[Record]) -> Counter[str]:
     """How many answers each group published, by the node id in their headers."""
     return Counter(r.headers["logistik.node_id"].split("-")[0] for r in records)
@@ -199,13 +204,7 @@ def test_kill_9_while_a_busy_groups_events_wait_in_bundles_loses_none(
         first = router_process(config)
         produce(servers, topic, sent)
         reader.wait_for(f"{topic}-results", 600, timeout_s=30)
-
-        def bundled() -> int:
-            return sum(
-                len(held_events(r)) for r in reader.on(lane) if "logistik.bundle" in r.headers
-            )
-
-        wait_until(lambda: bundled() >= 300, 20, "the hanging model's events in bundles")
+        wait_until(lambda: bundled(reader, lane) >= 300, 20, "the hung model's events bundled")
         first.kill()
         assert first.wait(10) == -signal.SIGKILL, first.log()[-3000:]
         healed.set()
@@ -256,3 +255,39 @@ def test_a_groups_retry_budget_holds_when_bundles_come_a_hundred_at_a_time(
             90,
             "every event answered by the model that hung, from its retry topic",
         )
+
+
+def test_a_shed_groups_retry_topic_takes_only_what_its_model_can_start(
+    servers: str, model_server: StartModel, router: StartRouter
+) -> None:
+    # While the hanging group is shed its events wait in Kafka, not in the router's memory:
+    # its retry topic takes one bundle past what its four slots can start, not the whole
+    # max_waiting_retries (2,000), and the fast group goes on meanwhile.
+    healed = threading.Event()
+    hanging = model_server(hanging_until(healed))
+    topic, config = beside_a_hanging_model(servers, "shedbudget", hanging, model_server())
+    lane = retry_topic(topic, "hang")
+    sent = [event() for _ in range(1500)]
+    ids = {e["id"] for e in sent}
+    with (
+        TopicReader(servers, f"{topic}-results", f"{topic}-hang", lane) as reader,
+        healing(healed),
+    ):
+        running = router(config)
+        assert running.runner is not None
+        loop = running.runner.loop
+        assert loop is not None
+        produce(servers, topic, sent)
+        reader.wait_for(f"{topic}-results", 1500, timeout_s=30, context=running.describe)
+        wait_until(lambda: bundled(reader, lane) >= 1400, 20, "its events in bundles")
+        wait_until(lambda: lane in loop._paused_lanes, 20, "the shed group's retry topic paused")
+        assert MAX_BUNDLE_EVENTS <= loop._lane_waiting[lane] < 2 * MAX_BUNDLE_EVENTS
+        assert loop.retry_budget == 2000
+        healed.set()
+        wait_until(
+            lambda: {r.json()["id"] for r in reader.on(f"{topic}-hang")} == ids,
+            90,
+            "every event answered by the model that hung, from its retry topic",
+        )
+    assert sorted(r.json()["id"] for r in reader.on(f"{topic}-results")) == sorted(ids)
+    assert end_offsets(servers, f"{topic}-failed") == [0]

@@ -16,7 +16,7 @@ import orjson
 from logistik.answer import Answer, Outcome
 from logistik.config import RoutingConfig
 from logistik.handler import Handler
-from logistik.protocol import Header, retry_topic
+from logistik.protocol import MAX_BUNDLE_EVENTS, Header, retry_topic
 from logistik.routing.registry import LiveHandler, Registry
 from logistik.routing.router import Router, Source
 from logistik.routing.slots import Slots
@@ -277,3 +277,25 @@ async def test_a_queue_past_half_the_deadline_leaves_when_its_model_answers_noth
         models.released.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert len(topics.on("hang-results")) == 2
+
+
+def test_a_shed_groups_retry_topic_is_held_to_what_its_slots_can_start() -> None:
+    registry = Registry(max_concurrency=64)
+    registry.replace([handler("slow"), handler("fast")])
+    router = Router(registry, GatedModels(set()), MemoryTopics(), RoutingConfig())
+    assert router.retry_budget("detect", "slow", 2000) == 2000
+    slow = live(registry, "slow")
+    slow.shed_until = time.monotonic() + 60
+    # Two events per slot: a call can start as each one ends, and no more waits in memory.
+    assert router.retry_budget("detect", "slow", 2000) == 128
+    assert router.retry_budget("detect", "slow", 50) == 50
+    assert router.retry_budget("detect", "fast", 2000) == 2000
+    assert router.retry_budget("detect", "gone", 2000) == 2000
+    slow.shed_until = time.monotonic() - 1
+    assert router.retry_budget("detect", "slow", 2000) == 2000
+
+
+def test_a_shed_group_with_few_slots_still_takes_a_whole_bundle() -> None:
+    router, registry, _, _ = routed([handler("slow")], set())
+    live(registry, "slow").shed_until = time.monotonic() + 60
+    assert router.retry_budget("detect", "slow", 2000) == MAX_BUNDLE_EVENTS

@@ -71,7 +71,9 @@ class ConsumeLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_tasks: set[asyncio.Task[None]] = set()
         self._lanes: dict[str, str] = {}  # retry topic -> the topic its events came from
+        self._lane_groups: dict[str, str] = {}  # retry topic -> its group
         self._lane_waiting: Counter[str] = Counter()
+        self._lane_budgets: dict[str, int] = {}  # below retry_budget while a group is shed
         self._paused_lanes: set[str] = set()
         self._deferrals: dict[TopicPartitionKey, Deferral] = {}
         self._stopping = asyncio.Event()
@@ -176,11 +178,13 @@ class ConsumeLoop:
         """Follow the registry's topics and their groups' retry topics; returns what is read."""
         registry = self._registry
         topics = registry.topics()
-        lanes = {
-            retry_topic(topic, group.group_id): topic
+        lane_groups = {
+            retry_topic(topic, group.group_id): (topic, group.group_id)
             for topic in topics
             for group in registry.groups(topic)
         }
+        lanes = {lane: topic for lane, (topic, _) in lane_groups.items()}
+        self._lane_groups = {lane: group_id for lane, (_, group_id) in lane_groups.items()}
         wanted = topics | set(lanes)
         if wanted == subscribed or not topics:
             return subscribed
@@ -195,12 +199,22 @@ class ConsumeLoop:
 
     async def _pace_retries(self) -> None:
         """Pause a group's retry topic while its budget is full; resume at three quarters."""
-        full = {lane for lane, n in self._lane_waiting.items() if n >= self.retry_budget}
+        budgets = self._lane_budgets
+        budgets.clear()
+        for lane, origin in self._lanes.items():
+            budget = self._router.retry_budget(origin, self._lane_groups[lane], self.retry_budget)
+            if budget < self.retry_budget:
+                budgets[lane] = budget
+        full = {
+            lane
+            for lane, n in self._lane_waiting.items()
+            if n >= budgets.get(lane, self.retry_budget)
+        }
         pause = full - self._paused_lanes
         room = {
             lane
             for lane in self._paused_lanes
-            if self._lane_waiting[lane] <= self.retry_budget * 3 // 4
+            if self._lane_waiting[lane] <= budgets.get(lane, self.retry_budget) * 3 // 4
         }
         consumer = self._retry_consumer
         if pause:
@@ -259,7 +273,7 @@ class ConsumeLoop:
             wait = self._retry_wait(topic, partition, offset, headers)
             if wait is not None:
                 return wait
-            if self._lane_waiting[topic] >= self.retry_budget:
+            if self._lane_waiting[topic] >= self._lane_budgets.get(topic, self.retry_budget):
                 # The group's budget filled within this poll (a bundle weighs up to 100): the
                 # record is read again once the paused retry topic has room.
                 tracker = self._retry_book.tracker(topic, partition)

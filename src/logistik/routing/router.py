@@ -23,6 +23,7 @@ from logistik.observe.logs import EVENTS_LOGGER
 from logistik.observe.statsd import Statsd
 from logistik.observe.tracing import Tracing
 from logistik.protocol import (
+    MAX_BUNDLE_EVENTS,
     FailedRecord,
     Header,
     HeaderList,
@@ -52,6 +53,9 @@ FAILED_WRITE_RETRY_CAP_S = 30.0
 IDLE_WINDOW_S = 1.0
 # What a failed record keeps of a value the broker refused as too large.
 FAILED_VALUE_KEEP_BYTES = 64 * 1024
+# While a group is shed, its retry topic keeps this many events per slot of its instances
+# taken (at least one bundle): enough to start a call as each one ends.
+SHED_RETRY_SLOTS = 2
 
 
 class ModelCaller(Protocol):
@@ -112,6 +116,11 @@ class Handover:
     # The producer's acknowledgement, its refusal, or None: retries spent, the failed topic.
     written: Awaitable[None] | PublishError | None
     bundled: bool = False  # in a bundle: refused, the event goes again on its own
+
+
+# An (event, group) of a shed group in a bundle: the group, the instance found busy, why, and
+# the bundle's acknowledgement.
+Passed = tuple[Group, LiveHandler, Answer, asyncio.Future[None]]
 
 
 @dataclass(slots=True)
@@ -227,55 +236,81 @@ class Router:
     ) -> None:
         """Deliver the event to each of its groups; returns when every group is done with it.
 
-        A group whose model is in its shed window gets no call: its retry record is handed on
-        before the calls start and awaited after them, without a task of its own.
+        A group whose model is in its shed window gets no call: the event joins its retry
+        topic's bundle before the calls start, and the bundle's record is awaited after them,
+        without a task, a delivery or a coroutine of its own when it is written by then.
         """
         now = time.monotonic()
         calls: list[Delivery] = []
+        passed: list[Passed] = []
         deferred: list[tuple[Delivery, Handover]] = []
         for group in groups:
-            delivery = Delivery(group, source, event, body)
             instance = self._shed_instance(group, now)
-            if instance is None:
-                calls.append(delivery)
-                continue
-            deferral = self._pass_on(delivery, instance, now)
-            if deferral is None:
-                calls.append(delivery)
-            else:
-                deferred.append((delivery, deferral))
+            if instance is not None:
+                held = self._pass_on(group, instance, source, body, now)
+                if held is not None:
+                    passed.append(held)
+                    continue
+                delivery = Delivery(group, source, event, body)
+                deferral = self._held_alone(delivery, instance, now)
+                if deferral is not None:
+                    deferred.append((delivery, deferral))
+                    continue
+            calls.append(Delivery(group, source, event, body))
         try:
             if len(calls) == 1:
                 await self._deliver(calls[0])
             elif calls:
                 await asyncio.gather(*(self._deliver(delivery) for delivery in calls))
+            for group, instance, answer, written in passed:
+                # Most bundles are acknowledged by now: nothing to wait for.
+                if written.done() and not (written.cancelled() or written.exception()):
+                    self._passed_on(source, group, event, answer)
+                    continue
+                deferral = Handover(
+                    instance, (), answer, answer.error, 0, 0.0, written, bundled=True
+                )
+                deferred.append((Delivery(group, source, event, body), deferral))
             for delivery, deferral in deferred:
-                written = deferral.written
-                # Most bundles are acknowledged by now: no coroutine to wait on them.
-                if (
-                    isinstance(written, asyncio.Future)
-                    and written.done()
-                    and not (written.cancelled() or written.exception())
-                ):
-                    self._passed_on(delivery, deferral)
-                else:
-                    await self._deliver(delivery, deferral)
+                await self._deliver(delivery, deferral)
         except asyncio.CancelledError:
             # The event stays unfinished; a refusal that comes later is nobody's to read.
-            for _, deferral in deferred:
-                if isinstance(deferral.written, asyncio.Future):
-                    deferral.written.add_done_callback(_retrieved)
+            _abandon([written for *_, written in passed] + [d.written for _, d in deferred])
             raise
 
-    def _pass_on(self, delivery: Delivery, instance: LiveHandler, now: float) -> Handover | None:
-        """Start an (event, group) of a shed group on its way to the retry topic, in a bundle
-        when it can be; None if that failed (the call path then tries, and says why)."""
+    def _pass_on(
+        self, group: Group, instance: LiveHandler, source: Source, body: bytes, now: float
+    ) -> Passed | None:
+        """Add an (event, group) of a shed group to its retry topic's bundle; None when it must
+        go on its own (see `_bundled`), or adding it failed (it then goes alone, or is called).
+
+        Thousands a second pass here while a model is shed: this is the bundle path of
+        `_bundled`, without the objects a lone retry record needs.
+        """
+        try:
+            answer = self._held_busy(instance, now)
+            written = self._join_bundle(group, source, body, answer)
+            if written is not None:
+                # Still shed while its events keep coming: the window runs from the last.
+                until = now + self._routing.max_queue_wait_s
+                for shed in group.production:
+                    if shed.shed_until < until:
+                        shed.shed_until = until
+        except Exception:
+            logger.exception("passing an event of %s on failed", group.group_id)
+            return None
+        if written is None:
+            return None
+        return group, instance, answer, written
+
+    def _held_alone(self, delivery: Delivery, instance: LiveHandler, now: float) -> Handover | None:
+        """Start an (event, group) of a shed group on its way to the retry topic in a record of
+        its own; None if that failed (the call path then tries, and says why)."""
         for shed in delivery.group.production:
             self._shed(shed, now)
         try:
             answer = self._held_busy(instance, now)
-            deferral = self._bundled(delivery, instance, answer)
-            return deferral or self._defer(delivery, instance, [], answer)
+            return self._defer(delivery, instance, [], answer)
         except Exception:
             logger.exception("passing an event of %s on failed", delivery.group.group_id)
             return None
@@ -298,10 +333,23 @@ class Router:
         answer: Answer,
         nodes: tuple[str, ...] = (),
     ) -> Handover | None:
-        """Add a held event to its partition's bundle; None when it must go on its own (a
-        replay, a traced event, a large one: what a bundle cannot say for each event; or one
-        waiting for a circuit's probe, which is due when the probe is, not at once)."""
-        source, group = delivery.source, delivery.group
+        """A held event in its partition's bundle; None when it must go on its own."""
+        written = self._join_bundle(delivery.group, delivery.source, delivery.body, answer, nodes)
+        if written is None:
+            return None
+        return Handover(instance, nodes, answer, answer.error, 0, 0.0, written, bundled=True)
+
+    def _join_bundle(
+        self,
+        group: Group,
+        source: Source,
+        body: bytes,
+        answer: Answer,
+        nodes: tuple[str, ...] = (),
+    ) -> asyncio.Future[None] | None:
+        """Add a held event to its partition's bundle: the bundle's acknowledgement; None when
+        it must go on its own (a replay, a traced event, a large one: what a bundle cannot say
+        for each event; or one waiting for a circuit's probe, due when the probe is)."""
         if (
             source.replays
             or source.only_groups is not None
@@ -309,19 +357,16 @@ class Router:
             or answer.retry_after_s
         ):
             return None
-        written = self._bundles.add(
+        return self._bundles.add(
             retry_topic(group.topic, group.group_id),
             group.group_id,
             source.topic,
             source.partition,
             source.offset,
-            delivery.body,
+            body,
             answer.error,
             nodes,
         )
-        if written is None:
-            return None
-        return Handover(instance, nodes, answer, answer.error, 0, 0.0, written, bundled=True)
 
     def _write_bundle(self, bundle: Bundle) -> None:
         """Hand a bundle's record to the producer; its future settles the bundle's."""
@@ -741,18 +786,37 @@ class Router:
                 deferral.nodes,
             )
             return
-        self._passed_on(delivery, deferral)
+        self._passed_on(delivery.source, delivery.group, delivery.event, deferral)
 
-    def _passed_on(self, delivery: Delivery, deferral: Handover) -> None:
-        """Count and log an (event, group) the retry topic has taken."""
-        source, group, answer = delivery.source, delivery.group, deferral.answer
+    def _passed_on(
+        self, source: Source, group: Group, event: Event, held: Answer | Handover
+    ) -> None:
+        """Count and log an (event, group) the retry topic has taken: in a bundle, its model
+        found busy (`held`), or in a record of its own (its Handover)."""
         self.figures.deferred[source.topic] += 1
         # An event no call was made for (its model busy or its circuit open) is logged at
         # debug: thousands a second may pass to the retry topic while one warning says why,
         # and its outcome is logged once it is called.
+        if isinstance(held, Answer):
+            if events_log.isEnabledFor(logging.DEBUG):
+                ident = event_id(event)
+                events_log.debug(
+                    "event %s group %s: %s; retry 0 in a bundle",
+                    ident,
+                    group.group_id,
+                    held.error,
+                    extra={
+                        "event_id": ident,
+                        "topic": source.topic,
+                        "group": group.group_id,
+                        "outcome": "retry",
+                    },
+                )
+            return
+        deferral, answer = held, held.answer
         level = logging.DEBUG if answer.held else logging.INFO
         if events_log.isEnabledFor(level):
-            ident = event_id(delivery.event)
+            ident = event_id(event)
             when = "in a bundle" if deferral.bundled else f"in {deferral.delay_s:.1f} s"
             events_log.log(
                 level,
@@ -896,6 +960,24 @@ class Router:
                 self._shed(instance, now, f"{why} and held the in-flight budget others need")
                 total += shed
         return total
+
+    def retry_budget(self, topic: str, group_id: str, budget: int) -> int:
+        """How many events of a group's retry topic may wait at once: `budget`, or, while the
+        group's new events are shed (its model is the limit), what its slots can start soon.
+
+        A shed model takes its retries at its own pace: events taken far ahead of it would only
+        wait in memory, and taking them costs the other groups' events the router's time.
+        """
+        group = self._registry.group(topic, group_id)
+        if group is None or not group.production:
+            return budget
+        now = time.monotonic()
+        slots = 0
+        for instance in group.production:
+            if now >= instance.shed_until:
+                return budget
+            slots += instance.max_concurrency
+        return min(budget, max(MAX_BUNDLE_EVENTS, SHED_RETRY_SLOTS * slots))
 
     def _waits_on(self, instance: LiveHandler, window_s: float) -> bool:
         """Whether a call that has waited `window_s` for a slot waits on: the model answered
@@ -1139,6 +1221,13 @@ def _settle(target: asyncio.Future[None], source: asyncio.Future[None]) -> None:
         target.set_exception(error)
     else:
         target.set_result(None)
+
+
+def _abandon(writes: Iterable[Awaitable[None] | PublishError | None]) -> None:
+    """Let the retry records of an event given up on settle unread."""
+    for written in writes:
+        if isinstance(written, asyncio.Future):
+            written.add_done_callback(_retrieved)
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
