@@ -283,8 +283,9 @@ class RoutingConfig(_Section):
     # events of other models. When every model is busy, queues are waited in (up to half a
     # call's timeout): the retry topic would only add work to a router that has too much.
     max_queue_wait_s: float = Field(default=2.0, gt=0)
-    # In the same case, a model whose queued calls have not moved for this long gives them to
-    # its retry topic at once: a model that stalls must not hold the others.
+    # A model whose queued calls have not moved for this long gives them to its retry topic
+    # at once, from three quarters of the budget on, while another model answers or sits
+    # idle: a model that stalls must not hold the others.
     stalled_after_s: float = Field(default=0.25, gt=0)
     # Events of a group's retry topic held at once (a bundle counts as its events), waiting for
     # their due time or a slot; while the group is shed, two per slot of its instances.

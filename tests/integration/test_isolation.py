@@ -291,3 +291,30 @@ def test_a_shed_groups_retry_topic_takes_only_what_its_model_can_start(
         )
     assert sorted(r.json()["id"] for r in reader.on(f"{topic}-results")) == sorted(ids)
     assert end_offsets(servers, f"{topic}-failed") == [0]
+
+
+def test_a_model_that_answers_nothing_gives_up_its_queue_before_the_budget_fills(
+    servers: str, model_server: StartModel, router: StartRouter
+) -> None:
+    # 80 events against a budget of 100: it never fills, yet the hanging model's queue leaves
+    # once three quarters of it wait on that model, before the fast one stands idle behind it.
+    healed = threading.Event()
+    hanging = model_server(hanging_until(healed))
+    topic, config = beside_a_hanging_model(servers, "early", hanging, model_server())
+    sent = [event() for _ in range(80)]
+    ids = {e["id"] for e in sent}
+    with TopicReader(servers, f"{topic}-results", f"{topic}-hang") as reader, healing(healed):
+        running = router(config)
+        assert running.runner is not None
+        produce(servers, topic, sent)
+        reader.wait_for(f"{topic}-results", 80, timeout_s=20, context=running.describe)
+        figures = running.runner.figures
+        wait_until(lambda: figures.deferred[topic] == 76, 20, "the queue of 76 passed on")
+        assert hanging.active == 4
+        healed.set()
+        wait_until(
+            lambda: {r.json()["id"] for r in reader.on(f"{topic}-hang")} == ids,
+            60,
+            "every event answered by the model that hung",
+        )
+    assert end_offsets(servers, f"{topic}-failed") == [0]

@@ -139,6 +139,10 @@ class ConsumeLoop:
                 continue
             if backpressure.resumed():
                 await consumer.run(consumer.resume)
+            if self.in_flight >= backpressure.low_water:
+                # A stalled model's queue leaves before it fills the budget: once full, the
+                # other models stand still until its calls are shed and new events come.
+                self._router.relieve()
             take = min(MAX_BATCH, room)
             batch = await consumer.run(partial(consumer.poll_batch, take, POLL_TIMEOUT_S, commit))
             self.ready.set()

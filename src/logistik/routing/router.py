@@ -919,15 +919,19 @@ class Router:
         return answer
 
     def relieve(self, full_since_s: float | None = None) -> int:
-        """Called while the in-flight budget is full: the queued calls of a model that stopped
-        answering, or whose queue is longer than max_queue_wait_s, go to its retry topic when
-        a model that was answering sits idle meanwhile.
+        """Called while the in-flight budget is (three quarters) full: the queued calls of a
+        model that stopped answering go to its retry topic when another model answers or sits
+        idle meanwhile; those of a model whose queue is longer than max_queue_wait_s when
+        another model that was answering sits idle.
 
         `full_since_s` (monotonic) is when the budget filled: a model that was answering then
         and is idle now is held back however long ago its last answer was, since the full
         budget gives it nothing to answer. Returns how many calls were let go. A model alone,
-        or with every other one busy too, keeps its queue: the budget is then full because
-        there is more work than models, and the retry topic would only add to it.
+        or beside models that answer nothing either, keeps its queue, as does a slow model that
+        answers while every other one is busy: the budget is then full because there is more
+        work than models, and the retry topic would only add to it. A model that answers
+        nothing is another matter: the models that answer will soon have drained their queues
+        and stand idle behind its own.
         """
         now = time.monotonic()
         stall_s, max_wait_s = self._routing.stalled_after_s, self._routing.max_queue_wait_s
@@ -936,7 +940,9 @@ class Router:
         # would find the idle model's last answer past the window, and the queue would hold
         # the budget until half its calls' deadline.
         seen_s = now if full_since_s is None else min(now, full_since_s)
-        if not any(_held_back(i, seen_s) for i in live):
+        held = any(_held_back(i, seen_s) for i in live)
+        answering = any(now - i.slots.last_release_s < stall_s for i in live)
+        if not (held or answering):
             return 0
         total = 0
         for instance in live:
@@ -944,7 +950,7 @@ class Router:
             oldest_s = slots.oldest_wait_s(now)
             # Calls queued for the whole window and no slot freed in it: it answered nothing.
             silent = now - slots.last_release_s >= stall_s and oldest_s >= stall_s
-            if not silent and oldest_s <= max_wait_s:
+            if not silent and (oldest_s <= max_wait_s or not held):
                 continue
             if silent:
                 last_s = slots.last_release_s
