@@ -301,6 +301,14 @@ def test_a_shed_group_with_few_slots_still_takes_a_whole_bundle() -> None:
     assert router.retry_budget("detect", "slow", 2000) == MAX_BUNDLE_EVENTS
 
 
+async def busy_and_answering(instance: LiveHandler) -> None:
+    """Every slot of the instance taken, its last answer just now."""
+    for _ in range(instance.max_concurrency):
+        assert await instance.slots.acquire(None)
+    assert not instance.slots.free
+    instance.slots.last_release_s = time.monotonic()
+
+
 async def test_a_silent_model_beside_one_that_answers_and_is_busy_gives_up_its_queue() -> None:
     # The fast model has no free slot, so nothing holds it back yet; but it answers, and it
     # will run dry while the silent model's queue keeps the budget: that queue leaves now.
@@ -309,9 +317,7 @@ async def test_a_silent_model_beside_one_that_answers_and_is_busy_gives_up_its_q
     with routing(router, 6) as tasks:
         await wait_until_async(lambda: len(topics.on("fast-results")) == 6, 5, "fast answers")
         await stalled_for(hang, 4)
-        busy = [await fast.slots.acquire(None) for _ in range(fast.max_concurrency)]
-        assert all(busy) and not fast.slots.free
-        fast.slots.last_release_s = time.monotonic()  # it just answered
+        await busy_and_answering(fast)
         assert router.relieve() == 4
         await wait_until_async(lambda: sum(t.done() for t in tasks) == 4, 5, "four events done")
         assert len(topics.held(retry_topic("detect", "hang"))) == 4
@@ -326,9 +332,7 @@ async def test_a_slow_model_that_answers_keeps_its_queue_while_the_others_are_bu
     with routing(router, 6) as tasks:
         await wait_until_async(lambda: len(topics.on("fast-results")) == 6, 5, "fast answers")
         await stalled_for(hang, 4)
-        for _ in range(fast.max_concurrency):
-            assert await fast.slots.acquire(None)
-        fast.slots.last_release_s = time.monotonic()
+        await busy_and_answering(fast)
         # Its queue is long but it answers (not silent): every model is busy, it keeps it.
         hang.slots.last_release_s = time.monotonic()
         assert router.relieve() == 0
