@@ -8,6 +8,7 @@ rows are printed and kept in test-artifacts/fault-table.txt.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import os
@@ -560,8 +561,11 @@ def test_an_answer_larger_than_its_topic_takes(
     small = NewTopic(groups["face"], 3, config={"max.message.bytes": "20000"})
     admin.create_topics([small])[groups["face"]].result(10)
 
+    # Random text, which the producer's compression cannot bring under the limit.
+    large = base64.b64encode(os.urandom(37_500)).decode()
+
     def sized(ev: dict[str, Any], count: int) -> Reply:
-        return Reply(200, {"id": ev["id"], "pad": "x" * (50_000 if count % 10 == 0 else 10)})
+        return Reply(200, {"id": ev["id"], "pad": large if count % 10 == 0 else "x" * 10})
 
     model = model_server(sized)
     config = make_config(servers, [handler("face", topic, model.port)])

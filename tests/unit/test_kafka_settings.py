@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from logistik.config import KafkaConfig
-from logistik.kafka import consumer_config, embedded_session
+from logistik.kafka import consumer_config, embedded_session, producer_config
 
 
 def test_the_embedded_broker_gets_a_short_session_unless_the_config_sets_one() -> None:
@@ -19,3 +19,9 @@ def test_the_embedded_broker_gets_a_short_session_unless_the_config_sets_one() -
         bootstrap_servers="embedded", consumer={"heartbeat.interval.ms": 700}
     )
     assert consumer_config(embedded_session(own_heartbeat))["heartbeat.interval.ms"] == 700
+
+
+def test_answers_are_compressed_with_lz4_unless_the_config_says_otherwise() -> None:
+    assert producer_config(KafkaConfig())["compression.type"] == "lz4"
+    chosen = KafkaConfig(producer={"compression.type": "zstd"})
+    assert producer_config(chosen)["compression.type"] == "zstd"

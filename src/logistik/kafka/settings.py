@@ -127,7 +127,8 @@ def command_consumer_config(kafka: KafkaConfig, group_id: str, **settings: Any) 
 def producer_config(
     kafka: KafkaConfig, ack_timeout_s: float | None = None, quiet: bool = False
 ) -> dict[str, Any]:
-    """Producer settings: idempotent, acknowledged by all replicas, short linger for batching.
+    """Producer settings: idempotent, acknowledged by all replicas, short linger for batching,
+    batches compressed with lz4.
 
     `ack_timeout_s` bounds how long a record may wait for its acknowledgement (librdkafka's
     default is five minutes); `quiet` drops librdkafka's log lines.
@@ -137,6 +138,10 @@ def producer_config(
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
+        # Compressed on librdkafka's thread, not the event loop's: the broker writes and serves
+        # a third of the bytes (a shed group's retry bundles above all), measured cheaper for
+        # the broker and no dearer for the router.
+        "compression.type": "lz4",
         # A record for a topic that does not exist fails after this long (librdkafka waits
         # 30 s), and later ones at once: its event holds its partition's commit point no longer.
         "topic.metadata.propagation.max.ms": 10_000,

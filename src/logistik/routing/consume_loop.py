@@ -188,7 +188,6 @@ class ConsumeLoop:
             for group in registry.groups(topic)
         }
         lanes = {lane: topic for lane, (topic, _) in lane_groups.items()}
-        self._lane_groups = {lane: group_id for lane, (_, group_id) in lane_groups.items()}
         wanted = topics | set(lanes)
         if wanted == subscribed or not topics:
             return subscribed
@@ -199,14 +198,15 @@ class ConsumeLoop:
         if set(lanes) != set(self._lanes):
             await retries.run(partial(retries.subscribe, sorted(lanes)))
         self._lanes = lanes
+        self._lane_groups = {lane: group_id for lane, (_, group_id) in lane_groups.items()}
         return wanted
 
     async def _pace_retries(self) -> None:
         """Pause a group's retry topic while its budget is full; resume at three quarters."""
         budgets = self._lane_budgets
         budgets.clear()
-        for lane, origin in self._lanes.items():
-            budget = self._router.retry_budget(origin, self._lane_groups[lane], self.retry_budget)
+        for lane, group_id in self._lane_groups.items():
+            budget = self._router.retry_budget(self._lanes[lane], group_id, self.retry_budget)
             if budget < self.retry_budget:
                 budgets[lane] = budget
         full = {
