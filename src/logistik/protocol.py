@@ -113,8 +113,6 @@ def failed_topic(topic: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)  # asked for each event a busy group's retry topic takes
-# Asked for each event passed on to a retry topic: the few names are kept.
-@functools.lru_cache(maxsize=1024)
 def retry_topic(topic: str, group_id: str) -> str:
     """Where events of a topic wait for one group's next call: each group has its own, so that
     a group's backlog is paced apart from the others'."""

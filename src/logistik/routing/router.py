@@ -794,37 +794,24 @@ class Router:
         """Count and log an (event, group) the retry topic has taken: in a bundle, its model
         found busy (`held`), or in a record of its own (its Handover)."""
         self.figures.deferred[source.topic] += 1
+        if isinstance(held, Answer):
+            answer, attempt, when = held, 0, "in a bundle"
+        else:
+            answer, attempt = held.answer, held.attempt
+            when = "in a bundle" if held.bundled else f"in {held.delay_s:.1f} s"
         # An event no call was made for (its model busy or its circuit open) is logged at
         # debug: thousands a second may pass to the retry topic while one warning says why,
         # and its outcome is logged once it is called.
-        if isinstance(held, Answer):
-            if events_log.isEnabledFor(logging.DEBUG):
-                ident = event_id(event)
-                events_log.debug(
-                    "event %s group %s: %s; retry 0 in a bundle",
-                    ident,
-                    group.group_id,
-                    held.error,
-                    extra={
-                        "event_id": ident,
-                        "topic": source.topic,
-                        "group": group.group_id,
-                        "outcome": "retry",
-                    },
-                )
-            return
-        deferral, answer = held, held.answer
         level = logging.DEBUG if answer.held else logging.INFO
         if events_log.isEnabledFor(level):
             ident = event_id(event)
-            when = "in a bundle" if deferral.bundled else f"in {deferral.delay_s:.1f} s"
             events_log.log(
                 level,
                 "event %s group %s: %s; retry %d %s",
                 ident,
                 group.group_id,
                 answer.error,
-                deferral.attempt,
+                attempt,
                 when,
                 extra={
                     "event_id": ident,
