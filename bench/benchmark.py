@@ -98,6 +98,13 @@ WARM_UP_TIMEOUT_S = 60.0
 # events at once were not enough): 30,000 events over 15 s through a topic no router reads.
 KAFKA_WARM_UP_EVENTS, KAFKA_WARM_UP_RATE = 30_000, 2_000.0
 BROKER_WARM_TOPIC, BROKER_WARM_UP = "bench-broker-warm-up", "jvm"
+# After that warm-up the broker's compiler threads still took 0.3-0.5 of the two cores in the
+# measured burst, compiling what only a router's own traffic reaches (its answers, compressed or
+# not, its commits, its retry topics): a broker serving for hours has compiled them. So the
+# bursts on Apache Kafka are first preceded by the same warm-up load and the same burst through
+# the same router, unmeasured (see warm_up_router).
+ROUTER_WARM_UP, ROUTER_BURST_WARM_UP = "jit", "jitburst"
+ROUTER_WARM_UP_PHASES = ("burst", "groups", "slow")
 STALL_TIMEOUT_S = 30.0
 POLL_S = 0.05
 RSS_SAMPLE_S = 1.0
@@ -165,6 +172,9 @@ class Measurement:
     after_hop_ms: dict[str, float] = field(default_factory=dict)
     # logistik: (event, group) pairs it passed to a retry topic while measuring.
     retried: int | None = None
+    # Answers per second over the second half of the answers (the first awaited topic's):
+    # the pace once a burst's start (a model found slow, say) is behind.
+    steady_events_per_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The measurement with its derived figures, for the report."""
@@ -636,6 +646,8 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
             )
         await produce(servers, WARM_UP, warm, None, run_dir)
         await wait_answers(reader, router, wait_for, WARM_UP, warm, WARM_UP_TIMEOUT_S)
+        if warm_broker and load.phase in ROUTER_WARM_UP_PHASES:
+            await warm_up_router(reader, router, load, wait_for, servers, run_dir)
         settle_s = ctx.params.paced_warm_up_s
         if load.hop and load.rate and settle_s > 0:
             # Under a steady load a fresh broker still takes hundreds of ms per hop for 5-10 s
@@ -709,6 +721,26 @@ async def measure_kafka(ctx: Context, load: KafkaLoad) -> Measurement:
     return result
 
 
+async def warm_up_router(
+    reader: AnswerReader,
+    router: Child,
+    load: KafkaLoad,
+    wait_for: Sequence[str],
+    servers: str,
+    run_dir: Path,
+) -> None:
+    """Through the router measured: the broker's warm-up load (shared by its groups), then the
+    measured burst itself, both unmeasured, so that the broker has compiled the router's paths."""
+    groups = len(load.groups)
+    paced = KAFKA_WARM_UP_EVENTS // groups
+    await produce(servers, ROUTER_WARM_UP, paced, KAFKA_WARM_UP_RATE / groups, run_dir)
+    budget_s = WARM_UP_TIMEOUT_S + paced / KAFKA_WARM_UP_RATE * groups
+    await wait_answers(reader, router, wait_for, ROUTER_WARM_UP, paced, budget_s)
+    await produce(servers, ROUTER_BURST_WARM_UP, load.count, None, run_dir)
+    budget_s = WARM_UP_TIMEOUT_S + answer_budget_s(load.count)
+    await wait_answers(reader, router, wait_for, ROUTER_BURST_WARM_UP, load.count, budget_s)
+
+
 DEFERRED_METRIC = re.compile(rb"^logistik_topic_deferred_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
 
@@ -745,6 +777,10 @@ def kafka_result(
     """Throughput from the first send to the last answer; latency per answer, matched by id."""
     latencies: list[float] = []
     answered, last = load.count, 0.0
+    first = answers.get(wait_for[0], {}) if wait_for else {}
+    steady = steady_rate(
+        [first[i] for n in range(load.count) if (i := event_id(MEASURED, n)) in first]
+    )
     for topic in wait_for:
         got = answers.get(topic, {})
         count = 0
@@ -776,7 +812,21 @@ def kafka_result(
         rss_mb=rss,
         complete=complete,
         note="; ".join(notes),
+        steady_events_per_s=steady,
     )
+
+
+STEADY_MIN_ANSWERS = 200
+
+
+def steady_rate(answered_at: list[float]) -> float | None:
+    """Answers per second from the median answer to the last; None for too few answers."""
+    if len(answered_at) < STEADY_MIN_ANSWERS:
+        return None
+    times = sorted(answered_at)
+    half = times[len(times) // 2 :]
+    span_s = half[-1] - half[0]
+    return (len(half) - 1) / span_s if span_s > 0 else None
 
 
 async def measure_direct(
@@ -1193,6 +1243,12 @@ def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None
     if slow:
         ratio = versus(slow, "events_per_s")
         base = median(m["events_per_s"] for m in reference.values()) if reference else alone
+        # Reports from before the steady figure have none: no steady comparison then.
+        steady = ratio_of(
+            [m for m in slow if m.get("steady_events_per_s")],
+            [m for m in reference.values() if m.get("steady_events_per_s")],
+            "steady_events_per_s",
+        )
         found["slow"] = {
             "fast_events_per_s": median(m["events_per_s"] for m in slow),
             "alone_events_per_s": base,
@@ -1201,6 +1257,10 @@ def beside_one_group(measurements: Sequence[dict[str, Any]], alone: float | None
             "rounds": len(slow),
             "complete": all(m["complete"] for m in slow),
             "retried": retried(slow),
+            "steady_change": None if steady is None else steady["median"] - 1,
+            "steady_change_range": (
+                None if steady is None else [steady["low"] - 1, steady["high"] - 1]
+            ),
         }
     return found
 
@@ -1472,11 +1532,19 @@ def rest_table(summary: dict[str, Any], params: dict[str, Any]) -> list[str]:
         via = "" if retried is None else f"; {retried:,} (event, group) pairs via a retry topic"
         rounds = slow.get("rounds", 1)
         over = f" (medians of {rounds} rounds)" if rounds > 1 else ""
+        steady = ""
+        if slow.get("steady_change") is not None:
+            low, high = slow["steady_change_range"]
+            within = f", {low:+.0%} to {high:+.0%}" if rounds > 1 else ""
+            steady = (
+                "; over the second half of its answers, once the burst's start is behind, "
+                f"{slow['steady_change']:+.0%}{within} against the same half alone"
+            )
         lines += [
             "",
             f"A group whose model answers in {params['slow_delay_s']:g} s beside a fast group: "
             f"the fast group moved {slow['fast_events_per_s']:,.0f} events/s{alone}{capped}"
-            f"{via}{over}.",
+            f"{via}{steady}{over}.",
         ]
     if "batch" in summary:
         lines += batch_lines(summary["batch"], params)

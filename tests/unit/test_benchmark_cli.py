@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 BENCHMARK = BENCH / "benchmark.py"
 sys.path.insert(0, str(BENCH))  # the benchmark's own process helpers, as its scripts import them
 import benchkit  # noqa: E402
+import benchmark  # noqa: E402
 from tests.support.kafkatools import TopicReader, create_topics, produce, unique  # noqa: E402
 
 
@@ -178,6 +179,40 @@ def test_groups_and_the_slow_group_are_compared_with_the_one_group_burst_of_thei
         for line in lines
     )
     assert "| a slow group changes the fast one < 10 % | -15% | **no** |" in lines
+
+
+def test_the_slow_group_is_also_compared_over_the_second_half_of_the_answers(
+    tmp_path: Path,
+) -> None:
+    data = report()
+    data["measurements"] = [m for m in data["measurements"] if m["phase"] not in ("groups", "slow")]
+    data["measurements"] += [
+        {**measurement("groups", "logistik", 1, 4_000.0, 400.0), "steady_events_per_s": 5_000.0},
+        {**measurement("slow", "logistik", 1, 3_000.0, 400.0), "steady_events_per_s": 4_500.0},
+        {**measurement("groups", "logistik", 2, 4_000.0, 400.0), "steady_events_per_s": 5_000.0},
+        {**measurement("slow", "logistik", 2, 3_400.0, 400.0), "steady_events_per_s": 4_900.0},
+    ]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    done = bench("--markdown", str(path))
+    assert done.returncode == 0, done.stderr
+    # Whole bursts: -25 % and -15 %; second halves: -10 % and -2 %. The goal stays on the whole.
+    assert any(
+        line.endswith(
+            "against 4,000 alone (-20%, -25% to -15%); over the second half of its answers, once "
+            "the burst's start is behind, -6%, -10% to -2% against the same half alone "
+            "(medians of 2 rounds)."
+        )
+        for line in done.stdout.splitlines()
+    )
+    assert "| a slow group changes the fast one < 10 % | -20% | **no** |" in done.stdout
+
+
+def test_the_steady_rate_is_taken_from_the_median_answer_to_the_last() -> None:
+    # 1,000 answers in the first second, then 1,000 over the next four: the second half's pace.
+    times = [n / 1000 for n in range(1000)] + [1 + n / 250 for n in range(1, 1001)]
+    assert benchmark.steady_rate(times) == pytest.approx(250, rel=0.01)
+    assert benchmark.steady_rate(times[: benchmark.STEADY_MIN_ANSWERS - 1]) is None
 
 
 def test_markdown_of_a_missing_report_fails_with_its_path(tmp_path: Path) -> None:
