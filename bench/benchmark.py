@@ -777,22 +777,21 @@ def kafka_result(
     """Throughput from the first send to the last answer; latency per answer, matched by id."""
     latencies: list[float] = []
     answered, last = load.count, 0.0
-    first = answers.get(wait_for[0], {}) if wait_for else {}
-    steady = steady_rate(
-        [first[i] for n in range(load.count) if (i := event_id(MEASURED, n)) in first]
-    )
+    steady: float | None = None
     for topic in wait_for:
         got = answers.get(topic, {})
-        count = 0
+        times: list[float] = []
         for index in range(load.count):
             at = got.get(event_id(MEASURED, index))
             if at is None:
                 continue
-            count += 1
+            times.append(at)
             last = max(last, at)
             if index < len(sent):
                 latencies.append((at - sent[index]) * 1000)
-        answered = min(answered, count)
+        answered = min(answered, len(times))
+        if topic == wait_for[0]:
+            steady = steady_rate(times)
     notes = []
     if exit_code not in (0, None):
         notes.append(f"exited with code {exit_code} when stopped")

@@ -33,6 +33,13 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def markdown(tmp_path: Path, data: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`benchmark.py --markdown` of a report written as JSON under tmp_path."""
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    return bench("--markdown", str(path))
+
+
 def measurement(
     phase: str, router: str, round_: int, rate: float, p50_ms: float, **extra: Any
 ) -> dict[str, Any]:
@@ -107,9 +114,7 @@ def test_help_names_the_options_that_choose_what_is_measured() -> None:
 
 
 def test_markdown_prints_the_readme_tables_of_a_report(tmp_path: Path) -> None:
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(report()))
-    done = bench("--markdown", str(path))
+    done = markdown(tmp_path, report())
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     # Per-round ratios 0.75 and 0.80: the median and the range.
@@ -160,9 +165,7 @@ def test_groups_and_the_slow_group_are_compared_with_the_one_group_burst_of_thei
         measurement("groups", "logistik", 2, 600.0, 900.0, groups=5, retried=7),
         measurement("slow", "logistik", 2, 1_900.0, 400.0, retried=200),
     ]
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(data))
-    done = bench("--markdown", str(path))
+    done = markdown(tmp_path, data)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     # Round 1: 5,000 calls/s against 4,000 (1.25); round 2: 3,000 against 2,000 (1.50).
@@ -192,9 +195,7 @@ def test_the_slow_group_is_also_compared_over_the_second_half_of_the_answers(
         {**measurement("groups", "logistik", 2, 4_000.0, 400.0), "steady_events_per_s": 5_000.0},
         {**measurement("slow", "logistik", 2, 3_400.0, 400.0), "steady_events_per_s": 4_900.0},
     ]
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(data))
-    done = bench("--markdown", str(path))
+    done = markdown(tmp_path, data)
     assert done.returncode == 0, done.stderr
     # Whole bursts: -25 % and -15 %; second halves: -10 % and -2 %. The goal stays on the whole.
     assert any(

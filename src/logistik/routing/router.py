@@ -292,10 +292,8 @@ class Router:
             written = self._join_bundle(group, source, body, answer)
             if written is not None:
                 # Still shed while its events keep coming: the window runs from the last.
-                until = now + self._routing.max_queue_wait_s
                 for shed in group.production:
-                    if shed.shed_until < until:
-                        shed.shed_until = until
+                    self._shed(shed, now)
         except Exception:
             logger.exception("passing an event of %s on failed", group.group_id)
             return None
